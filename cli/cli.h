@@ -1,0 +1,63 @@
+/* rawtrack - command-line tool private declarations.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+#ifndef RAWTRACK_CLI_H
+#define RAWTRACK_CLI_H
+
+#include <stdio.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "rawtrack/rawtrack.h"
+
+extern const char *progname;  /* "rawtrack" */
+
+/* One subcommand: run returns the process exit status. */
+struct command {
+  const char *name;
+  const char *summary;         /* one line for `rawtrack help` */
+  int (*run) (int argc, char **argv);
+};
+
+/* Print "rawtrack: <msg>\n" to stderr; returns 1 (for `return fail (...)`). */
+int fail (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+/* fail() with the library's last error appended: "<msg>: <lib error>". */
+int fail_lib (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+/* Usage error: message plus "Try 'rawtrack CMD --help'." Returns 1. */
+int usage_error (const char *cmd, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* ---- util.c ----------------------------------------------------------- */
+/* Parse a size: decimal digits with an optional suffix k/K, M, G, T, P, E
+ * (powers of 1024), optionally followed by "iB" or "B"; or plain bytes with
+ * "b"/"B".  "0x" hex accepted without suffix.  Returns 0, or -1 with *err
+ * set to a static string saying what is wrong. */
+int parse_size (const char *s, uint64_t *out, const char **err);
+/* Format bytes in human form like qemu-img ("64 KiB", "1 GiB", "1.5 MiB"). */
+void human_size (uint64_t bytes, char *buf, size_t len);
+
+/* ---- json.c: a small streaming JSON writer ---------------------------- */
+struct json;
+/* pretty: indent like qemu-img --output=json (4 spaces). */
+struct json *json_new (FILE *fp, bool pretty);
+/* Finish (prints a final newline) and free. */
+void json_end (struct json *j);
+void json_object_begin (struct json *j, const char *key);  /* key NULL in arrays/top */
+void json_object_end (struct json *j);
+void json_array_begin (struct json *j, const char *key);
+void json_array_end (struct json *j);
+void json_string (struct json *j, const char *key, const char *value);
+void json_uint (struct json *j, const char *key, uint64_t value);
+void json_int (struct json *j, const char *key, int64_t value);
+void json_bool (struct json *j, const char *key, bool value);
+void json_double (struct json *j, const char *key, double value);
+void json_null (struct json *j, const char *key);
+
+/* ---- commands ---------------------------------------------------------- */
+int cmd_attach (int argc, char **argv);
+int cmd_create (int argc, char **argv);
+int cmd_info (int argc, char **argv);
+int cmd_check (int argc, char **argv);
+int cmd_cat (int argc, char **argv);
+
+#endif /* RAWTRACK_CLI_H */

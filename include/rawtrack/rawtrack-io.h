@@ -1,0 +1,153 @@
+/* rawtrack - changed-block tracking for disk images
+ * Copyright (C) 2026 the rawtrack authors.  SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * The I/O backend contract.
+ *
+ * Every byte librawtrack reads or writes goes through a struct rawtrack_io.
+ * The qcow2 core holds two of them: the image (metadata) file and, when the
+ * image has one, the external data file.  It never touches a file
+ * descriptor itself, so the same core runs on regular files, block devices,
+ * memory (tests, fuzzing) and, later, network stores.
+ *
+ * A backend embeds struct rawtrack_io as the FIRST member of its private
+ * struct and points .ops at a static table.  The table starts with its own
+ * size and only ever grows at the end: a method past struct_size, or a NULL
+ * method, is "not implemented".
+ *
+ * Contract for every method:
+ *  - Return 0 (or the documented non-negative value) on success, -1 on error
+ *    with errno set.  Backends never print and never call rawtrack_set_error;
+ *    the caller turns errno into a message that names the structure.
+ *  - Errnos: EIO, ENOSPC, EROFS (write on a read-only backend), EINVAL (bad
+ *    argument), ENOTSUP (operation not supported), ENOMEM.
+ *  - pread past the end of the backend: the bytes past the end read as zero
+ *    and the call succeeds (the SQLite xRead rule).  A read that starts past
+ *    the end is entirely zeros.  Callers that must know the size ask
+ *    get_size.
+ *  - pwrite past the end extends the backend (regular files, memory); a block
+ *    device fails with ENOSPC.
+ *  - Methods may be called from several threads at once for disjoint or
+ *    overlapping ranges; a backend either supports that (pread/pwrite on a
+ *    file descriptor do) or says so in its thread_model.
+ *  - Data is durable only after a successful flush (or a write with
+ *    RAWTRACK_IO_FUA).
+ */
+#ifndef RAWTRACK_IO_H
+#define RAWTRACK_IO_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef RAWTRACK_API
+#define RAWTRACK_API __attribute__ ((visibility ("default")))
+#endif
+
+struct rawtrack_io;
+
+/* Flags for pwrite and zero. */
+#define RAWTRACK_IO_FUA        0x1u  /* durable when the call returns */
+#define RAWTRACK_IO_MAY_TRIM   0x2u  /* zero: may punch a hole */
+#define RAWTRACK_IO_FAST_ZERO  0x4u  /* zero: fail with ENOTSUP rather than write zeros slowly */
+
+/* Capability bits returned by caps. */
+#define RAWTRACK_IO_CAN_WRITE     0x01u
+#define RAWTRACK_IO_CAN_ZERO      0x02u  /* zero is efficient (not emulated) */
+#define RAWTRACK_IO_CAN_TRIM      0x04u
+#define RAWTRACK_IO_CAN_FUA       0x08u  /* native FUA, not flush after write */
+#define RAWTRACK_IO_IS_BLOCKDEV   0x10u
+#define RAWTRACK_IO_CAN_EXTENTS   0x20u  /* next_data/next_hole work */
+#define RAWTRACK_IO_CAN_TRUNCATE  0x40u
+
+struct rawtrack_io_ops {
+  uint32_t struct_size;  /* sizeof (struct rawtrack_io_ops) the backend was built with */
+  const char *name;      /* "file", "mem", ... static */
+
+  /* Read count bytes at offset into buf; zero-fill past the end. */
+  int (*pread) (struct rawtrack_io *io, void *buf, uint64_t count,
+                uint64_t offset);
+  /* Write count bytes.  flags: RAWTRACK_IO_FUA. */
+  int (*pwrite) (struct rawtrack_io *io, const void *buf, uint64_t count,
+                 uint64_t offset, unsigned flags);
+  /* Make every completed write durable. */
+  int (*flush) (struct rawtrack_io *io);
+  /* Make the range read as zeros.  flags: MAY_TRIM, FAST_ZERO, FUA.  A
+   * backend without an efficient method writes zeros (unless FAST_ZERO). */
+  int (*zero) (struct rawtrack_io *io, uint64_t count, uint64_t offset,
+               unsigned flags);
+  /* Advisory discard: afterwards the range reads as zeros or as before. */
+  int (*trim) (struct rawtrack_io *io, uint64_t count, uint64_t offset);
+  /* Current size in bytes, or -1. */
+  int64_t (*get_size) (struct rawtrack_io *io);
+  /* Set the size (regular files and memory only; ENOTSUP elsewhere). */
+  int (*truncate) (struct rawtrack_io *io, uint64_t size);
+  /* Release everything; io is invalid afterwards.  Never fails. */
+  void (*close) (struct rawtrack_io *io);
+  /* RAWTRACK_IO_* capability bits. */
+  unsigned (*caps) (struct rawtrack_io *io);
+  /* Block size constraints: minimum, preferred, maximum (bytes). */
+  int (*block_size) (struct rawtrack_io *io, uint32_t *minimum,
+                     uint32_t *preferred, uint32_t *maximum);
+  /* Sparseness: *is_data is set for the run starting at offset, and the
+   * return value is the length of that run (> 0, at most count), or -1.
+   * Backends without CAN_EXTENTS report everything as data. */
+  int64_t (*extent) (struct rawtrack_io *io, uint64_t offset, uint64_t count,
+                     int *is_data);
+};
+
+/* Base of every backend; embed as the first member. */
+struct rawtrack_io {
+  const struct rawtrack_io_ops *ops;
+};
+
+/* Open flags for rawtrack_io_file_open. */
+#define RAWTRACK_IO_RDONLY  0x0u
+#define RAWTRACK_IO_RDWR    0x1u
+#define RAWTRACK_IO_CREATE  0x2u   /* create if missing (with RDWR) */
+#define RAWTRACK_IO_EXCL    0x4u   /* with CREATE: fail if it exists */
+#define RAWTRACK_IO_DIRECT  0x8u   /* O_DIRECT where supported */
+#define RAWTRACK_IO_DSYNC   0x10u  /* O_DSYNC: every write is durable */
+
+/* A regular file or a block device (detected with fstat).  Returns NULL
+ * and sets the rawtrack error on failure.  Caller closes with
+ * rawtrack_io_close. */
+RAWTRACK_API struct rawtrack_io *rawtrack_io_file_open (const char *path,
+                                                        unsigned flags);
+
+/* A growable in-memory backend holding a copy of data[0..size) (data may be
+ * NULL for zeros).  max_size bounds growth (0: 1 GiB).  Caller closes. */
+RAWTRACK_API struct rawtrack_io *rawtrack_io_mem_new (const void *data,
+                                                      uint64_t size,
+                                                      uint64_t max_size);
+/* The memory backend's buffer and size (owned by the backend). */
+RAWTRACK_API const void *rawtrack_io_mem_data (struct rawtrack_io *io,
+                                               uint64_t *size);
+
+/* Convenience wrappers that check struct_size and NULL methods. */
+RAWTRACK_API int rawtrack_io_pread (struct rawtrack_io *io, void *buf,
+                                    uint64_t count, uint64_t offset);
+RAWTRACK_API int rawtrack_io_pwrite (struct rawtrack_io *io, const void *buf,
+                                     uint64_t count, uint64_t offset,
+                                     unsigned flags);
+RAWTRACK_API int rawtrack_io_flush (struct rawtrack_io *io);
+RAWTRACK_API int rawtrack_io_zero (struct rawtrack_io *io, uint64_t count,
+                                   uint64_t offset, unsigned flags);
+RAWTRACK_API int rawtrack_io_trim (struct rawtrack_io *io, uint64_t count,
+                                   uint64_t offset);
+RAWTRACK_API int64_t rawtrack_io_get_size (struct rawtrack_io *io);
+RAWTRACK_API int rawtrack_io_truncate (struct rawtrack_io *io, uint64_t size);
+RAWTRACK_API unsigned rawtrack_io_caps (struct rawtrack_io *io);
+RAWTRACK_API int64_t rawtrack_io_extent (struct rawtrack_io *io,
+                                         uint64_t offset, uint64_t count,
+                                         int *is_data);
+/* NULL-safe. */
+RAWTRACK_API void rawtrack_io_close (struct rawtrack_io *io);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RAWTRACK_IO_H */

@@ -1,0 +1,192 @@
+/* rawtrack - changed-block tracking for disk images
+ * Copyright (C) 2026 the rawtrack authors.  SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * librawtrack public API: qcow2 images (v2/v3) used as metadata containers
+ * for raw disks (external data file, "raw external data"), with persistent
+ * dirty bitmaps.
+ *
+ * Conventions
+ *  - Handles are opaque.  Every constructor has a destructor that accepts
+ *    NULL.
+ *  - Functions return -1 (or NULL) on error.  The message and errno of the
+ *    last error on the calling thread are read with rawtrack_get_error and
+ *    rawtrack_get_errno; the string stays valid until the next librawtrack
+ *    call on the same thread.
+ *  - Errno meanings: EINVAL bad argument; ENOTSUP unknown incompatible
+ *    feature or unsupported option; EROFS image opened read-only; ERANGE
+ *    request too large; EEXIST target exists; ENOENT missing file;
+ *    RAWTRACK_ECORRUPT image metadata is corrupt (the message names the
+ *    structure and the byte offset); EIO/ENOSPC passed through from the
+ *    backend.
+ *  - Thread model: one image handle may be used from many threads; metadata
+ *    is serialised by one lock per image.
+ */
+#ifndef RAWTRACK_H
+#define RAWTRACK_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <errno.h>
+#include <rawtrack/rawtrack-io.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RAWTRACK_ECORRUPT EUCLEAN
+
+/* ---- errors ---------------------------------------------------------- */
+/* Last error message on this thread, or NULL.  Static until the next call. */
+RAWTRACK_API const char *rawtrack_get_error (void);
+/* errno of the last error on this thread, or 0. */
+RAWTRACK_API int rawtrack_get_errno (void);
+
+RAWTRACK_API const char *rawtrack_version (void);
+
+/* ---- opening ---------------------------------------------------------- */
+struct rawtrack_image;
+
+#define RAWTRACK_OPEN_RDWR          0x1u  /* open read-write */
+#define RAWTRACK_OPEN_NO_DATA_FILE  0x2u  /* metadata only; do not open the
+                                           * external data file (info) */
+#define RAWTRACK_OPEN_CHECK         0x4u  /* tolerate what check reports:
+                                           * corrupt bit, dirty bit */
+
+/* Open an image file.  data_file overrides the name stored in the image
+ * (NULL: use the stored name, resolved against the image's directory, then
+ * the current directory; names that are not plain paths - json: or
+ * protocol: prefixes - are refused).  Returns NULL on error. */
+RAWTRACK_API struct rawtrack_image *rawtrack_image_open (const char *path,
+                                                         unsigned flags,
+                                                         const char *data_file);
+
+/* Open over backends.  The image takes ownership of both backends (also on
+ * failure).  data may be NULL: then an image with an external data file
+ * must be opened with RAWTRACK_OPEN_NO_DATA_FILE. */
+RAWTRACK_API struct rawtrack_image *rawtrack_image_open_io (struct rawtrack_io *image,
+                                                            struct rawtrack_io *data,
+                                                            unsigned flags);
+
+/* Write back everything and close.  Returns -1 if writeback failed (the
+ * handle is freed anyway).  NULL-safe. */
+RAWTRACK_API int rawtrack_image_close (struct rawtrack_image *img);
+
+/* Make all metadata and data durable. */
+RAWTRACK_API int rawtrack_image_flush (struct rawtrack_image *img);
+
+/* Read guest data (zeros for holes; the backing file is not followed and
+ * reads as zeros - such images are reported by info). */
+RAWTRACK_API int rawtrack_image_pread (struct rawtrack_image *img, void *buf,
+                                       uint64_t count, uint64_t offset);
+
+/* ---- information ------------------------------------------------------ */
+RAWTRACK_API uint64_t rawtrack_image_virtual_size (struct rawtrack_image *img);
+RAWTRACK_API uint32_t rawtrack_image_cluster_size (struct rawtrack_image *img);
+RAWTRACK_API int rawtrack_image_version (struct rawtrack_image *img); /* 2 or 3 */
+RAWTRACK_API int rawtrack_image_refcount_bits (struct rawtrack_image *img);
+/* Stored data file name, or NULL.  Owned by the handle. */
+RAWTRACK_API const char *rawtrack_image_data_file (struct rawtrack_image *img);
+/* 1 if the image has an external data file (incompatible bit 2). */
+RAWTRACK_API int rawtrack_image_has_data_file (struct rawtrack_image *img);
+/* 1 if "raw external data" (autoclear bit 1) is set. */
+RAWTRACK_API int rawtrack_image_data_file_raw (struct rawtrack_image *img);
+RAWTRACK_API int rawtrack_image_is_dirty (struct rawtrack_image *img);
+RAWTRACK_API int rawtrack_image_is_corrupt (struct rawtrack_image *img);
+RAWTRACK_API int rawtrack_image_extended_l2 (struct rawtrack_image *img);
+RAWTRACK_API int rawtrack_image_lazy_refcounts (struct rawtrack_image *img);
+/* "zlib" or "zstd" (static). */
+RAWTRACK_API const char *rawtrack_image_compression_type (struct rawtrack_image *img);
+/* Backing file name and format, or NULL.  Owned by the handle. */
+RAWTRACK_API const char *rawtrack_image_backing_file (struct rawtrack_image *img);
+RAWTRACK_API const char *rawtrack_image_backing_format (struct rawtrack_image *img);
+/* Bytes the image file occupies on its storage (allocated), or -1. */
+RAWTRACK_API int64_t rawtrack_image_file_size (struct rawtrack_image *img);
+RAWTRACK_API uint64_t rawtrack_image_incompatible_features (struct rawtrack_image *img);
+RAWTRACK_API uint64_t rawtrack_image_compatible_features (struct rawtrack_image *img);
+RAWTRACK_API uint64_t rawtrack_image_autoclear_features (struct rawtrack_image *img);
+
+/* Bitmaps as listed in the directory (no bitmap data is read). */
+#define RAWTRACK_BITMAP_IN_USE  0x1u
+#define RAWTRACK_BITMAP_AUTO    0x2u
+RAWTRACK_API int rawtrack_image_bitmap_count (struct rawtrack_image *img);
+/* i-th bitmap's name (owned by the handle), or NULL. */
+RAWTRACK_API const char *rawtrack_image_bitmap_name (struct rawtrack_image *img, int i);
+RAWTRACK_API uint64_t rawtrack_image_bitmap_granularity (struct rawtrack_image *img, int i);
+RAWTRACK_API uint32_t rawtrack_image_bitmap_flags (struct rawtrack_image *img, int i);
+
+/* ---- creating --------------------------------------------------------- */
+struct rawtrack_create_opts {
+  uint32_t struct_size;        /* sizeof (struct rawtrack_create_opts) */
+  uint64_t size;               /* virtual size; rounded up to 512 */
+  uint32_t cluster_size;       /* 0: the default (65536) */
+  int compat;                  /* 2 (0.10) or 3 (1.1, default when 0) */
+  int refcount_bits;           /* 0: 16 */
+  const char *data_file;       /* name to store for an external data file, or NULL */
+  int data_file_raw;           /* set "raw external data" (needs data_file) */
+  int force;                   /* overwrite an existing image file */
+};
+
+/* Create a new empty image at path.  With data_file, the data file is
+ * created (it must not exist unless force) and sized to the virtual
+ * size; with data_file_raw, every guest cluster is mapped (identity). */
+RAWTRACK_API int rawtrack_image_create (const char *path,
+                                        const struct rawtrack_create_opts *opts);
+
+struct rawtrack_attach_opts {
+  uint32_t struct_size;        /* sizeof (struct rawtrack_attach_opts) */
+  uint32_t cluster_size;       /* 0: RAWTRACK_ATTACH_DEFAULT_CLUSTER_SIZE */
+  int force;                   /* overwrite an existing image file */
+  const char *stored_name;     /* data file name to record; NULL: the
+                                * absolute path of the raw file */
+};
+#define RAWTRACK_ATTACH_DEFAULT_CLUSTER_SIZE (2u * 1024 * 1024)
+
+/* Wrap an existing raw file or block device in a new qcow2 metadata
+ * container (external data file, raw external data, identity mapping).
+ * The raw file is opened read-only and never written. */
+RAWTRACK_API int rawtrack_attach (const char *raw_path, const char *image_path,
+                                  const struct rawtrack_attach_opts *opts);
+/* The same over backends: the image backend must be empty and writable;
+ * the raw backend is only asked for its size.  Ownership stays with the
+ * caller.  name is the data file name to store. */
+RAWTRACK_API int rawtrack_attach_io (struct rawtrack_io *image,
+                                     uint64_t raw_size, const char *name,
+                                     uint32_t cluster_size);
+
+/* ---- checking --------------------------------------------------------- */
+struct rawtrack_check_result {
+  uint32_t struct_size;        /* sizeof (struct rawtrack_check_result) */
+  uint64_t corruptions;        /* errors found (before repair) */
+  uint64_t leaks;              /* leaked clusters found (before repair) */
+  uint64_t corruptions_fixed;
+  uint64_t leaks_fixed;
+  uint64_t check_errors;       /* internal errors: the check is incomplete */
+  uint64_t total_clusters;     /* guest clusters */
+  uint64_t allocated_clusters; /* allocated guest clusters */
+  uint64_t fragmented_clusters;
+  uint64_t compressed_clusters;
+  uint64_t image_end_offset;
+  uint64_t bitmaps_in_use;     /* inconsistent (in-use) bitmaps seen */
+};
+
+#define RAWTRACK_CHECK_REPAIR_LEAKS  0x1u
+#define RAWTRACK_CHECK_REPAIR_ALL    0x3u  /* leaks and safely fixable errors */
+
+/* Called for each finding.  level: 0 info, 1 leak, 2 error. */
+typedef void (*rawtrack_check_report_fn) (void *opaque, int level,
+                                          const char *message);
+
+/* Check (and with repair flags, fix) the image.  Open with
+ * RAWTRACK_OPEN_CHECK (| RAWTRACK_OPEN_RDWR to repair).  Returns 0 when the
+ * check ran (res says what it found), -1 when it could not run. */
+RAWTRACK_API int rawtrack_image_check (struct rawtrack_image *img,
+                                       unsigned repair,
+                                       struct rawtrack_check_result *res,
+                                       rawtrack_check_report_fn report,
+                                       void *opaque);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RAWTRACK_H */

@@ -1,0 +1,333 @@
+/* rawtrack - librawtrack private declarations.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * One section per .c file.  Nothing here is installed.
+ *
+ * Layering (each layer calls only the ones below it):
+ *
+ *   image.c  create.c  check.c  bitmap-*.c      public entry points
+ *        |        |       |        |
+ *   qcow2-map.c (L1/L2)   qcow2-compress.c
+ *        |
+ *   qcow2-alloc.c (cluster allocation) -> qcow2-refcount.c
+ *        |
+ *   qcow2-header.c (header + extensions, pure parse/serialise)
+ *        |
+ *   struct rawtrack_io (lib/io/*.c)            storage
+ *
+ * Locking: struct rawtrack_image.lock (a mutex) protects every metadata
+ * field of the image: the header copy, L1, the L2 cache, the refcount
+ * table and blocks, the bitmap directory.  Functions named qcow2_* expect
+ * it held (or the image to be private to one thread, as during open and
+ * create).
+ */
+#ifndef RAWTRACK_INTERNAL_H
+#define RAWTRACK_INTERNAL_H
+
+#include <stdint.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <pthread.h>
+
+#include "rawtrack/rawtrack.h"
+
+/* ---- errors.c --------------------------------------------------------- */
+/* Record the thread's last error (message formatted printf-style). */
+void rt_set_error (int errnum, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+/* Prefix the current message with more context ("reading L2 table: "). */
+void rt_prefix_error (const char *fmt, ...)
+  __attribute__ ((format (printf, 1, 2)));
+void rt_clear_error (void);
+
+/* Set the error and return -1 (or NULL) in one statement. */
+#define set_error(errnum, ...) (rt_set_error ((errnum), __VA_ARGS__), -1)
+/* Metadata corruption: names the structure and the offset. */
+#define set_corrupt(...) (rt_set_error (RAWTRACK_ECORRUPT, __VA_ARGS__), -1)
+
+/* ---- memory.c --------------------------------------------------------- */
+/* All allocations in lib/ go through these, so tests can inject ENOMEM.
+ * They set the rawtrack error on failure. */
+void *rt_malloc (size_t n);
+void *rt_calloc (size_t nmemb, size_t size);
+void *rt_realloc (void *p, size_t n);
+char *rt_strdup (const char *s);
+char *rt_strndup (const char *s, size_t n);
+/* Tests: fail the n-th allocation from now (0 disables). */
+void rt_alloc_fail_after (unsigned long n);
+/* Upper bound for any single metadata allocation driven by image content. */
+#define RT_MAX_ALLOC (256u * 1024 * 1024)
+
+/* ---- io/io.c: wrappers that turn backend errno into messages ---------- */
+/* what: "L1 table", "refcount block", ... used in the error message. */
+int io_read (struct rawtrack_io *io, void *buf, uint64_t count,
+             uint64_t offset, const char *what);
+int io_write (struct rawtrack_io *io, const void *buf, uint64_t count,
+              uint64_t offset, const char *what);
+int io_flush (struct rawtrack_io *io, const char *what);
+
+/* ---- qcow2-header.c --------------------------------------------------- */
+#define QCOW2_MAGIC 0x514649FBu
+
+#define QCOW2_INCOMPAT_DIRTY      (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT    (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE  (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2      (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN      0x1Full
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS   (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_RAW  (1ull << 1)
+#define QCOW2_AUTOCLEAR_KNOWN     0x3ull
+
+#define QCOW2_EXT_END          0x00000000u
+#define QCOW2_EXT_BACKING_FMT  0xE2792ACAu
+#define QCOW2_EXT_FEATURES     0x6803F857u
+#define QCOW2_EXT_BITMAPS      0x23852875u
+#define QCOW2_EXT_FDE          0x0537BE77u
+#define QCOW2_EXT_DATA_FILE    0x44415441u
+
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MAX_L1_BYTES     (32u * 1024 * 1024)
+#define QCOW2_MAX_REFTABLE_BYTES (8u * 1024 * 1024)
+#define QCOW2_V2_HEADER_LEN    72
+#define QCOW2_V3_HEADER_LEN    112  /* what we write */
+
+/* An unknown header extension, kept byte for byte. */
+struct qcow2_ext {
+  uint32_t type;
+  uint32_t len;
+  uint8_t *data;
+};
+
+/* Host form of the header and every extension (see docs/format.md). */
+struct qcow2_header {
+  uint32_t version;                /* 2 or 3 */
+  uint64_t backing_file_offset;    /* 0: none */
+  uint32_t backing_file_size;
+  uint32_t cluster_bits;
+  uint64_t size;                   /* virtual size as stored */
+  uint32_t crypt_method;
+  uint32_t l1_size;                /* entries */
+  uint64_t l1_table_offset;
+  uint64_t refcount_table_offset;
+  uint32_t refcount_table_clusters;
+  uint32_t nb_snapshots;
+  uint64_t snapshots_offset;
+  uint64_t incompat;               /* v3 only; 0 for v2 */
+  uint64_t compat;
+  uint64_t autoclear;
+  uint32_t refcount_order;         /* 4 for v2 */
+  uint32_t header_length;          /* 72 (v2) or >= 104 */
+  uint8_t compression_type;        /* 0 deflate, 1 zstd */
+  uint8_t *extra_fields;           /* bytes 112..header_length, kept */
+  uint32_t extra_len;
+
+  char *backing_file;              /* NULL: none */
+  char *backing_format;            /* NULL: extension absent */
+  char *data_file;                 /* NULL: data-file name extension absent */
+  bool has_features_ext;           /* a feature name table was present */
+  uint8_t *features;               /* its raw bytes (for messages) */
+  uint32_t features_len;
+  bool has_bitmaps_ext;
+  uint32_t nb_bitmaps;
+  uint64_t bitmap_dir_size;
+  uint64_t bitmap_dir_offset;
+  bool has_fde_ext;
+  uint64_t fde_offset, fde_length;
+
+  struct qcow2_ext *unknown;       /* unknown extensions, in file order */
+  size_t nr_unknown;
+};
+
+/* Parse cluster 0.  buf holds len bytes (at least min(cluster size, file
+ * size)); the header must fit.  Validates everything QEMU validates at
+ * open; returns -1 with a message naming the field and offset. */
+int qcow2_header_parse (const uint8_t *buf, size_t len,
+                        struct qcow2_header *h);
+/* Serialise into a zeroed cluster-sized buffer, in QEMU's extension order
+ * (backing format, data file, FDE, feature table, bitmaps, unknown ones in
+ * file order, end, backing name).  -1 (ENOSPC) if it does not fit. */
+int qcow2_header_serialize (const struct qcow2_header *h, uint8_t *buf,
+                            size_t cluster_size);
+void qcow2_header_free (struct qcow2_header *h);
+/* Name of an incompatible feature bit from the table or our list. */
+const char *qcow2_feature_name (const struct qcow2_header *h, int type,
+                                int bit);
+
+/* ---- bitmap-dir.c ----------------------------------------------------- */
+#define BME_FLAG_IN_USE  (1u << 0)
+#define BME_FLAG_AUTO    (1u << 1)
+#define BME_MAX_NAME     1023
+#define BME_MAX_BITMAPS  65535
+#define BME_MAX_DIR_SIZE (1024u * 65535)
+#define BME_MAX_TABLE_SIZE 0x8000000u
+#define BME_MAX_PHYS_SIZE  0x20000000u
+#define BME_MIN_GRAN_BITS 9
+#define BME_MAX_GRAN_BITS 31
+#define BME_TABLE_ENTRY_OFFSET_MASK   0x00fffffffffffe00ull
+#define BME_TABLE_ENTRY_RESERVED_MASK 0xff000000000001feull
+#define BME_TABLE_ENTRY_FLAG_ALL_ONES 1ull
+
+struct bitmap_entry {
+  uint64_t table_offset;
+  uint32_t table_size;             /* entries */
+  uint32_t flags;                  /* BME_FLAG_* */
+  uint8_t type;
+  uint8_t granularity_bits;
+  char *name;                      /* NUL-terminated copy */
+  uint16_t name_size;
+};
+
+struct bitmap_dir {
+  struct bitmap_entry *entries;
+  uint32_t nr;
+};
+
+/* Parse a directory of dir_size bytes with nr entries, applying QEMU's
+ * per-entry validation for an image of virtual size vsize and the given
+ * cluster size.  at: file offset for messages. */
+int bitmap_dir_parse (const uint8_t *buf, uint64_t dir_size, uint32_t nr,
+                      uint64_t vsize, uint32_t cluster_size, uint64_t at,
+                      struct bitmap_dir *dir);
+/* Serialised size of dir, and serialise into buf (zeroed, that size). */
+uint64_t bitmap_dir_size (const struct bitmap_dir *dir);
+void bitmap_dir_serialize (const struct bitmap_dir *dir, uint8_t *buf);
+void bitmap_dir_free (struct bitmap_dir *dir);
+/* Number of table entries a consistent bitmap needs. */
+uint64_t bitmap_table_size_for (uint64_t vsize, uint32_t gran_bits,
+                                uint32_t cluster_size);
+
+/* ---- the image handle (image.c) --------------------------------------- */
+#define L2_CACHE_SLOTS 16
+
+struct l2_slot {
+  uint64_t offset;                 /* host offset of the L2 table; 0: empty */
+  uint64_t *entries;               /* host-endian copy, l2_entries words
+                                    * (twice that with extended L2) */
+  uint64_t lru;
+};
+
+struct rawtrack_image {
+  pthread_mutex_t lock;            /* see the top of this file */
+  struct rawtrack_io *file;        /* the qcow2 file */
+  struct rawtrack_io *data;        /* external data file, or NULL */
+  char *path;                      /* as opened (NULL for _open_io) */
+  unsigned flags;                  /* RAWTRACK_OPEN_* */
+  bool writable;
+
+  struct qcow2_header h;
+  uint32_t cluster_size;
+  uint64_t virtual_size;           /* h.size rounded down to 512 (QEMU) */
+  uint32_t l2_entries;             /* entries per L2 table */
+  uint32_t l2_entry_size;          /* 8, or 16 with extended L2 */
+  uint32_t subcluster_bits;        /* cluster_bits - 5 with extended L2 */
+  bool ext_l2;
+
+  uint64_t *l1;                    /* h.l1_size entries, host endian */
+  uint32_t l1_size;
+
+  struct l2_slot l2_cache[L2_CACHE_SLOTS];
+  uint64_t l2_clock;
+
+  /* refcounts */
+  uint32_t refcount_bits;
+  uint64_t *reftable;              /* host endian */
+  uint64_t reftable_entries;
+  uint32_t refblock_entries;       /* entries per refcount block */
+  uint64_t free_hint;              /* first cluster that may be free */
+
+  /* bitmaps (directory only; bits are loaded on demand) */
+  struct bitmap_dir bitmaps;
+  bool bitmaps_trusted;            /* extension present and autoclear bit 0 */
+};
+
+/* Write the header (cluster 0) from img->h; flushes when flush is set. */
+int qcow2_write_header (struct rawtrack_image *img, bool flush);
+/* Cluster index <-> offset helpers. */
+static inline uint64_t
+cluster_of (const struct rawtrack_image *img, uint64_t off)
+{
+  return off >> img->h.cluster_bits;
+}
+
+/* ---- qcow2-refcount.c ------------------------------------------------- */
+/* Load the refcount table (bounds and alignment checked). */
+int qcow2_refcount_init (struct rawtrack_image *img);
+void qcow2_refcount_free (struct rawtrack_image *img);
+/* Refcount of host cluster c; 0 where no block covers it. */
+int qcow2_refcount_get (struct rawtrack_image *img, uint64_t c,
+                        uint64_t *value);
+/* Set the refcount of c.  The covering block must exist.  Written through
+ * to the file (not flushed). */
+int qcow2_refcount_set (struct rawtrack_image *img, uint64_t c,
+                        uint64_t value);
+/* Encode/decode one entry of a refcount block of the given width. */
+uint64_t refblock_get (const uint8_t *block, uint64_t i, uint32_t bits);
+void refblock_set (uint8_t *block, uint64_t i, uint32_t bits, uint64_t v);
+
+/* ---- qcow2-alloc.c ---------------------------------------------------- */
+/* Allocate n contiguous clusters with refcount 1 (growing the refcount
+ * structures as needed) and return the host offset of the first.  The
+ * refcount updates are written but not flushed: callers flush before they
+ * publish a reference (refcount before reference). */
+int64_t qcow2_alloc_clusters (struct rawtrack_image *img, uint64_t n);
+/* Drop one reference from each of n clusters starting at offset. */
+int qcow2_free_clusters (struct rawtrack_image *img, uint64_t offset,
+                         uint64_t n);
+
+/* ---- qcow2-map.c ------------------------------------------------------ */
+enum qcow2_ctype {
+  QCOW2_UNALLOCATED,               /* reads from backing, or zeros */
+  QCOW2_ZERO,                      /* reads as zeros */
+  QCOW2_NORMAL,                    /* host offset in the data source */
+  QCOW2_COMPRESSED,                /* compressed cluster in the image file */
+};
+
+struct qcow2_extent {
+  enum qcow2_ctype type;
+  uint64_t host;                   /* NORMAL: host offset of guest offset */
+  uint64_t bytes;                  /* length of the run from the guest offset */
+  uint64_t l2_entry;               /* COMPRESSED: the raw descriptor */
+};
+
+/* Map guest [offset, offset+len) to its first run of one type (the run
+ * stops at a cluster or subcluster boundary where the type changes).
+ * Validates the entries it reads. */
+int qcow2_map (struct rawtrack_image *img, uint64_t offset, uint64_t len,
+               struct qcow2_extent *ext);
+/* L2 table of l1 index i (loaded into the cache), or NULL with *absent set
+ * when the L1 entry is 0. */
+uint64_t *qcow2_l2_get (struct rawtrack_image *img, uint64_t l1_index,
+                        bool *absent);
+void qcow2_l2_cache_drop (struct rawtrack_image *img);
+
+#define L1E_OFFSET_MASK   0x00fffffffffffe00ull
+#define L1E_RESERVED_MASK 0x7f000000000001ffull
+#define L2E_OFFSET_MASK   0x00fffffffffffe00ull
+#define L2E_RESERVED_MASK 0x3f000000000001feull
+#define QCOW_OFLAG_COPIED     (1ull << 63)
+#define QCOW_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW_OFLAG_ZERO       (1ull << 0)
+#define REFT_OFFSET_MASK      0xfffffffffffffe00ull
+#define REFT_RESERVED_MASK    0x1ffull
+
+/* ---- qcow2-compress.c ------------------------------------------------- */
+/* Decompress one cluster: src/src_len as stored, dst gets exactly
+ * dst_len (the cluster size) bytes.  type: 0 deflate (raw), 1 zstd.
+ * Returns -1 with a message on malformed input. */
+int qcow2_decompress (int type, const void *src, size_t src_len, void *dst,
+                      size_t dst_len);
+/* Host byte offset and stored length of a compressed L2 entry. */
+void qcow2_compressed_desc (uint64_t l2e, uint32_t cluster_bits,
+                            uint64_t *host, uint64_t *len);
+
+/* ---- datafile.c ------------------------------------------------------- */
+/* Resolve the stored data file name for an image at image_path.  Returns a
+ * malloc'd path, or NULL with an error (json:/protocol names refused). */
+char *datafile_resolve (const char *image_path, const char *stored);
+/* true if name looks like a json: or protocol: name. */
+bool datafile_name_is_special (const char *name);
+
+#endif /* RAWTRACK_INTERNAL_H */
