@@ -1,1 +1,148 @@
-/* placeholder */
+/* rawtrack - the command-line tool: command table and shared helpers.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Owns: dispatch of `rawtrack CMD ...`, `help`, `--version`, and the error
+ * printing helpers every command uses.  Exit status: 0 success, 1 error
+ * (check and other commands document their own codes).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdarg.h>
+
+#include "cli.h"
+#include "config.h"
+
+const char *progname = "rawtrack";
+
+static int cmd_help (int argc, char **argv);
+
+static const struct command commands[] = {
+  { "attach", "wrap an existing raw disk in a qcow2 metadata container", cmd_attach },
+  { "create", "create a new empty image", cmd_create },
+  { "info",   "show what an image holds", cmd_info },
+  { "check",  "check (and repair) an image's metadata", cmd_check },
+  { "cat",    "write the guest-visible disk contents to standard output", cmd_cat },
+  { "help",   "show this help, or a command's help", cmd_help },
+};
+#define NR_COMMANDS (sizeof commands / sizeof commands[0])
+
+static void
+vreport (const char *fmt, va_list ap, const char *lib)
+{
+  fprintf (stderr, "%s: ", progname);
+  vfprintf (stderr, fmt, ap);
+  if (lib)
+    fprintf (stderr, ": %s", lib);
+  fputc ('\n', stderr);
+}
+
+int
+fail (const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vreport (fmt, ap, NULL);
+  va_end (ap);
+  return 1;
+}
+
+int
+fail_lib (const char *fmt, ...)
+{
+  const char *e = rawtrack_get_error ();
+  va_list ap;
+
+  va_start (ap, fmt);
+  vreport (fmt, ap, e ? e : "unknown error");
+  va_end (ap);
+  return 1;
+}
+
+int
+usage_error (const char *cmd, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  vreport (fmt, ap, NULL);
+  va_end (ap);
+  fprintf (stderr, "Try '%s %s --help'.\n", progname, cmd);
+  return 1;
+}
+
+static void
+usage (FILE *fp)
+{
+  size_t i;
+
+  fprintf (fp,
+           "Usage: %s COMMAND [ARGS...]\n"
+           "       %s COMMAND --help\n"
+           "       %s --version\n"
+           "\n"
+           "Changed-block tracking for disk images: qcow2 metadata containers\n"
+           "around raw disks, with persistent dirty bitmaps QEMU can read.\n"
+           "\n"
+           "Commands:\n", progname, progname, progname);
+  for (i = 0; i < NR_COMMANDS; i++)
+    fprintf (fp, "  %-8s %s\n", commands[i].name, commands[i].summary);
+  fprintf (fp, "\nSee 'man rawtrack' or docs/rawtrack.md for details.\n");
+}
+
+static const struct command *
+find_command (const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < NR_COMMANDS; i++)
+    if (strcmp (commands[i].name, name) == 0)
+      return &commands[i];
+  return NULL;
+}
+
+static int
+cmd_help (int argc, char **argv)
+{
+  const struct command *c;
+  char *args[] = { NULL, (char *) "--help", NULL };
+
+  if (argc < 2 || strcmp (argv[1], "--help") == 0 ||
+      strcmp (argv[1], "-h") == 0) {
+    usage (stdout);
+    return 0;
+  }
+  c = find_command (argv[1]);
+  if (!c)
+    return fail ("unknown command '%s'; see '%s help'", argv[1], progname);
+  if (c->run == cmd_help) {
+    usage (stdout);
+    return 0;
+  }
+  args[0] = argv[1];
+  return c->run (2, args);
+}
+
+int
+main (int argc, char **argv)
+{
+  const struct command *c;
+
+  if (argc < 2) {
+    usage (stderr);
+    return 1;
+  }
+  if (strcmp (argv[1], "--help") == 0 || strcmp (argv[1], "-h") == 0) {
+    usage (stdout);
+    return 0;
+  }
+  if (strcmp (argv[1], "--version") == 0 || strcmp (argv[1], "-V") == 0) {
+    printf ("rawtrack %s (library %s)\n", RAWTRACK_VERSION, rawtrack_version ());
+    return 0;
+  }
+  c = find_command (argv[1]);
+  if (!c)
+    return fail ("unknown command '%s'; see '%s help'", argv[1], progname);
+  return c->run (argc - 1, argv + 1);
+}

@@ -22,7 +22,7 @@ static __thread char last_msg[MSG_MAX];
 static __thread int last_errno;
 static __thread int have_error;
 
-void
+int
 rt_set_error (int errnum, const char *fmt, ...)
 {
   va_list ap;
@@ -33,12 +33,14 @@ rt_set_error (int errnum, const char *fmt, ...)
   last_errno = errnum;
   have_error = 1;
   errno = errnum;
+  return -1;
 }
 
 void
 rt_prefix_error (const char *fmt, ...)
 {
   char prefix[MSG_MAX], old[MSG_MAX];
+  size_t plen;
   va_list ap;
   int saved = errno;
 
@@ -46,7 +48,12 @@ rt_prefix_error (const char *fmt, ...)
   vsnprintf (prefix, sizeof prefix, fmt, ap);
   va_end (ap);
   memcpy (old, last_msg, sizeof old);
-  snprintf (last_msg, sizeof last_msg, "%s%s", prefix, old);
+  plen = strlen (prefix);
+  if (plen >= sizeof last_msg)
+    plen = sizeof last_msg - 1;
+  memcpy (last_msg, prefix, plen);
+  snprintf (last_msg + plen, sizeof last_msg - plen, "%.*s",
+            (int) (sizeof last_msg - plen - 1), old);
   have_error = 1;
   errno = saved;
 }

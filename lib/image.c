@@ -1,1 +1,601 @@
-/* placeholder */
+/* rawtrack - the image handle: open, close, information, guest reads.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Owns: struct rawtrack_image's life cycle, the header write-back, and
+ * the read path.
+ *
+ * Locking: img->lock is taken by every public entry point that touches
+ * metadata; the internal qcow2_* functions expect it held.  Data-file
+ * reads happen outside the lock (the mapping is resolved under it).
+ *
+ * Open sequence (each step validates what it reads, nothing is trusted):
+ *   1. read cluster 0 and parse the header (qcow2-header.c);
+ *   2. refuse what we cannot handle safely: encryption, unknown
+ *      incompatible features, the corrupt bit or dirty refcounts on a
+ *      writable open (unless RAWTRACK_OPEN_CHECK), raw external data
+ *      without a data file;
+ *   3. read the L1 table (bounded by QEMU's 32 MiB limit) and the
+ *      refcount table (8 MiB limit);
+ *   4. read the bitmap directory when autoclear bit 0 vouches for it;
+ *   5. open the external data file (unless RAWTRACK_OPEN_NO_DATA_FILE);
+ *   6. on a writable open, clear autoclear bits we do not implement (the
+ *      rule every qcow2 writer must follow) and write the header.
+ */
+#include <string.h>
+#include <stdlib.h>
+#include <inttypes.h>
+#include <errno.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+#include "byteorder.h"
+#include "arith.h"
+#include "config.h"
+
+RAWTRACK_API const char *
+rawtrack_version (void)
+{
+  return RAWTRACK_VERSION;
+}
+
+int
+qcow2_write_header (struct rawtrack_image *img, bool flush)
+{
+  uint8_t *buf = rt_malloc (img->cluster_size);
+  int r = -1;
+
+  if (!buf)
+    return -1;
+  if (qcow2_header_serialize (&img->h, buf, img->cluster_size) == 0 &&
+      io_write (img->file, buf, img->cluster_size, 0, "image header") == 0 &&
+      (!flush || io_flush (img->file, "image file") == 0))
+    r = 0;
+  free (buf);
+  return r;
+}
+
+static void
+image_free (struct rawtrack_image *img)
+{
+  int i;
+
+  if (!img)
+    return;
+  for (i = 0; i < L2_CACHE_SLOTS; i++)
+    free (img->l2_cache[i].entries);
+  qcow2_refcount_free (img);
+  bitmap_dir_free (&img->bitmaps);
+  free (img->l1);
+  qcow2_header_free (&img->h);
+  rawtrack_io_close (img->file);
+  rawtrack_io_close (img->data);
+  free (img->path);
+  pthread_mutex_destroy (&img->lock);
+  free (img);
+}
+
+static int
+load_bitmap_directory (struct rawtrack_image *img, uint64_t file_size)
+{
+  struct qcow2_header *h = &img->h;
+  uint8_t *buf;
+  int r;
+
+  if (!h->has_bitmaps_ext || h->version < 3 ||
+      !(h->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+    return 0;     /* absent, or not vouched for: QEMU ignores it too */
+
+  if (h->nb_bitmaps == 0 || h->nb_bitmaps > BME_MAX_BITMAPS)
+    return set_corrupt ("bitmaps extension: %" PRIu32 " bitmaps (must be "
+                        "1..65535)", h->nb_bitmaps);
+  if (h->bitmap_dir_size == 0 || h->bitmap_dir_size > BME_MAX_DIR_SIZE)
+    return set_corrupt ("bitmaps extension: directory size %" PRIu64
+                        " is out of range", h->bitmap_dir_size);
+  if (!IS_ALIGNED (h->bitmap_dir_offset, img->cluster_size) ||
+      h->bitmap_dir_offset == 0)
+    return set_corrupt ("bitmaps extension: directory offset 0x%" PRIx64
+                        " is not cluster-aligned", h->bitmap_dir_offset);
+  if (h->bitmap_dir_offset >= file_size + img->cluster_size ||
+      h->bitmap_dir_size > file_size + img->cluster_size -
+                           h->bitmap_dir_offset)
+    return set_corrupt ("bitmap directory at offset %" PRIu64 " (%" PRIu64
+                        " bytes) is past the end of the image file (%"
+                        PRIu64 " bytes)", h->bitmap_dir_offset,
+                        h->bitmap_dir_size, file_size);
+
+  buf = rt_malloc (h->bitmap_dir_size);
+  if (!buf)
+    return -1;
+  r = io_read (img->file, buf, h->bitmap_dir_size, h->bitmap_dir_offset,
+               "bitmap directory");
+  if (r == 0)
+    r = bitmap_dir_parse (buf, h->bitmap_dir_size, h->nb_bitmaps,
+                          img->virtual_size, img->cluster_size,
+                          h->bitmap_dir_offset, &img->bitmaps);
+  free (buf);
+  if (r == 0)
+    img->bitmaps_trusted = true;
+  return r;
+}
+
+static int
+image_setup (struct rawtrack_image *img)
+{
+  struct qcow2_header *h = &img->h;
+  uint8_t first[QCOW2_V3_HEADER_LEN];
+  uint8_t *c0 = NULL;
+  int64_t fsize;
+  uint64_t cs, need_l1, l2_span_bits, i, c0len;
+
+  fsize = rawtrack_io_get_size (img->file);
+  if (fsize == -1)
+    return set_error (errno, "cannot get the size of the image file: %s",
+                      strerror (errno));
+  if (fsize < QCOW2_V2_HEADER_LEN)
+    return set_error (EINVAL, "not a qcow2 image: the file is only %" PRId64
+                      " bytes", fsize);
+  if (io_read (img->file, first, sizeof first, 0, "image header") == -1)
+    return -1;
+  if (be32_load (first) != QCOW2_MAGIC)
+    return set_error (EINVAL, "not a qcow2 image: bad magic 0x%08x at "
+                      "offset 0", be32_load (first));
+  {
+    uint32_t bits = be32_load (first + 20);
+    if (bits < QCOW2_MIN_CLUSTER_BITS || bits > QCOW2_MAX_CLUSTER_BITS)
+      return set_corrupt ("cluster_bits %" PRIu32 " at offset 20 is out of "
+                          "range (9..21: 512 B to 2 MiB)", bits);
+    cs = 1ull << bits;
+  }
+  c0len = MIN (cs, (uint64_t) fsize);
+  c0 = rt_malloc (cs);
+  if (!c0)
+    return -1;
+  if (io_read (img->file, c0, c0len, 0, "cluster 0") == -1 ||
+      qcow2_header_parse (c0, c0len, h) == -1) {
+    free (c0);
+    return -1;
+  }
+  free (c0);
+
+  img->cluster_size = (uint32_t) cs;
+  img->virtual_size = ROUND_DOWN (h->size, 512);
+  img->ext_l2 = (h->incompat & QCOW2_INCOMPAT_EXTL2) != 0;
+  img->l2_entry_size = img->ext_l2 ? 16 : 8;
+  img->l2_entries = (uint32_t) (cs / img->l2_entry_size);
+  img->subcluster_bits = img->ext_l2 ? h->cluster_bits - 5 : h->cluster_bits;
+  img->l1_size = h->l1_size;
+
+  if (h->crypt_method != 0)
+    return set_error (ENOTSUP, "encrypted images (crypt_method %" PRIu32
+                      " at offset 32) are not supported", h->crypt_method);
+  if (img->writable && !(img->flags & RAWTRACK_OPEN_CHECK)) {
+    if (h->incompat & QCOW2_INCOMPAT_CORRUPT)
+      return set_error (EROFS, "the image is marked corrupt (incompatible "
+                        "bit 1); it can only be opened read-only, or "
+                        "repaired with 'rawtrack check --repair'");
+    if (h->incompat & QCOW2_INCOMPAT_DIRTY)
+      return set_error (EROFS, "the image has dirty refcounts (lazy "
+                        "refcounts after a crash); repair it with "
+                        "'rawtrack check --repair' or 'qemu-img check -r "
+                        "all' first");
+  }
+  if ((h->autoclear & QCOW2_AUTOCLEAR_DATA_RAW) &&
+      !(h->incompat & QCOW2_INCOMPAT_DATA_FILE) &&
+      !(img->flags & (RAWTRACK_OPEN_NO_DATA_FILE | RAWTRACK_OPEN_CHECK)))
+    return set_corrupt ("raw external data (autoclear bit 1) is set but the "
+                        "image has no external data file");
+  if (h->refcount_table_clusters == 0 && !(img->flags & RAWTRACK_OPEN_CHECK))
+    return set_corrupt ("the image has no refcount table (offset 56 is 0)");
+
+  /* L1: QEMU requires it to cover the virtual size. */
+  l2_span_bits = h->cluster_bits + (63 - __builtin_clzll (img->l2_entries));
+  need_l1 = DIV_ROUND_UP (img->virtual_size, 1ull << l2_span_bits);
+  if (h->l1_size < need_l1)
+    return set_corrupt ("L1 table is too small: %" PRIu32 " entries (offset "
+                        "36), the virtual size needs %" PRIu64, h->l1_size,
+                        need_l1);
+  if (h->l1_size) {
+    if (h->l1_table_offset == 0 ||
+        h->l1_table_offset >= (uint64_t) fsize + cs)
+      return set_corrupt ("L1 table offset 0x%" PRIx64 " (offset 40) is "
+                          "outside the image file (%" PRId64 " bytes)",
+                          h->l1_table_offset, fsize);
+    img->l1 = rt_malloc ((size_t) h->l1_size * 8);
+    if (!img->l1 ||
+        io_read (img->file, img->l1, (uint64_t) h->l1_size * 8,
+                 h->l1_table_offset, "L1 table") == -1)
+      return -1;
+    for (i = 0; i < h->l1_size; i++)
+      img->l1[i] = be64_load (&img->l1[i]);
+  }
+
+  if (h->refcount_table_clusters &&
+      h->refcount_table_offset >= (uint64_t) fsize + cs)
+    return set_corrupt ("refcount table offset 0x%" PRIx64 " (offset 48) is "
+                        "outside the image file (%" PRId64 " bytes)",
+                        h->refcount_table_offset, fsize);
+  if (qcow2_refcount_init (img) == -1)
+    return -1;
+  if (load_bitmap_directory (img, (uint64_t) fsize) == -1)
+    return -1;
+
+  if (img->writable &&
+      ((h->autoclear & ~QCOW2_AUTOCLEAR_KNOWN) ||
+       (h->has_bitmaps_ext && !img->bitmaps_trusted))) {
+    /* Unknown autoclear bits are cleared by every writer; an untrusted
+     * bitmaps extension is dropped, as QEMU does (its clusters leak). */
+    h->autoclear &= QCOW2_AUTOCLEAR_KNOWN;
+    if (!img->bitmaps_trusted) {
+      h->has_bitmaps_ext = false;
+      h->nb_bitmaps = 0;
+      h->autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
+    }
+    if (qcow2_write_header (img, true) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+RAWTRACK_API struct rawtrack_image *
+rawtrack_image_open_io (struct rawtrack_io *file, struct rawtrack_io *data,
+                        unsigned flags)
+{
+  struct rawtrack_image *img;
+
+  rt_clear_error ();
+  if (!file) {
+    rawtrack_io_close (data);
+    rt_set_error (EINVAL, "no image backend");
+    return NULL;
+  }
+  img = rt_calloc (1, sizeof *img);
+  if (!img) {
+    rawtrack_io_close (file);
+    rawtrack_io_close (data);
+    return NULL;
+  }
+  pthread_mutex_init (&img->lock, NULL);
+  img->file = file;
+  img->data = data;
+  img->flags = flags;
+  img->writable = (flags & RAWTRACK_OPEN_RDWR) != 0;
+  if (image_setup (img) == -1)
+    goto fail;
+  if (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) {
+    if (!data && !(flags & RAWTRACK_OPEN_NO_DATA_FILE)) {
+      rt_set_error (EINVAL, "the image has an external data file but none "
+                    "was given");
+      goto fail;
+    }
+  }
+  else if (data) {
+    rt_set_error (EINVAL, "a data file was given, but the image has no "
+                  "external data file (incompatible bit 2 is clear)");
+    goto fail;
+  }
+  return img;
+
+ fail:
+  image_free (img);
+  return NULL;
+}
+
+RAWTRACK_API struct rawtrack_image *
+rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
+{
+  struct rawtrack_io *file;
+  struct rawtrack_image *img;
+  unsigned ioflags = (flags & RAWTRACK_OPEN_RDWR) ? RAWTRACK_IO_RDWR
+                                                   : RAWTRACK_IO_RDONLY;
+  char *dpath = NULL;
+
+  rt_clear_error ();
+  if (!path) {
+    rt_set_error (EINVAL, "no image path");
+    return NULL;
+  }
+  file = rawtrack_io_file_open (path, ioflags);
+  if (!file)
+    return NULL;
+  img = rawtrack_image_open_io (file, NULL,
+                                flags | RAWTRACK_OPEN_NO_DATA_FILE);
+  if (!img)
+    return NULL;
+  img->flags = flags;
+  if (!(img->path = rt_strdup (path)))
+    goto fail;
+
+  if ((img->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW) &&
+      !(img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) &&
+      !(flags & (RAWTRACK_OPEN_NO_DATA_FILE | RAWTRACK_OPEN_CHECK))) {
+    rt_set_error (RAWTRACK_ECORRUPT, "raw external data (autoclear bit 1) is "
+                  "set but the image has no external data file");
+    goto fail;
+  }
+  if (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) {
+    if (!(flags & RAWTRACK_OPEN_NO_DATA_FILE) || data_file) {
+      if (data_file)
+        dpath = rt_strdup (data_file);
+      else if (img->h.data_file)
+        dpath = datafile_resolve (path, img->h.data_file);
+      else {
+        rt_set_error (EINVAL, "the image has an external data file but does "
+                      "not name it; give it with --data-file");
+        goto fail;
+      }
+      if (!dpath)
+        goto fail;
+      img->data = rawtrack_io_file_open (dpath, ioflags);
+      if (!img->data) {
+        rt_prefix_error ("cannot open the data file: ");
+        goto fail;
+      }
+      free (dpath);
+      dpath = NULL;
+    }
+  }
+  else if (data_file) {
+    rt_set_error (EINVAL, "--data-file given, but the image has no external "
+                  "data file");
+    goto fail;
+  }
+  return img;
+
+ fail:
+  free (dpath);
+  image_free (img);
+  return NULL;
+}
+
+RAWTRACK_API int
+rawtrack_image_flush (struct rawtrack_image *img)
+{
+  int r = 0;
+
+  rt_clear_error ();
+  if (!img->writable)
+    return 0;
+  pthread_mutex_lock (&img->lock);
+  if (io_flush (img->file, "image file") == -1)
+    r = -1;
+  pthread_mutex_unlock (&img->lock);
+  if (r == 0 && img->data && io_flush (img->data, "data file") == -1)
+    r = -1;
+  return r;
+}
+
+RAWTRACK_API int
+rawtrack_image_close (struct rawtrack_image *img)
+{
+  int r = 0;
+
+  if (!img)
+    return 0;
+  rt_clear_error ();
+  if (img->writable && rawtrack_image_flush (img) == -1)
+    r = -1;
+  image_free (img);
+  return r;
+}
+
+/* Read one compressed cluster and copy the part [pos, pos+n) of it. */
+static int
+read_compressed (struct rawtrack_image *img, uint64_t l2e, uint64_t pos,
+                 uint8_t *buf, uint64_t n)
+{
+  uint64_t host, clen, cs = img->cluster_size;
+  uint8_t *src, *dst;
+  int r = -1;
+
+  qcow2_compressed_desc (l2e, img->h.cluster_bits, &host, &clen);
+  if (clen > 2 * cs + 512)
+    return set_corrupt ("compressed cluster at offset %" PRIu64 " claims %"
+                        PRIu64 " bytes", host, clen);
+  src = rt_malloc (clen);
+  dst = rt_malloc (cs);
+  if (src && dst &&
+      io_read (img->file, src, clen, host, "compressed cluster") == 0 &&
+      qcow2_decompress (img->h.compression_type, src, clen, dst, cs) == 0) {
+    memcpy (buf, dst + (pos & (cs - 1)), n);
+    r = 0;
+  }
+  else if (src && dst)
+    rt_prefix_error ("compressed cluster at offset %" PRIu64 ": ", host);
+  free (src);
+  free (dst);
+  return r;
+}
+
+RAWTRACK_API int
+rawtrack_image_pread (struct rawtrack_image *img, void *buf, uint64_t count,
+                      uint64_t offset)
+{
+  uint8_t *p = buf;
+
+  rt_clear_error ();
+  if (offset > img->virtual_size || count > img->virtual_size - offset)
+    return set_error (EINVAL, "read of %" PRIu64 " bytes at offset %" PRIu64
+                      " is past the end of the disk (%" PRIu64 " bytes)",
+                      count, offset, img->virtual_size);
+  while (count > 0) {
+    struct qcow2_extent ext;
+    int r;
+
+    pthread_mutex_lock (&img->lock);
+    r = qcow2_map (img, offset, count, &ext);
+    if (r == 0 && ext.type == QCOW2_COMPRESSED)
+      r = read_compressed (img, ext.l2_entry, offset, p, ext.bytes);
+    pthread_mutex_unlock (&img->lock);
+    if (r == -1)
+      return -1;
+
+    switch (ext.type) {
+    case QCOW2_UNALLOCATED:
+    case QCOW2_ZERO:
+      memset (p, 0, ext.bytes);
+      break;
+    case QCOW2_NORMAL:
+      if (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) {
+        if (!img->data)
+          return set_error (EINVAL, "the data file is not open");
+        r = io_read (img->data, p, ext.bytes, ext.host, "data file");
+      }
+      else
+        r = io_read (img->file, p, ext.bytes, ext.host, "data cluster");
+      if (r == -1)
+        return -1;
+      break;
+    case QCOW2_COMPRESSED:
+      break;
+    }
+    p += ext.bytes;
+    offset += ext.bytes;
+    count -= ext.bytes;
+  }
+  return 0;
+}
+
+/* ---- information ---------------------------------------------------- */
+
+RAWTRACK_API uint64_t
+rawtrack_image_virtual_size (struct rawtrack_image *img)
+{
+  return img->virtual_size;
+}
+
+RAWTRACK_API uint32_t
+rawtrack_image_cluster_size (struct rawtrack_image *img)
+{
+  return img->cluster_size;
+}
+
+RAWTRACK_API int
+rawtrack_image_version (struct rawtrack_image *img)
+{
+  return (int) img->h.version;
+}
+
+RAWTRACK_API int
+rawtrack_image_refcount_bits (struct rawtrack_image *img)
+{
+  return 1 << img->h.refcount_order;
+}
+
+RAWTRACK_API const char *
+rawtrack_image_data_file (struct rawtrack_image *img)
+{
+  return (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) ? img->h.data_file
+                                                      : NULL;
+}
+
+RAWTRACK_API int
+rawtrack_image_has_data_file (struct rawtrack_image *img)
+{
+  return (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) != 0;
+}
+
+RAWTRACK_API int
+rawtrack_image_data_file_raw (struct rawtrack_image *img)
+{
+  return (img->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW) != 0;
+}
+
+RAWTRACK_API int
+rawtrack_image_is_dirty (struct rawtrack_image *img)
+{
+  return (img->h.incompat & QCOW2_INCOMPAT_DIRTY) != 0;
+}
+
+RAWTRACK_API int
+rawtrack_image_is_corrupt (struct rawtrack_image *img)
+{
+  return (img->h.incompat & QCOW2_INCOMPAT_CORRUPT) != 0;
+}
+
+RAWTRACK_API int
+rawtrack_image_extended_l2 (struct rawtrack_image *img)
+{
+  return img->ext_l2;
+}
+
+RAWTRACK_API int
+rawtrack_image_lazy_refcounts (struct rawtrack_image *img)
+{
+  return (img->h.compat & QCOW2_COMPAT_LAZY_REFCOUNTS) != 0;
+}
+
+RAWTRACK_API const char *
+rawtrack_image_compression_type (struct rawtrack_image *img)
+{
+  return img->h.compression_type == 1 ? "zstd" : "zlib";
+}
+
+RAWTRACK_API const char *
+rawtrack_image_backing_file (struct rawtrack_image *img)
+{
+  return img->h.backing_file;
+}
+
+RAWTRACK_API const char *
+rawtrack_image_backing_format (struct rawtrack_image *img)
+{
+  return img->h.backing_file ? img->h.backing_format : NULL;
+}
+
+RAWTRACK_API int64_t
+rawtrack_image_file_size (struct rawtrack_image *img)
+{
+  struct stat st;
+
+  if (img->path && stat (img->path, &st) == 0 && S_ISREG (st.st_mode))
+    return (int64_t) st.st_blocks * 512;
+  return rawtrack_io_get_size (img->file);
+}
+
+RAWTRACK_API uint64_t
+rawtrack_image_incompatible_features (struct rawtrack_image *img)
+{
+  return img->h.incompat;
+}
+
+RAWTRACK_API uint64_t
+rawtrack_image_compatible_features (struct rawtrack_image *img)
+{
+  return img->h.compat;
+}
+
+RAWTRACK_API uint64_t
+rawtrack_image_autoclear_features (struct rawtrack_image *img)
+{
+  return img->h.autoclear;
+}
+
+RAWTRACK_API int
+rawtrack_image_bitmap_count (struct rawtrack_image *img)
+{
+  return (int) img->bitmaps.nr;
+}
+
+RAWTRACK_API const char *
+rawtrack_image_bitmap_name (struct rawtrack_image *img, int i)
+{
+  if (i < 0 || (uint32_t) i >= img->bitmaps.nr)
+    return NULL;
+  return img->bitmaps.entries[i].name;
+}
+
+RAWTRACK_API uint64_t
+rawtrack_image_bitmap_granularity (struct rawtrack_image *img, int i)
+{
+  if (i < 0 || (uint32_t) i >= img->bitmaps.nr)
+    return 0;
+  return 1ull << img->bitmaps.entries[i].granularity_bits;
+}
+
+RAWTRACK_API uint32_t
+rawtrack_image_bitmap_flags (struct rawtrack_image *img, int i)
+{
+  if (i < 0 || (uint32_t) i >= img->bitmaps.nr)
+    return 0;
+  return img->bitmaps.entries[i].flags;
+}

@@ -13,7 +13,7 @@
  *        |
  *   qcow2-header.c (header + extensions, pure parse/serialise)
  *        |
- *   struct rawtrack_io (lib/io/*.c)            storage
+ *   struct rawtrack_io (lib/io/)               storage
  *
  * Locking: struct rawtrack_image.lock (a mutex) protects every metadata
  * field of the image: the header copy, L1, the L2 cache, the refcount
@@ -32,8 +32,9 @@
 #include "rawtrack/rawtrack.h"
 
 /* ---- errors.c --------------------------------------------------------- */
-/* Record the thread's last error (message formatted printf-style). */
-void rt_set_error (int errnum, const char *fmt, ...)
+/* Record the thread's last error (message formatted printf-style).
+ * Always returns -1, so that `return rt_set_error (...)` reads well. */
+int rt_set_error (int errnum, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 /* Prefix the current message with more context ("reading L2 table: "). */
 void rt_prefix_error (const char *fmt, ...)
@@ -41,9 +42,9 @@ void rt_prefix_error (const char *fmt, ...)
 void rt_clear_error (void);
 
 /* Set the error and return -1 (or NULL) in one statement. */
-#define set_error(errnum, ...) (rt_set_error ((errnum), __VA_ARGS__), -1)
+#define set_error(errnum, ...) rt_set_error ((errnum), __VA_ARGS__)
 /* Metadata corruption: names the structure and the offset. */
-#define set_corrupt(...) (rt_set_error (RAWTRACK_ECORRUPT, __VA_ARGS__), -1)
+#define set_corrupt(...) rt_set_error (RAWTRACK_ECORRUPT, __VA_ARGS__)
 
 /* ---- memory.c --------------------------------------------------------- */
 /* All allocations in lib/ go through these, so tests can inject ENOMEM.
@@ -237,6 +238,7 @@ struct rawtrack_image {
   uint64_t reftable_entries;
   uint32_t refblock_entries;       /* entries per refcount block */
   uint64_t free_hint;              /* first cluster that may be free */
+  void *rb_cache;                  /* refcount block cache (qcow2-refcount.c) */
 
   /* bitmaps (directory only; bits are loaded on demand) */
   struct bitmap_dir bitmaps;
@@ -263,6 +265,8 @@ int qcow2_refcount_get (struct rawtrack_image *img, uint64_t c,
  * to the file (not flushed). */
 int qcow2_refcount_set (struct rawtrack_image *img, uint64_t c,
                         uint64_t value);
+/* Forget cached refcount blocks (after they were rewritten wholesale). */
+void qcow2_refcount_cache_drop (struct rawtrack_image *img);
 /* Encode/decode one entry of a refcount block of the given width. */
 uint64_t refblock_get (const uint8_t *block, uint64_t i, uint32_t bits);
 void refblock_set (uint8_t *block, uint64_t i, uint32_t bits, uint64_t v);
