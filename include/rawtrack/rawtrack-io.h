@@ -78,7 +78,8 @@ struct rawtrack_io_ops {
    * backend without an efficient method writes zeros (unless FAST_ZERO). */
   int (*zero) (struct rawtrack_io *io, uint64_t count, uint64_t offset,
                unsigned flags);
-  /* Advisory discard: afterwards the range reads as zeros or as before. */
+  /* Advisory discard: afterwards the contents of the range are unspecified
+   * (zeros, the old data, or - on some block devices - anything). */
   int (*trim) (struct rawtrack_io *io, uint64_t count, uint64_t offset);
   /* Current size in bytes, or -1. */
   int64_t (*get_size) (struct rawtrack_io *io);
@@ -92,7 +93,8 @@ struct rawtrack_io_ops {
   int (*block_size) (struct rawtrack_io *io, uint32_t *minimum,
                      uint32_t *preferred, uint32_t *maximum);
   /* Sparseness: *is_data is set for the run starting at offset, and the
-   * return value is the length of that run (> 0, at most count), or -1.
+   * return value is the length of that run (> 0, at most count), or -1
+   * (count 0 is EINVAL).
    * Backends without CAN_EXTENTS report everything as data. */
   int64_t (*extent) (struct rawtrack_io *io, uint64_t offset, uint64_t count,
                      int *is_data);

@@ -1,2 +1,605 @@
-/* placeholder: replaced by the real test */
-int main (void) { return 77; }
+/* rawtrack - unit test for the file and memory I/O backends.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * The same contract checks (rawtrack-io.h) run on a memory backend and on a
+ * regular file in $TMPDIR (or /tmp); then each backend's own behaviour:
+ * open errors, read-only, O_DIRECT, real holes for the file; max_size,
+ * bounded growth and allocation failure for memory.
+ */
+#undef NDEBUG
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+#include "rawtrack/rawtrack-io.h"
+
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      fprintf (stderr, "test-io: %s:%d: check failed: %s "              \
+               "(errno: %s; last error: %s)\n", __FILE__, __LINE__,     \
+               #cond, strerror (errno),                                 \
+               rawtrack_get_error () ? rawtrack_get_error () : "none"); \
+      exit (1);                                                         \
+    }                                                                   \
+  } while (0)
+
+/* Fails with the expected errno. */
+#define CHECK_ERR(expr, err)                                            \
+  do {                                                                  \
+    errno = 0;                                                          \
+    CHECK ((expr) == -1);                                               \
+    CHECK (errno == (err));                                             \
+  } while (0)
+
+static char tmpdir[4096];
+
+static void
+cleanup_tmpdir (void)
+{
+  char cmd[4200];
+
+  if (tmpdir[0]) {
+    snprintf (cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system (cmd) != 0)
+      fprintf (stderr, "test-io: could not remove %s\n", tmpdir);
+  }
+}
+
+static void
+make_tmpdir (void)
+{
+  const char *t = getenv ("TMPDIR");
+
+  snprintf (tmpdir, sizeof tmpdir, "%s/test-io.XXXXXX",
+            t && *t ? t : "/tmp");
+  CHECK (mkdtemp (tmpdir) != NULL);
+  atexit (cleanup_tmpdir);
+}
+
+static void
+tmp_path (char *buf, size_t len, const char *name)
+{
+  snprintf (buf, len, "%s/%s", tmpdir, name);
+}
+
+static bool
+all_equal (const uint8_t *p, uint64_t len, uint8_t v)
+{
+  uint64_t i;
+
+  for (i = 0; i < len; i++)
+    if (p[i] != v)
+      return false;
+  return true;
+}
+
+/* Read [offset, offset + len) and check it is all v. */
+static void
+expect_bytes (struct rawtrack_io *io, uint64_t offset, uint64_t len, uint8_t v)
+{
+  uint8_t *buf = malloc (len);
+
+  CHECK (buf != NULL);
+  memset (buf, v ^ 0xff, len);
+  CHECK (rawtrack_io_pread (io, buf, len, offset) == 0);
+  CHECK (all_equal (buf, len, v));
+  free (buf);
+}
+
+static void
+write_bytes (struct rawtrack_io *io, uint64_t offset, uint64_t len, uint8_t v,
+             unsigned flags)
+{
+  uint8_t *buf = malloc (len);
+
+  CHECK (buf != NULL);
+  memset (buf, v, len);
+  CHECK (rawtrack_io_pwrite (io, buf, len, offset, flags) == 0);
+  free (buf);
+}
+
+static uint64_t
+size_of (struct rawtrack_io *io)
+{
+  int64_t s = rawtrack_io_get_size (io);
+
+  CHECK (s >= 0);
+  return (uint64_t) s;
+}
+
+/* Walk [0, end) with extent and check the answers are well formed and
+ * that every hole reads as zeros.  Returns the number of hole bytes. */
+static uint64_t
+check_extents (struct rawtrack_io *io, uint64_t end)
+{
+  uint64_t pos = 0, holes = 0;
+
+  while (pos < end) {
+    int is_data = -1;
+    int64_t n = rawtrack_io_extent (io, pos, end - pos, &is_data);
+
+    CHECK (n > 0 && (uint64_t) n <= end - pos);
+    CHECK (is_data == 0 || is_data == 1);
+    if (!is_data) {
+      expect_bytes (io, pos, (uint64_t) n, 0);
+      holes += (uint64_t) n;
+    }
+    pos += (uint64_t) n;
+  }
+  return holes;
+}
+
+/* The contract of rawtrack-io.h on an empty, writable backend. */
+static void
+test_contract (struct rawtrack_io *io)
+{
+  uint8_t buf[300];
+  uint32_t min, pref, max;
+  uint64_t size;
+  int is_data;
+  int r;
+
+  CHECK (size_of (io) == 0);
+  CHECK (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_WRITE);
+
+  /* Reads past the end are zeros and succeed. */
+  expect_bytes (io, 0, 100, 0);
+  expect_bytes (io, UINT64_C (1) << 40, 100, 0);
+
+  /* A write extends; a read straddling the end is zero-filled. */
+  write_bytes (io, 100, 1000, 0x11, 0);
+  CHECK (size_of (io) == 1100);
+  expect_bytes (io, 0, 100, 0);
+  expect_bytes (io, 100, 1000, 0x11);
+  memset (buf, 0xee, sizeof buf);
+  CHECK (rawtrack_io_pread (io, buf, 300, 1000) == 0);
+  CHECK (all_equal (buf, 100, 0x11) && all_equal (buf + 100, 200, 0));
+
+  /* An empty write changes nothing. */
+  CHECK (rawtrack_io_pwrite (io, buf, 0, 5000, 0) == 0);
+  CHECK (size_of (io) == 1100);
+
+  /* Zero inside, then zero reaching past the end: extends like a write. */
+  CHECK (rawtrack_io_zero (io, 100, 200, 0) == 0);
+  expect_bytes (io, 100, 100, 0x11);
+  expect_bytes (io, 200, 100, 0);
+  expect_bytes (io, 300, 800, 0x11);
+  CHECK (rawtrack_io_zero (io, 1000, 1050, 0) == 0);
+  CHECK (size_of (io) == 2050);
+  expect_bytes (io, 300, 750, 0x11);
+  expect_bytes (io, 1050, 1000, 0);
+
+  /* MAY_TRIM zeros: inside, and past the end of the file. */
+  write_bytes (io, 8192, 65536, 0x5a, 0);
+  CHECK (size_of (io) == 8192 + 65536);
+  CHECK (rawtrack_io_zero (io, 16384, 16384, RAWTRACK_IO_MAY_TRIM) == 0);
+  expect_bytes (io, 8192, 8192, 0x5a);
+  expect_bytes (io, 16384, 16384, 0);
+  expect_bytes (io, 32768, 8192, 0x5a);
+  CHECK (rawtrack_io_zero (io, 10000, 70000, RAWTRACK_IO_MAY_TRIM) == 0);
+  CHECK (size_of (io) == 80000);
+  expect_bytes (io, 32768, 70000 - 32768, 0x5a);
+  expect_bytes (io, 70000, 10000, 0);
+  CHECK (rawtrack_io_zero (io, 5, 79000, RAWTRACK_IO_MAY_TRIM) == 0);
+  CHECK (size_of (io) == 80000);
+
+  /* FAST_ZERO either works or says ENOTSUP; with FUA it is durable. */
+  r = rawtrack_io_zero (io, 4096, 40960,
+                        RAWTRACK_IO_FAST_ZERO | RAWTRACK_IO_FUA);
+  if (r == 0)
+    expect_bytes (io, 40960, 4096, 0);
+  else
+    CHECK (errno == ENOTSUP);
+  write_bytes (io, 40960, 4096, 0x5a, RAWTRACK_IO_FUA);
+
+  /* Trim: the range reads as zeros or as before; never extends. */
+  r = rawtrack_io_trim (io, 8192, 36864);
+  if (r == 0) {
+    uint8_t *p = malloc (8192);
+    int i;
+
+    CHECK (p != NULL);
+    CHECK (rawtrack_io_pread (io, p, 8192, 36864) == 0);
+    for (i = 0; i < 8192; i++)
+      CHECK (p[i] == 0 || p[i] == 0x5a);
+    free (p);
+  }
+  else
+    CHECK (errno == ENOTSUP);
+  CHECK (rawtrack_io_trim (io, 100000, 79000) == 0 || errno == ENOTSUP);
+  CHECK (size_of (io) == 80000);
+  CHECK (rawtrack_io_trim (io, 0, 0) == 0);
+  write_bytes (io, 36864, 8192, 0x5a, 0);
+
+  /* Extents are well formed and holes read as zeros; known data is data
+   * and past the end is a hole (for backends that track extents). */
+  check_extents (io, 90000);
+  CHECK (rawtrack_io_extent (io, 8192, 512, &is_data) > 0 && is_data == 1);
+  if (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_EXTENTS) {
+    CHECK (rawtrack_io_extent (io, 80000, 1000, &is_data) == 1000);
+    CHECK (is_data == 0);
+  }
+  CHECK_ERR (rawtrack_io_extent (io, 0, 0, &is_data), EINVAL);
+
+  /* Truncate: shrink, then grow; the regrown part reads as zeros. */
+  CHECK (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_TRUNCATE);
+  CHECK (rawtrack_io_truncate (io, 9000) == 0);
+  CHECK (size_of (io) == 9000);
+  CHECK (rawtrack_io_truncate (io, 20000) == 0);
+  CHECK (size_of (io) == 20000);
+  expect_bytes (io, 8192, 808, 0x5a);
+  expect_bytes (io, 9000, 11000, 0);
+
+  /* Offsets that wrap or that no file can reach are EINVAL. */
+  CHECK_ERR (rawtrack_io_pread (io, buf, 100, UINT64_MAX - 10), EINVAL);
+  CHECK_ERR (rawtrack_io_pwrite (io, buf, 100, UINT64_MAX - 10, 0), EINVAL);
+  CHECK_ERR (rawtrack_io_zero (io, UINT64_MAX, 2, 0), EINVAL);
+  CHECK_ERR (rawtrack_io_trim (io, 100, UINT64_MAX - 10), EINVAL);
+  CHECK_ERR (rawtrack_io_extent (io, UINT64_MAX - 10, 100, &is_data), EINVAL);
+  size = size_of (io);
+  CHECK (size == 20000);
+
+  CHECK (rawtrack_io_flush (io) == 0);
+
+  CHECK (io->ops->block_size (io, &min, &pref, &max) == 0);
+  CHECK (min >= 1 && pref >= min && max >= pref);
+}
+
+/* ---- concurrent writers ------------------------------------------------ */
+
+struct worker {
+  struct rawtrack_io *io;
+  int id;
+};
+
+#define WORKERS 4
+#define WORKER_CHUNK 4096
+#define WORKER_ROUNDS 64
+
+static void *
+worker_main (void *arg)
+{
+  struct worker *w = arg;
+  uint8_t buf[WORKER_CHUNK], back[WORKER_CHUNK];
+  int i;
+
+  for (i = 0; i < WORKER_ROUNDS; i++) {
+    uint64_t off = ((uint64_t) i * WORKERS + (uint64_t) w->id) * WORKER_CHUNK;
+
+    memset (buf, w->id * 16 + (i & 15) + 1, sizeof buf);
+    CHECK (rawtrack_io_pwrite (w->io, buf, sizeof buf, off, 0) == 0);
+    CHECK (rawtrack_io_pread (w->io, back, sizeof back, off) == 0);
+    CHECK (memcmp (buf, back, sizeof buf) == 0);
+  }
+  return NULL;
+}
+
+static void
+test_threads (struct rawtrack_io *io)
+{
+  struct worker w[WORKERS];
+  pthread_t t[WORKERS];
+  int i;
+
+  for (i = 0; i < WORKERS; i++) {
+    w[i].io = io;
+    w[i].id = i;
+    CHECK (pthread_create (&t[i], NULL, worker_main, &w[i]) == 0);
+  }
+  for (i = 0; i < WORKERS; i++)
+    CHECK (pthread_join (t[i], NULL) == 0);
+  CHECK (size_of (io) == (uint64_t) WORKERS * WORKER_ROUNDS * WORKER_CHUNK);
+}
+
+/* ---- memory backend ---------------------------------------------------- */
+
+static void
+test_mem (void)
+{
+  static const char hello[] = "hello, world";
+  struct rawtrack_io *io;
+  const uint8_t *data;
+  uint64_t size;
+  uint8_t buf[64];
+  int is_data;
+
+  io = rawtrack_io_mem_new (NULL, 0, 0);
+  CHECK (io != NULL);
+  CHECK (strcmp (io->ops->name, "mem") == 0);
+  test_contract (io);
+  rawtrack_io_close (io);
+
+  /* Initial content is copied; the buffer is visible. */
+  io = rawtrack_io_mem_new (hello, sizeof hello, 0);
+  CHECK (io != NULL);
+  data = rawtrack_io_mem_data (io, &size);
+  CHECK (data != NULL && data != (const uint8_t *) hello);
+  CHECK (size == sizeof hello && memcmp (data, hello, size) == 0);
+  CHECK (rawtrack_io_pread (io, buf, sizeof hello, 0) == 0);
+  CHECK (memcmp (buf, hello, sizeof hello) == 0);
+  /* No overflow and below no size: reads as zeros, not EINVAL. */
+  memset (buf, 1, sizeof buf);
+  CHECK (rawtrack_io_pread (io, buf, sizeof buf, UINT64_C (1) << 62) == 0);
+  CHECK (all_equal (buf, sizeof buf, 0));
+  rawtrack_io_close (io);
+
+  /* NULL data: zeros. */
+  io = rawtrack_io_mem_new (NULL, 4096, 0);
+  CHECK (io != NULL && size_of (io) == 4096);
+  expect_bytes (io, 0, 4096, 0);
+  rawtrack_io_close (io);
+
+  /* max_size bounds every way of growing; failures change nothing. */
+  io = rawtrack_io_mem_new (NULL, 0, 8192);
+  CHECK (io != NULL);
+  write_bytes (io, 8000, 192, 0x33, 0);
+  CHECK (size_of (io) == 8192);
+  CHECK_ERR (rawtrack_io_pwrite (io, buf, 2, 8191, 0), ENOSPC);
+  CHECK_ERR (rawtrack_io_zero (io, 1, 8192, 0), ENOSPC);
+  CHECK_ERR (rawtrack_io_truncate (io, 8193), ENOSPC);
+  CHECK (size_of (io) == 8192);
+  expect_bytes (io, 8000, 192, 0x33);
+  CHECK (rawtrack_io_truncate (io, 0) == 0);
+  CHECK (rawtrack_io_truncate (io, 8192) == 0);
+  expect_bytes (io, 0, 8192, 0);
+  rawtrack_io_close (io);
+
+  /* The default bound (1 GiB) is checked before allocating anything. */
+  io = rawtrack_io_mem_new (NULL, 0, 0);
+  CHECK (io != NULL);
+  CHECK_ERR (rawtrack_io_pwrite (io, buf, 1, UINT64_C (1) << 30, 0), ENOSPC);
+  CHECK_ERR (rawtrack_io_pwrite (io, buf, 1, UINT64_MAX - 1, 0), ENOSPC);
+  CHECK_ERR (rawtrack_io_pwrite (io, buf, 2, UINT64_MAX, 0), EINVAL);
+  CHECK_ERR (rawtrack_io_zero (io, UINT64_C (1) << 40, 0, 0), ENOSPC);
+  CHECK_ERR (rawtrack_io_truncate (io, UINT64_MAX), ENOSPC);
+  CHECK (size_of (io) == 0);
+
+  /* Allocation failure while growing: ENOMEM, nothing changed. */
+  rt_alloc_fail_after (1);
+  CHECK_ERR (rawtrack_io_pwrite (io, buf, 10, 1 << 20, 0), ENOMEM);
+  rt_alloc_fail_after (0);
+  CHECK (size_of (io) == 0);
+  write_bytes (io, 1 << 20, 10, 0x44, 0);
+  CHECK (size_of (io) == (1 << 20) + 10);
+  expect_bytes (io, 0, 1 << 20, 0);
+  rawtrack_io_close (io);
+
+  /* Extents at sector granularity: zero sectors are holes. */
+  io = rawtrack_io_mem_new (NULL, 0, 0);
+  CHECK (io != NULL);
+  write_bytes (io, 0, 512, 0x55, 0);
+  write_bytes (io, 2048, 1, 0x55, 0);
+  write_bytes (io, 4095, 1, 0x55, 0);
+  CHECK (rawtrack_io_extent (io, 0, 10000, &is_data) == 512 && is_data);
+  CHECK (rawtrack_io_extent (io, 100, 10000, &is_data) == 412 && is_data);
+  CHECK (rawtrack_io_extent (io, 512, 10000, &is_data) == 1536 && !is_data);
+  CHECK (rawtrack_io_extent (io, 2048, 10000, &is_data) == 512 && is_data);
+  CHECK (rawtrack_io_extent (io, 2560, 10000, &is_data) == 1024 && !is_data);
+  CHECK (rawtrack_io_extent (io, 3584, 10000, &is_data) == 512 && is_data);
+  CHECK (rawtrack_io_extent (io, 4096, 10000, &is_data) == 10000 && !is_data);
+  CHECK (rawtrack_io_extent (io, 0, 100, &is_data) == 100 && is_data);
+  CHECK (rawtrack_io_extent (io, 600, 100, &is_data) == 100 && !is_data);
+  CHECK (rawtrack_io_trim (io, 512, 0) == 0);
+  CHECK (rawtrack_io_extent (io, 0, 10000, &is_data) == 2048 && !is_data);
+  CHECK (check_extents (io, 4096) == 4096 - 1024);
+  rawtrack_io_close (io);
+
+  /* Constructor errors. */
+  CHECK (rawtrack_io_mem_new (NULL, 8193, 8192) == NULL);
+  CHECK (rawtrack_get_errno () == EINVAL);
+
+  io = rawtrack_io_mem_new (NULL, 0, 0);
+  CHECK (io != NULL);
+  test_threads (io);
+  rawtrack_io_close (io);
+
+  rawtrack_io_close (NULL);
+}
+
+/* ---- file backend ------------------------------------------------------ */
+
+static void
+test_file_open_errors (void)
+{
+  char path[4200];
+  struct rawtrack_io *io;
+
+  tmp_path (path, sizeof path, "missing");
+  CHECK (rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY) == NULL);
+  CHECK (rawtrack_get_errno () == ENOENT);
+  CHECK (strstr (rawtrack_get_error (), path) != NULL);
+
+  tmp_path (path, sizeof path, "exists");
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
+                              RAWTRACK_IO_EXCL);
+  CHECK (io != NULL);
+  rawtrack_io_close (io);
+  CHECK (rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
+                                RAWTRACK_IO_EXCL) == NULL);
+  CHECK (rawtrack_get_errno () == EEXIST);
+  CHECK (strstr (rawtrack_get_error (), path) != NULL);
+  /* CREATE without RDWR, EXCL without CREATE, unknown bits. */
+  CHECK (rawtrack_io_file_open (path, RAWTRACK_IO_CREATE) == NULL);
+  CHECK (rawtrack_get_errno () == EINVAL);
+  CHECK (rawtrack_io_file_open (path, RAWTRACK_IO_EXCL) == NULL);
+  CHECK (rawtrack_get_errno () == EINVAL);
+  CHECK (rawtrack_io_file_open (path, 0x1000) == NULL);
+  CHECK (rawtrack_get_errno () == EINVAL);
+
+  CHECK (rawtrack_io_file_open (tmpdir, RAWTRACK_IO_RDONLY) == NULL);
+  CHECK (rawtrack_get_errno () == EISDIR);
+  if (access ("/dev/null", R_OK) == 0) {
+    CHECK (rawtrack_io_file_open ("/dev/null", RAWTRACK_IO_RDONLY) == NULL);
+    CHECK (rawtrack_get_errno () == EINVAL);
+  }
+}
+
+static void
+test_file_readonly (void)
+{
+  char path[4200];
+  struct rawtrack_io *io;
+  uint8_t buf[16] = { 0 };
+
+  tmp_path (path, sizeof path, "ro");
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
+  CHECK (io != NULL);
+  write_bytes (io, 0, 4096, 0x77, 0);
+  rawtrack_io_close (io);
+
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
+  CHECK (io != NULL);
+  CHECK (!(rawtrack_io_caps (io) & (RAWTRACK_IO_CAN_WRITE |
+                                    RAWTRACK_IO_CAN_ZERO |
+                                    RAWTRACK_IO_CAN_TRIM |
+                                    RAWTRACK_IO_CAN_TRUNCATE)));
+  expect_bytes (io, 0, 4096, 0x77);
+  CHECK_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), EROFS);
+  CHECK_ERR (rawtrack_io_pwrite (io, buf, 0, 0, 0), EROFS);
+  CHECK_ERR (rawtrack_io_zero (io, 100, 0, RAWTRACK_IO_MAY_TRIM), EROFS);
+  CHECK_ERR (rawtrack_io_trim (io, 4096, 0), EROFS);
+  CHECK_ERR (rawtrack_io_truncate (io, 0), EROFS);
+  CHECK (rawtrack_io_flush (io) == 0);
+  CHECK (size_of (io) == 4096);
+  expect_bytes (io, 0, 4096, 0x77);
+  rawtrack_io_close (io);
+}
+
+/* Real holes, when the filesystem under $TMPDIR has them. */
+static void
+test_file_holes (void)
+{
+  char path[4200];
+  struct rawtrack_io *io;
+  const uint64_t size = 4 << 20;
+  bool fs_has_holes;
+  off_t h;
+  int fd, is_data;
+  uint64_t holes;
+
+  tmp_path (path, sizeof path, "sparse");
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
+  CHECK (io != NULL);
+  write_bytes (io, 0, 65536, 0x99, 0);
+  write_bytes (io, size - 65536, 65536, 0x99, 0);
+  CHECK (rawtrack_io_flush (io) == 0);
+
+  /* Ask the kernel directly whether this filesystem reports holes. */
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  CHECK (fd >= 0);
+  h = lseek (fd, 0, SEEK_HOLE);
+  fs_has_holes = h >= 0 && (uint64_t) h < size;
+  close (fd);
+
+  holes = check_extents (io, size + 4096);
+  CHECK (rawtrack_io_extent (io, 0, size, &is_data) > 0 && is_data == 1);
+  if (fs_has_holes) {
+    CHECK (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_EXTENTS);
+    CHECK (holes >= size - 2 * 65536);
+    CHECK (rawtrack_io_extent (io, 1 << 20, 4096, &is_data) == 4096);
+    CHECK (is_data == 0);
+  }
+
+  /* A punched hole shows up too. */
+  if (rawtrack_io_trim (io, 65536, 0) == 0 && fs_has_holes) {
+    CHECK (rawtrack_io_extent (io, 0, 4096, &is_data) == 4096);
+    CHECK (is_data == 0);
+    expect_bytes (io, 0, 65536, 0);
+  }
+  rawtrack_io_close (io);
+}
+
+static void
+test_file_flags (void)
+{
+  char path[4200];
+  struct rawtrack_io *io;
+  uint32_t min, pref, max;
+  void *buf;
+
+  tmp_path (path, sizeof path, "dsync");
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
+                              RAWTRACK_IO_DSYNC);
+  CHECK (io != NULL);
+  CHECK (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_FUA);
+  write_bytes (io, 0, 512, 0x12, RAWTRACK_IO_FUA);
+  expect_bytes (io, 0, 512, 0x12);
+  rawtrack_io_close (io);
+
+  /* O_DIRECT: not every filesystem has it (tmpfs refuses with EINVAL). */
+  tmp_path (path, sizeof path, "direct");
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
+                              RAWTRACK_IO_DIRECT);
+  if (io == NULL) {
+    CHECK (rawtrack_get_errno () == EINVAL);
+    return;
+  }
+  CHECK (io->ops->block_size (io, &min, &pref, &max) == 0);
+  CHECK (min >= 512 && pref >= min);
+  CHECK (posix_memalign (&buf, 4096, 3 * min) == 0);
+  memset (buf, 0x21, 2 * min);
+  CHECK (rawtrack_io_pwrite (io, buf, 2 * min, 0, RAWTRACK_IO_FUA) == 0);
+  /* A punch past the end extends with an aligned write. */
+  CHECK (rawtrack_io_zero (io, min, 2 * min, RAWTRACK_IO_MAY_TRIM) == 0);
+  CHECK (size_of (io) == 3 * min);
+  /* Reading across the end zero-fills without an unaligned retry. */
+  memset (buf, 0xee, 3 * min);
+  CHECK (rawtrack_io_pread (io, buf, 3 * min, min) == 0);
+  CHECK (all_equal (buf, min, 0x21));
+  CHECK (all_equal ((uint8_t *) buf + min, 2 * min, 0));
+  free (buf);
+  rawtrack_io_close (io);
+}
+
+static void
+test_file (void)
+{
+  char path[4200];
+  struct rawtrack_io *io;
+
+  tmp_path (path, sizeof path, "contract");
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
+  CHECK (io != NULL);
+  CHECK (strcmp (io->ops->name, "file") == 0);
+  CHECK (!(rawtrack_io_caps (io) & RAWTRACK_IO_IS_BLOCKDEV));
+  CHECK (rawtrack_io_mem_data (io, NULL) == NULL);
+  test_contract (io);
+  rawtrack_io_close (io);
+
+  /* What the backend wrote is in the file. */
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
+  CHECK (io != NULL);
+  CHECK (size_of (io) == 20000);
+  expect_bytes (io, 8192, 808, 0x5a);
+  rawtrack_io_close (io);
+
+  tmp_path (path, sizeof path, "threads");
+  io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
+  CHECK (io != NULL);
+  test_threads (io);
+  rawtrack_io_close (io);
+
+  test_file_open_errors ();
+  test_file_readonly ();
+  test_file_holes ();
+  test_file_flags ();
+}
+
+int
+main (void)
+{
+  make_tmpdir ();
+  test_mem ();
+  test_file ();
+  return 0;
+}
