@@ -71,6 +71,8 @@ image_free (struct rawtrack_image *img)
   rawtrack_io_close (img->data);
   free (img->path);
   pthread_mutex_destroy (&img->lock);
+  pthread_mutex_destroy (&img->track_init_lock);
+  pthread_rwlock_destroy (&img->free_lock);
   free (img);
 }
 
@@ -255,6 +257,8 @@ rawtrack_image_open_io (struct rawtrack_io *file, struct rawtrack_io *data,
     return NULL;
   }
   pthread_mutex_init (&img->lock, NULL);
+  pthread_mutex_init (&img->track_init_lock, NULL);
+  pthread_rwlock_init (&img->free_lock, NULL);
   img->file = file;
   img->data = data;
   img->flags = flags;
@@ -372,6 +376,8 @@ rawtrack_image_close (struct rawtrack_image *img)
   if (!img)
     return 0;
   rt_clear_error ();
+  if (img->track && track_stop (img) == -1)
+    r = -1;
   if (img->writable && rawtrack_image_flush (img) == -1)
     r = -1;
   image_free (img);
@@ -379,8 +385,8 @@ rawtrack_image_close (struct rawtrack_image *img)
 }
 
 /* Read one compressed cluster and copy the part [pos, pos+n) of it. */
-static int
-read_compressed (struct rawtrack_image *img, uint64_t l2e, uint64_t pos,
+int
+qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e, uint64_t pos,
                  uint8_t *buf, uint64_t n)
 {
   uint64_t host, clen, cs = img->cluster_size;
@@ -424,7 +430,7 @@ rawtrack_image_pread (struct rawtrack_image *img, void *buf, uint64_t count,
     pthread_mutex_lock (&img->lock);
     r = qcow2_map (img, offset, count, &ext);
     if (r == 0 && ext.type == QCOW2_COMPRESSED)
-      r = read_compressed (img, ext.l2_entry, offset, p, ext.bytes);
+      r = qcow2_read_compressed (img, ext.l2_entry, offset, p, ext.bytes);
     pthread_mutex_unlock (&img->lock);
     if (r == -1)
       return -1;

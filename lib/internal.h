@@ -240,6 +240,14 @@ struct rawtrack_image {
   uint64_t free_hint;              /* first cluster that may be free */
   void *rb_cache;                  /* refcount block cache (qcow2-refcount.c) */
 
+  /* guest writes (guest-io.c): in-place data writes hold free_lock for
+   * reading, operations that free clusters hold it for writing, so data is
+   * never written into a cluster that was just freed and reused. */
+  pthread_rwlock_t free_lock;
+  struct track *track;             /* tracking state (track.c), created at
+                                    * the first guest write */
+  pthread_mutex_t track_init_lock;
+
   /* bitmaps (directory only; bits are loaded on demand) */
   struct bitmap_dir bitmaps;
   bool bitmaps_trusted;            /* extension present and autoclear bit 0 */
@@ -293,7 +301,9 @@ struct qcow2_extent {
   enum qcow2_ctype type;
   uint64_t host;                   /* NORMAL: host offset of guest offset */
   uint64_t bytes;                  /* length of the run from the guest offset */
-  uint64_t l2_entry;               /* COMPRESSED: the raw descriptor */
+  uint64_t l2_entry;               /* the L2 entry of the first unit (for
+                                    * COMPRESSED the raw descriptor); a NORMAL
+                                    * run has one COPIED value throughout */
 };
 
 /* Map guest [offset, offset+len) to its first run of one type (the run
@@ -317,12 +327,33 @@ void qcow2_l2_cache_drop (struct rawtrack_image *img);
 #define REFT_OFFSET_MASK      0xfffffffffffffe00ull
 #define REFT_RESERVED_MASK    0x1ffull
 
+/* ---- track.c: dirty tracking of guest writes -------------------------- */
+struct track;
+/* Start tracking (loads every enabled bitmap and prepares the on-disk
+ * state for the chosen mode).  Called once, before the first write. */
+int track_start (struct rawtrack_image *img);
+/* Before data for [offset, offset+len) may be issued: mark every enabled
+ * bitmap and make the marks as durable as the mode promises.  Blocks
+ * while a group commit makes the covering extents hot. */
+int track_before_write (struct rawtrack_image *img, uint64_t offset,
+                        uint64_t len);
+/* Stop tracking: write exact bits, release everything (close path). */
+int track_stop (struct rawtrack_image *img);
+/* A copy of an enabled bitmap's bits as tracked right now (exact, with
+ * every write so far), for readers such as the NBD server; NULL if the
+ * bitmap is not being tracked.  Caller frees with bitmap_mem_free. */
+struct bitmap_mem *track_bitmap (struct rawtrack_image *img, const char *name);
+
 /* ---- qcow2-compress.c ------------------------------------------------- */
 /* Decompress one cluster: src/src_len as stored, dst gets exactly
  * dst_len (the cluster size) bytes.  type: 0 deflate (raw), 1 zstd.
  * Returns -1 with a message on malformed input. */
 int qcow2_decompress (int type, const void *src, size_t src_len, void *dst,
                       size_t dst_len);
+/* Read the compressed cluster of L2 entry l2e and copy its bytes for guest
+ * [pos, pos+n) (within that cluster) to buf (image.c). */
+int qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e,
+                           uint64_t pos, uint8_t *buf, uint64_t n);
 /* Host byte offset and stored length of a compressed L2 entry. */
 void qcow2_compressed_desc (uint64_t l2e, uint32_t cluster_bits,
                             uint64_t *host, uint64_t *len);

@@ -227,10 +227,13 @@ qcow2_map (struct rawtrack_image *img, uint64_t offset, uint64_t len,
     if (pos == offset) {
       ext->type = type;
       ext->host = host + (pos - ROUND_DOWN (pos, unit));
+      ext->l2_entry = e;
     }
     else if (type != ext->type ||
              (type == QCOW2_NORMAL &&
-              host != ext->host + (ROUND_DOWN (pos, unit) - offset)))
+              (host != ext->host + (ROUND_DOWN (pos, unit) - offset) ||
+               (e & QCOW_OFLAG_COPIED) !=
+               (ext->l2_entry & QCOW_OFLAG_COPIED))))
       break;
     unit_end = MIN (ROUND_DOWN (pos, unit) + unit, end);
     pos = unit_end;

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <errno.h>
 #include <rawtrack/rawtrack-io.h>
+#include <rawtrack/rawtrack-bitmap.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -78,6 +79,47 @@ RAWTRACK_API int rawtrack_image_flush (struct rawtrack_image *img);
  * reads as zeros - such images are reported by info). */
 RAWTRACK_API int rawtrack_image_pread (struct rawtrack_image *img, void *buf,
                                        uint64_t count, uint64_t offset);
+
+/* ---- guest writes (tracked) ------------------------------------------- *
+ * Need RAWTRACK_OPEN_RDWR.  Every write, write-zeroes and discard marks
+ * every enabled (auto) bitmap before the data can reach storage, so that
+ * the on-disk bitmaps always cover every change (see docs/tracking.md).
+ * Tracking modes, chosen at open:
+ *   default                      crash-safe against kill -9 and power loss
+ *   RAWTRACK_OPEN_TRACK_PROCESS  crash-safe against process crashes only
+ *                                (bitmap updates are not synced)
+ *   RAWTRACK_OPEN_TRACK_LAZY     QEMU's scheme: bitmaps marked in-use while
+ *                                open, written at close; a crash leaves
+ *                                them inconsistent
+ * Safe to call from many threads at once. */
+#define RAWTRACK_OPEN_TRACK_PROCESS 0x10u
+#define RAWTRACK_OPEN_TRACK_LAZY    0x20u
+
+#define RAWTRACK_WRITE_FUA      0x1u   /* durable (data and bits) on return */
+#define RAWTRACK_ZERO_MAY_TRIM  0x2u   /* zero: may punch holes */
+#define RAWTRACK_ZERO_FAST      0x4u   /* zero: fail with ENOTSUP if slow */
+
+RAWTRACK_API int rawtrack_image_pwrite (struct rawtrack_image *img,
+                                        const void *buf, uint64_t count,
+                                        uint64_t offset, unsigned flags);
+RAWTRACK_API int rawtrack_image_zero (struct rawtrack_image *img,
+                                      uint64_t count, uint64_t offset,
+                                      unsigned flags);
+/* Discard: afterwards the range reads as zeros or as before. */
+RAWTRACK_API int rawtrack_image_trim (struct rawtrack_image *img,
+                                      uint64_t count, uint64_t offset,
+                                      unsigned flags);
+
+/* Block status: the length (> 0) of the run starting at offset, at most
+ * count, that has one status, or -1.  *status gets RAWTRACK_STATUS_*:
+ * HOLE - no storage is allocated for it; ZERO - it reads as zeros.  For a
+ * raw external data file the data file's own holes are reported. */
+#define RAWTRACK_STATUS_HOLE  0x1u
+#define RAWTRACK_STATUS_ZERO  0x2u
+RAWTRACK_API int64_t rawtrack_image_block_status (struct rawtrack_image *img,
+                                                  uint64_t offset,
+                                                  uint64_t count,
+                                                  unsigned *status);
 
 /* ---- information ------------------------------------------------------ */
 RAWTRACK_API uint64_t rawtrack_image_virtual_size (struct rawtrack_image *img);

@@ -1,0 +1,951 @@
+/* rawtrack - crash-safe dirty tracking of guest writes.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Owns: keeping every enabled (auto), consistent persistent bitmap up to
+ * date while guest writes happen, in one of three modes:
+ *
+ *   SAFE (default)  survives kill -9 and power loss
+ *   PROCESS         survives kill -9 (bitmap updates are not synced)
+ *   LAZY            QEMU's scheme: in_use while open, stored at close
+ *
+ * THE INVARIANT (SAFE and PROCESS modes)
+ *   At every instant, the bits on stable storage (PROCESS: in the kernel)
+ *   of every tracked bitmap cover every guest write whose data may have
+ *   reached stable storage.  in_use is never set, so after any crash QEMU
+ *   and rawtrack read every bitmap as consistent; it may over-report, never
+ *   under-report.
+ *
+ * HOW (DRBD's activity log and md's write-intent bitmap, in qcow2 terms)
+ *   1. While tracking, every tracked bitmap has ALL its data clusters
+ *      allocated, contiguously, so stream byte j is at data_off + j: bits
+ *      are updated in place, never by allocation in the write path.
+ *   2. The disk is cut into extents of 2^ext_bits bytes (16 MiB).  An
+ *      extent is HOT when, on disk, every bit covering it is set in every
+ *      tracked bitmap.  A write into a hot extent, or into granules whose
+ *      bits are already set on disk in every bitmap (`summary`), passes
+ *      with no I/O at all.
+ *   3. Any other write queues its extents and waits.  One waiter becomes
+ *      the leader of a GROUP COMMIT: it sets the bits of every queued
+ *      extent in each bitmap's disk image, writes those sectors, syncs the
+ *      image file once (SAFE), then marks the extents hot and wakes every
+ *      waiter.  The cost is one sync per extent, shared by all writers.
+ *   4. At most max_hot extents are hot (the over-report bound: max_hot x
+ *      extent size per bitmap).  To make room the leader COOLS the oldest
+ *      hot extents in the same commit: it replaces their all-ones by the
+ *      exact bits.  A cooled sector is a superset of the truth whichever
+ *      version of it survives a crash, so cooling needs no sync of its own.
+ *   5. Exact bits are kept in memory.  Every write sets its granules in
+ *      ONE shared `delta` bitmap (finest granularity) under the tracking
+ *      lock, before its data is issued, whatever the number of bitmaps;
+ *      the delta is folded into each bitmap's `base` when an extent cools
+ *      and at close.  Because the delta is set before a write is let
+ *      through, and a cooling snapshot is taken under the same lock, every
+ *      write that passed is in the snapshot.
+ *   6. At clean close every hot extent is cooled and synced: the on-disk
+ *      bitmaps are exact.
+ *
+ *   state of an extent          function
+ *     COLD --(write waits)--> PENDING       track_before_write
+ *     PENDING --(bits synced)--> HOT        commit (leader)
+ *     HOT --(oldest, room needed)--> COLD   commit: cool_prepare
+ *
+ * BOOKKEEPING AND OTHER WRITERS
+ *   The hot list is kept in a private header extension ("RTRC", inside
+ *   cluster 0, rewritten in place by each commit) and autoclear bit 63 is
+ *   set while rawtrack tracks.  QEMU keeps unknown extensions but clears
+ *   unknown autoclear bits on any writable open, so a clear bit 63 means
+ *   another program wrote the image since: the log is then ignored
+ *   (check reports the over-report bound only when it can trust it).
+ *
+ * LOCKING
+ *   track->lock protects everything in struct track except the disk
+ *   images, which only the commit leader (track->committing) touches.
+ *   Lock order: track->lock may be held while taking img->lock, never the
+ *   reverse.  The commit does its I/O with track->lock dropped.
+ */
+#include <string.h>
+#include <stdlib.h>
+#include <inttypes.h>
+#include <errno.h>
+
+#include "internal.h"
+#include "bitmap.h"
+#include "byteorder.h"
+#include "arith.h"
+
+enum { MODE_SAFE, MODE_PROCESS, MODE_LAZY };
+enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
+
+#define TRACK_EXT_TYPE      0x52545243u          /* "RTRC" */
+#define TRACK_EXT_MAGIC     0x72747231u          /* "rtr1" */
+#define TRACK_AUTOCLEAR     (1ull << 63)
+#define DEFAULT_EXT_BITS    24                   /* 16 MiB extents */
+#define DEFAULT_MAX_HOT     64
+/* Extension payload: magic, max, count (u32 each), pad, ext_bits (u32),
+ * generation (u64), then max entries (u64 extent indexes). */
+#define LOG_HEADER          24
+
+struct range { uint64_t lo, hi; };
+
+struct tbm {                       /* one tracked bitmap */
+  uint32_t dir_index;
+  uint32_t gran_bits;
+  struct bitmap_mem *base;         /* exact bits folded so far */
+  uint8_t *disk;                   /* what was last written to disk */
+  uint64_t disk_len;               /* table_size * cluster size */
+  uint64_t data_off;               /* stream byte j at data_off + j */
+  struct range *wr;                /* sectors to write in this commit */
+  size_t nr_wr, cap_wr;
+};
+
+struct track {
+  int mode;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct tbm *bm;
+  uint32_t nr;
+  struct bitmap_mem *delta;        /* writes not yet folded into bases */
+  struct bitmap_mem *summary;      /* set: dirty on disk in every bitmap */
+  uint32_t ext_bits;
+  uint64_t nr_ext;
+  uint8_t *est;                    /* EXT_* per extent */
+  uint8_t *ref;                    /* referenced since last sweep */
+  uint64_t *hot;                   /* hot extents, oldest first */
+  uint32_t nr_hot, max_hot;
+  uint64_t *pend;
+  uint64_t nr_pend, cap_pend;
+  bool committing;
+  uint64_t commits;                /* completed commit rounds */
+  int last_err;                    /* errno of the last failed commit */
+  uint64_t commit_failed_at;       /* commits value when it failed */
+  uint64_t log_off;                /* byte offset of the log in cluster 0 */
+  uint64_t generation;
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static void
+bits_set (uint8_t *p, uint64_t lo, uint64_t hi)
+{
+  for (; lo < hi && (lo & 7); lo++)
+    p[lo >> 3] |= (uint8_t) (1u << (lo & 7));
+  if (hi - lo >= 8) {
+    memset (p + (lo >> 3), 0xff, (hi - lo) >> 3);
+    lo += (hi - lo) & ~7ull;
+  }
+  for (; lo < hi; lo++)
+    p[lo >> 3] |= (uint8_t) (1u << (lo & 7));
+}
+
+static void
+bit_put (uint8_t *p, uint64_t bit, bool v)
+{
+  if (v)
+    p[bit >> 3] |= (uint8_t) (1u << (bit & 7));
+  else
+    p[bit >> 3] &= (uint8_t) ~(1u << (bit & 7));
+}
+
+/* Guest range of extent e, clipped to the disk. */
+static void
+extent_range (const struct rawtrack_image *img, const struct track *t,
+              uint64_t e, uint64_t *start, uint64_t *end)
+{
+  *start = e << t->ext_bits;
+  *end = MIN ((e + 1) << t->ext_bits, img->virtual_size);
+}
+
+/* Bits of bitmap b that cover guest [start, end). */
+static void
+bit_range (const struct tbm *b, uint64_t nbits, uint64_t start, uint64_t end,
+           uint64_t *lo, uint64_t *hi)
+{
+  *lo = start >> b->gran_bits;
+  *hi = MIN (DIV_ROUND_UP (end, 1ull << b->gran_bits), nbits);
+}
+
+static int
+add_write (struct tbm *b, uint64_t byte_lo, uint64_t byte_hi)
+{
+  struct range r = { ROUND_DOWN (byte_lo, 512),
+                     MIN (ROUND_UP (byte_hi, 512), b->disk_len) };
+
+  if (b->nr_wr && r.lo <= b->wr[b->nr_wr - 1].hi &&
+      r.hi >= b->wr[b->nr_wr - 1].lo) {
+    b->wr[b->nr_wr - 1].lo = MIN (b->wr[b->nr_wr - 1].lo, r.lo);
+    b->wr[b->nr_wr - 1].hi = MAX (b->wr[b->nr_wr - 1].hi, r.hi);
+    return 0;
+  }
+  if (b->nr_wr == b->cap_wr) {
+    size_t cap = b->cap_wr ? b->cap_wr * 2 : 16;
+    struct range *n = rt_realloc (b->wr, cap * sizeof *n);
+
+    if (!n)
+      return -1;
+    b->wr = n;
+    b->cap_wr = cap;
+  }
+  b->wr[b->nr_wr++] = r;
+  return 0;
+}
+
+/* ---- directory switch (shared shape with bitmap-ops.c) ----------------- */
+
+/* Write dir into new clusters and switch the header to it; old directory
+ * clusters and everything in to_free are freed afterwards.  img->lock held. */
+static int
+publish_dir (struct rawtrack_image *img, struct bitmap_dir *dir,
+             struct cluster_list *to_free)
+{
+  const uint64_t cs = img->cluster_size;
+  uint64_t size = bitmap_dir_size (dir), n = DIV_ROUND_UP (size, cs);
+  uint64_t old_off = img->h.bitmap_dir_offset, old_size = img->h.bitmap_dir_size;
+  uint32_t old_nb = img->h.nb_bitmaps;
+  uint8_t *buf;
+  int64_t off;
+
+  buf = rt_calloc (n, cs);
+  if (!buf)
+    return -1;
+  bitmap_dir_serialize (dir, buf);
+  off = qcow2_alloc_clusters (img, n);
+  if (off < 0 ||
+      io_write (img->file, buf, n * cs, (uint64_t) off,
+                "bitmap directory") == -1 ||
+      io_flush (img->file, "image file") == -1) {
+    free (buf);
+    return -1;
+  }
+  free (buf);
+  img->h.bitmap_dir_offset = (uint64_t) off;
+  img->h.bitmap_dir_size = size;
+  img->h.nb_bitmaps = dir->nr;
+  if (qcow2_write_header (img, true) == -1) {
+    img->h.bitmap_dir_offset = old_off;
+    img->h.bitmap_dir_size = old_size;
+    img->h.nb_bitmaps = old_nb;
+    return -1;
+  }
+  if (old_off && cluster_list_add (to_free, old_off,
+                                   DIV_ROUND_UP (old_size, cs)) == -1)
+    return -1;
+  return cluster_list_free_all (img, to_free);
+}
+
+/* ---- the private log in cluster 0 -------------------------------------- */
+
+static int
+log_install (struct rawtrack_image *img, struct track *t)
+{
+  struct qcow2_header *h = &img->h;
+  uint32_t len = LOG_HEADER + t->max_hot * 8;
+  uint8_t *data, *c0;
+  size_t i, off;
+
+  for (i = 0; i < h->nr_unknown; i++)
+    if (h->unknown[i].type == TRACK_EXT_TYPE)
+      break;
+  if (i == h->nr_unknown) {
+    struct qcow2_ext *u = rt_realloc (h->unknown, (i + 1) * sizeof *u);
+
+    if (!u)
+      return -1;
+    h->unknown = u;
+    h->nr_unknown++;
+    memset (&u[i], 0, sizeof u[i]);
+    u[i].type = TRACK_EXT_TYPE;
+  }
+  data = rt_calloc (1, len);
+  if (!data)
+    return -1;
+  be32_store (data, TRACK_EXT_MAGIC);
+  be32_store (data + 4, t->max_hot);
+  be32_store (data + 8, 0);
+  be32_store (data + 16, t->ext_bits);
+  free (h->unknown[i].data);
+  h->unknown[i].data = data;
+  h->unknown[i].len = len;
+  h->autoclear |= TRACK_AUTOCLEAR;
+  if (qcow2_write_header (img, true) == -1)
+    return -1;
+
+  /* Find where the serialiser put it. */
+  c0 = rt_malloc (img->cluster_size);
+  if (!c0)
+    return -1;
+  if (qcow2_header_serialize (h, c0, img->cluster_size) == -1) {
+    free (c0);
+    return -1;
+  }
+  off = h->version == 2 ? QCOW2_V2_HEADER_LEN : QCOW2_V3_HEADER_LEN + h->extra_len;
+  while (off + 8 <= img->cluster_size) {
+    uint32_t type = be32_load (c0 + off), elen = be32_load (c0 + off + 4);
+
+    if (type == TRACK_EXT_TYPE) {
+      t->log_off = off + 8;
+      break;
+    }
+    if (type == QCOW2_EXT_END)
+      break;
+    off += 8 + ROUND_UP ((size_t) elen, 8);
+  }
+  free (c0);
+  if (!t->log_off)
+    return set_error (EIO, "tracking log extension not found after writing "
+                      "the header");
+  return 0;
+}
+
+/* Write the log: the hot list plus `extra` extents about to become hot. */
+static int
+log_write (struct rawtrack_image *img, struct track *t, const uint64_t *extra,
+           uint64_t nr_extra)
+{
+  uint8_t buf[LOG_HEADER + DEFAULT_MAX_HOT * 8 * 4];
+  uint32_t count = 0, i;
+  uint64_t j;
+
+  if (!t->log_off)
+    return 0;
+  memset (buf, 0, sizeof buf);
+  for (i = 0; i < t->nr_hot && count < t->max_hot; i++)
+    be64_store (buf + LOG_HEADER + count++ * 8, t->hot[i]);
+  for (j = 0; j < nr_extra && count < t->max_hot; j++)
+    be64_store (buf + LOG_HEADER + count++ * 8, extra[j]);
+  be32_store (buf, TRACK_EXT_MAGIC);
+  be32_store (buf + 4, t->max_hot);
+  be32_store (buf + 8, count);
+  be32_store (buf + 16, t->ext_bits);
+  t->generation++;
+  return io_write (img->file, buf, LOG_HEADER + (uint64_t) t->max_hot * 8,
+                   t->log_off, "tracking log");
+}
+
+/* ---- start ------------------------------------------------------------ */
+
+/* Give bitmap b a contiguous, fully allocated data area holding its bits,
+ * reusing the current one when it already is.  Returns 1 if the directory
+ * entry changed (new table offset).  img->lock held. */
+static int
+make_dense (struct rawtrack_image *img, struct tbm *b, struct bitmap_entry *e,
+            struct cluster_list *allocated, struct cluster_list *to_free)
+{
+  const uint64_t cs = img->cluster_size;
+  uint64_t *table = NULL, i, tclusters;
+  uint8_t *tbl = NULL;
+  int64_t data, toff;
+  bool dense = true;
+  int r = -1;
+
+  b->disk_len = (uint64_t) e->table_size * cs;
+  b->disk = rt_calloc (1, b->disk_len);
+  if (!b->disk)
+    return -1;
+  bitmap_mem_store (b->base, 0, bitmap_mem_stream_bytes (b->base), b->disk);
+
+  if (bitmap_table_read (img, e, &table) == -1)
+    return -1;
+  for (i = 0; i < e->table_size; i++)
+    if (table[i] != (table[0] & BME_TABLE_ENTRY_OFFSET_MASK) + i * cs ||
+        table[0] == 0) {
+      dense = false;
+      break;
+    }
+  if (dense) {
+    b->data_off = table[0];
+    free (table);
+    return 0;
+  }
+
+  data = qcow2_alloc_clusters (img, e->table_size);
+  if (data < 0 || cluster_list_add (allocated, (uint64_t) data,
+                                    e->table_size) == -1)
+    goto out;
+  if (io_write (img->file, b->disk, b->disk_len, (uint64_t) data,
+                "bitmap data") == -1)
+    goto out;
+  tclusters = DIV_ROUND_UP ((uint64_t) e->table_size * 8, cs);
+  tbl = rt_calloc (tclusters, cs);
+  if (!tbl)
+    goto out;
+  for (i = 0; i < e->table_size; i++)
+    be64_store (tbl + i * 8, (uint64_t) data + i * cs);
+  toff = qcow2_alloc_clusters (img, tclusters);
+  if (toff < 0 || cluster_list_add (allocated, (uint64_t) toff,
+                                    tclusters) == -1)
+    goto out;
+  if (io_write (img->file, tbl, tclusters * cs, (uint64_t) toff,
+                "bitmap table") == -1)
+    goto out;
+  if (bitmap_collect_clusters (img, e, to_free) == -1)
+    goto out;
+  e->table_offset = (uint64_t) toff;
+  b->data_off = (uint64_t) data;
+  r = 1;
+ out:
+  free (table);
+  free (tbl);
+  return r;
+}
+
+static void
+track_free (struct track *t)
+{
+  uint32_t i;
+
+  if (!t)
+    return;
+  for (i = 0; i < t->nr; i++) {
+    bitmap_mem_free (t->bm[i].base);
+    free (t->bm[i].disk);
+    free (t->bm[i].wr);
+  }
+  free (t->bm);
+  bitmap_mem_free (t->delta);
+  bitmap_mem_free (t->summary);
+  free (t->est);
+  free (t->ref);
+  free (t->hot);
+  free (t->pend);
+  pthread_mutex_destroy (&t->lock);
+  pthread_cond_destroy (&t->cond);
+  free (t);
+}
+
+/* Set or clear in_use on the tracked bitmaps' entries (LAZY mode). */
+static int
+set_in_use (struct rawtrack_image *img, struct track *t, bool on,
+            struct cluster_list *to_free)
+{
+  uint32_t i;
+
+  for (i = 0; i < t->nr; i++) {
+    struct bitmap_entry *e = &img->bitmaps.entries[t->bm[i].dir_index];
+
+    e->flags = on ? (e->flags | BME_FLAG_IN_USE) : (e->flags & ~BME_FLAG_IN_USE);
+  }
+  return publish_dir (img, &img->bitmaps, to_free);
+}
+
+int
+track_start (struct rawtrack_image *img)
+{
+  struct track *t;
+  struct cluster_list allocated = { 0 }, to_free = { 0 };
+  uint32_t i, min_gran = 31;
+  bool dir_changed = false;
+  int r = -1;
+
+  t = rt_calloc (1, sizeof *t);
+  if (!t)
+    return -1;
+  pthread_mutex_init (&t->lock, NULL);
+  pthread_cond_init (&t->cond, NULL);
+  t->mode = (img->flags & RAWTRACK_OPEN_TRACK_LAZY) ? MODE_LAZY
+            : (img->flags & RAWTRACK_OPEN_TRACK_PROCESS) ? MODE_PROCESS
+            : MODE_SAFE;
+  t->ext_bits = DEFAULT_EXT_BITS;
+  t->max_hot = DEFAULT_MAX_HOT;
+  if (getenv ("RAWTRACK_EXTENT_BITS")) {      /* tests and benchmarks */
+    int v = atoi (getenv ("RAWTRACK_EXTENT_BITS"));
+    if (v >= 16 && v <= 34)
+      t->ext_bits = (uint32_t) v;
+  }
+  if (getenv ("RAWTRACK_MAX_HOT")) {
+    int v = atoi (getenv ("RAWTRACK_MAX_HOT"));
+    if (v >= 2 && v <= DEFAULT_MAX_HOT * 4)
+      t->max_hot = (uint32_t) v;
+  }
+
+  pthread_mutex_lock (&img->lock);
+  if (img->bitmaps.nr && img->h.version < 3) {
+    set_error (ENOTSUP, "bitmaps in a v2 image cannot be tracked");
+    goto out;
+  }
+  t->bm = rt_calloc (img->bitmaps.nr ? img->bitmaps.nr : 1, sizeof *t->bm);
+  if (!t->bm)
+    goto out;
+  for (i = 0; i < img->bitmaps.nr; i++) {
+    struct bitmap_entry *e = &img->bitmaps.entries[i];
+    struct tbm *b = &t->bm[t->nr];
+
+    /* Disabled bitmaps need no updates; in-use ones are inconsistent
+     * already (QEMU does not track them either). */
+    if (!(e->flags & BME_FLAG_AUTO) || (e->flags & BME_FLAG_IN_USE))
+      continue;
+    b->dir_index = i;
+    b->gran_bits = e->granularity_bits;
+    if (bitmap_load (img, e, &b->base) == -1) {
+      rt_prefix_error ("loading bitmap '%s' for tracking: ", e->name);
+      goto out;
+    }
+    t->nr++;
+    if (b->gran_bits < min_gran)
+      min_gran = b->gran_bits;
+  }
+  if (t->nr == 0) {
+    r = 0;
+    goto out;
+  }
+
+  t->delta = bitmap_mem_new (img->virtual_size, 1u << min_gran);
+  if (!t->delta)
+    goto out;
+
+  if (t->mode == MODE_LAZY) {
+    if (set_in_use (img, t, true, &to_free) == -1)
+      goto out;
+    r = 0;
+    goto out;
+  }
+
+  t->summary = bitmap_mem_new (img->virtual_size, 1u << min_gran);
+  t->nr_ext = DIV_ROUND_UP (img->virtual_size, 1ull << t->ext_bits);
+  t->est = rt_calloc (t->nr_ext, 1);
+  t->ref = rt_calloc (t->nr_ext, 1);
+  t->hot = rt_calloc (t->max_hot, sizeof *t->hot);
+  if (!t->summary || !t->est || !t->ref || !t->hot)
+    goto out;
+
+  for (i = 0; i < t->nr; i++) {
+    struct bitmap_entry *e = &img->bitmaps.entries[t->bm[i].dir_index];
+    int d = make_dense (img, &t->bm[i], e, &allocated, &to_free);
+
+    if (d == -1)
+      goto out;
+    if (d == 1)
+      dir_changed = true;
+  }
+  if (dir_changed) {
+    if (io_flush (img->file, "image file") == -1 ||
+        publish_dir (img, &img->bitmaps, &to_free) == -1)
+      goto out;
+  }
+  cluster_list_reset (&allocated);
+
+  /* summary = AND of all bases (what is set on disk in every bitmap). */
+  bitmap_mem_set_all (t->summary);
+  for (i = 0; i < t->nr; i++) {
+    uint64_t pos = 0, start, len;
+    int64_t c;
+
+    while (pos < img->virtual_size &&
+           (c = bitmap_mem_next_clean (t->bm[i].base, pos,
+                                       img->virtual_size)) >= 0) {
+      start = (uint64_t) c;
+      if (bitmap_mem_next_dirty_area (t->bm[i].base, start,
+                                      img->virtual_size, &pos, &len))
+        len = pos - start;
+      else
+        len = img->virtual_size - start;
+      bitmap_mem_clear (t->summary, start, len);
+      pos = start + len;
+    }
+  }
+
+  if (log_install (img, t) == -1)
+    goto out;
+  r = 0;
+
+ out:
+  if (r == -1 && allocated.nr)
+    cluster_list_free_all (img, &allocated);
+  cluster_list_reset (&allocated);
+  cluster_list_reset (&to_free);
+  pthread_mutex_unlock (&img->lock);
+  if (r == -1) {
+    track_free (t);
+    return -1;
+  }
+  __atomic_store_n (&img->track, t, __ATOMIC_RELEASE);
+  return 0;
+}
+
+/* ---- commit ----------------------------------------------------------- */
+
+/* Fold delta into every base over guest [start, end), then clear it. */
+static void
+fold_delta (struct rawtrack_image *img, struct track *t, uint64_t start,
+            uint64_t end)
+{
+  uint64_t pos = start, s, len;
+  uint32_t i;
+
+  while (pos < end && bitmap_mem_next_dirty_area (t->delta, pos, end, &s,
+                                                  &len)) {
+    for (i = 0; i < t->nr; i++)
+      bitmap_mem_set (t->bm[i].base, s, len);
+    pos = s + len;
+  }
+  (void) img;
+  if (end > start)
+    bitmap_mem_clear (t->delta, start, end - start);
+}
+
+static bool
+extent_busy (const struct track *t, uint64_t e)
+{
+  return e < t->nr_ext && t->est[e] != EXT_COLD;
+}
+
+/* Replace extent v's all-ones with exact bits (track->lock held). */
+static int
+cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v)
+{
+  uint64_t start, end, lo, hi, bit;
+  uint32_t i;
+
+  extent_range (img, t, v, &start, &end);
+  fold_delta (img, t, start, end);
+  bitmap_mem_set (t->summary, start, end - start);
+  for (i = 0; i < t->nr; i++) {
+    struct tbm *b = &t->bm[i];
+    uint64_t nbits = bitmap_mem_nbits (b->base), g = 1ull << b->gran_bits;
+
+    bit_range (b, nbits, start, end, &lo, &hi);
+    for (bit = lo; bit < hi; bit++) {
+      uint64_t bs = bit * g, be = bs + g, e;
+      bool v1 = bitmap_mem_get (b->base, bs);
+
+      /* A bit that also covers a hot or pending extent stays set. */
+      if (!v1 && (bs < start || be > end))
+        for (e = bs >> t->ext_bits; e <= (be - 1) >> t->ext_bits; e++)
+          if (e != v && extent_busy (t, e)) {
+            v1 = true;
+            break;
+          }
+      bit_put (b->disk, bit, v1);
+      if (!v1) {
+        uint64_t cs = MAX (bs, start), ce = MIN (be, end);
+        if (ce > cs)
+          bitmap_mem_clear (t->summary, cs, ce - cs);
+      }
+    }
+    if (hi > lo && add_write (b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* Set every bit covering extent e in each disk image (track->lock held). */
+static int
+hot_prepare (struct rawtrack_image *img, struct track *t, uint64_t e)
+{
+  uint64_t start, end, lo, hi;
+  uint32_t i;
+
+  extent_range (img, t, e, &start, &end);
+  for (i = 0; i < t->nr; i++) {
+    struct tbm *b = &t->bm[i];
+
+    bit_range (b, bitmap_mem_nbits (b->base), start, end, &lo, &hi);
+    if (hi <= lo)
+      continue;
+    bits_set (b->disk, lo, hi);
+    if (add_write (b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+/* Pick the oldest hot extent not referenced since the last sweep. */
+static uint64_t
+pick_victim (struct track *t)
+{
+  uint32_t i, tries;
+
+  for (tries = 0; tries < 2 * t->nr_hot; tries++) {
+    uint64_t e = t->hot[0];
+
+    if (!t->ref[e] || tries >= t->nr_hot)
+      break;
+    t->ref[e] = 0;
+    memmove (t->hot, t->hot + 1, (t->nr_hot - 1) * sizeof *t->hot);
+    t->hot[t->nr_hot - 1] = e;
+  }
+  {
+    uint64_t e = t->hot[0];
+
+    for (i = 1; i < t->nr_hot; i++)
+      t->hot[i - 1] = t->hot[i];
+    t->nr_hot--;
+    return e;
+  }
+}
+
+/* Run one group commit.  Called and returns with track->lock held. */
+static void
+commit (struct rawtrack_image *img, struct track *t)
+{
+  uint64_t *batch = NULL, nr_batch, *victims = NULL, nr_victims = 0, i;
+  uint32_t k;
+  int err = 0;
+
+  t->committing = true;
+  nr_batch = MIN (t->nr_pend, (uint64_t) t->max_hot);
+  batch = rt_malloc ((nr_batch ? nr_batch : 1) * sizeof *batch);
+  victims = rt_malloc ((size_t) t->max_hot * sizeof *victims);
+  if (!batch || !victims) {
+    err = ENOMEM;
+    goto done_locked;
+  }
+  memcpy (batch, t->pend, nr_batch * sizeof *batch);
+  memmove (t->pend, t->pend + nr_batch,
+           (t->nr_pend - nr_batch) * sizeof *t->pend);
+  t->nr_pend -= nr_batch;
+
+  while (t->nr_hot && t->nr_hot + nr_batch > t->max_hot) {
+    uint64_t v = pick_victim (t);
+
+    t->est[v] = EXT_COLD;
+    victims[nr_victims++] = v;
+  }
+  for (k = 0; k < t->nr; k++)
+    t->bm[k].nr_wr = 0;
+  for (i = 0; i < nr_victims && !err; i++)
+    if (cool_prepare (img, t, victims[i]) == -1)
+      err = errno;
+  for (i = 0; i < nr_batch && !err; i++)
+    if (hot_prepare (img, t, batch[i]) == -1)
+      err = errno;
+  if (err)
+    goto done_locked;
+
+  /* I/O without the tracking lock: only the leader touches disk images. */
+  pthread_mutex_unlock (&t->lock);
+  pthread_mutex_lock (&img->lock);
+  for (k = 0; k < t->nr && !err; k++) {
+    struct tbm *b = &t->bm[k];
+    size_t w;
+
+    for (w = 0; w < b->nr_wr && !err; w++)
+      if (io_write (img->file, b->disk + b->wr[w].lo,
+                    b->wr[w].hi - b->wr[w].lo, b->data_off + b->wr[w].lo,
+                    "bitmap data") == -1)
+        err = errno ? errno : EIO;
+  }
+  if (!err && log_write (img, t, batch, nr_batch) == -1)
+    err = errno ? errno : EIO;
+  pthread_mutex_unlock (&img->lock);
+  if (!err && t->mode == MODE_SAFE &&
+      io_flush (img->file, "image file") == -1)
+    err = errno ? errno : EIO;
+  pthread_mutex_lock (&t->lock);
+
+ done_locked:
+  for (i = 0; i < nr_batch; i++) {
+    uint64_t e = batch[i], start, end;
+
+    if (err) {
+      t->est[e] = EXT_COLD;
+      continue;
+    }
+    t->est[e] = EXT_HOT;
+    t->ref[e] = 0;
+    t->hot[t->nr_hot++] = e;
+    extent_range (img, t, e, &start, &end);
+    bitmap_mem_set (t->summary, start, end - start);
+  }
+  if (err) {
+    /* Extents still queued stay queued; the waiters of this batch fail. */
+    t->last_err = err;
+    t->commit_failed_at = t->commits + 1;
+  }
+  t->commits++;
+  t->committing = false;
+  free (batch);
+  free (victims);
+  pthread_cond_broadcast (&t->cond);
+}
+
+/* Does every byte of [off, off+len) pass without a commit? */
+static bool
+covered (struct track *t, uint64_t off, uint64_t len, bool queue,
+         bool *queue_failed)
+{
+  uint64_t e0 = off >> t->ext_bits, e1 = (off + len - 1) >> t->ext_bits, e;
+  bool ok = true;
+
+  for (e = e0; e <= e1; e++) {
+    uint64_t s = MAX (off, e << t->ext_bits);
+    uint64_t end = MIN (off + len, (e + 1) << t->ext_bits);
+
+    if (t->est[e] == EXT_HOT) {
+      t->ref[e] = 1;
+      continue;
+    }
+    if (bitmap_mem_next_clean (t->summary, s, end) < 0)
+      continue;
+    ok = false;
+    if (queue && t->est[e] == EXT_COLD) {
+      if (t->nr_pend == t->cap_pend) {
+        uint64_t cap = t->cap_pend ? t->cap_pend * 2 : 64;
+        uint64_t *n = rt_realloc (t->pend, cap * sizeof *n);
+
+        if (!n) {
+          *queue_failed = true;
+          return false;
+        }
+        t->pend = n;
+        t->cap_pend = cap;
+      }
+      t->pend[t->nr_pend++] = e;
+      t->est[e] = EXT_PENDING;
+    }
+  }
+  return ok;
+}
+
+int
+track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
+{
+  struct track *t = img->track;
+  bool qfail = false;
+  uint64_t chunk;
+  int r = 0;
+
+  if (!t || t->nr == 0 || len == 0)
+    return 0;
+  pthread_mutex_lock (&t->lock);
+  /* The exact record first: before any data of this write is issued. */
+  bitmap_mem_set (t->delta, offset, len);
+  if (t->mode == MODE_LAZY) {
+    pthread_mutex_unlock (&t->lock);
+    return 0;
+  }
+  /* A range wider than the hot set allows is made safe piece by piece;
+   * each piece's extents are hot together at some instant. */
+  chunk = ((uint64_t) t->max_hot / 2) << t->ext_bits;
+  while (len > 0 && r == 0) {
+    uint64_t n = MIN (len, chunk - (offset & ((1ull << t->ext_bits) - 1)));
+    uint64_t waited_from = t->commits;
+
+    while (!covered (t, offset, n, true, &qfail)) {
+      if (qfail) {
+        r = set_error (ENOMEM, "out of memory queueing extents");
+        break;
+      }
+      if (t->commit_failed_at > waited_from) {
+        r = set_error (t->last_err, "updating the dirty bitmaps failed: %s",
+                       strerror (t->last_err));
+        break;
+      }
+      if (!t->committing)
+        commit (img, t);
+      else
+        pthread_cond_wait (&t->cond, &t->lock);
+    }
+    offset += n;
+    len -= n;
+  }
+  pthread_mutex_unlock (&t->lock);
+  return r;
+}
+
+/* ---- stop ------------------------------------------------------------- */
+
+int
+track_stop (struct rawtrack_image *img)
+{
+  struct track *t = img->track;
+  struct cluster_list to_free = { 0 };
+  uint32_t i, k;
+  int r = 0;
+
+  if (!t)
+    return 0;
+  pthread_mutex_lock (&t->lock);
+  while (t->committing)
+    pthread_cond_wait (&t->cond, &t->lock);
+  if (t->nr == 0)
+    goto out;
+
+  if (t->mode == MODE_LAZY) {
+    /* QEMU's close: bits into new clusters, in_use cleared in a new
+     * directory, then the old tables and data are freed. */
+    struct cluster_list allocated = { 0 };
+
+    fold_delta (img, t, 0, img->virtual_size);
+    pthread_mutex_lock (&img->lock);
+    for (i = 0; i < t->nr && r == 0; i++) {
+      struct bitmap_entry *e = &img->bitmaps.entries[t->bm[i].dir_index];
+      uint64_t toff;
+
+      if (bitmap_collect_clusters (img, e, &to_free) == -1 ||
+          bitmap_store (img, t->bm[i].base, 0, &toff, &allocated) == -1)
+        r = -1;
+      else
+        e->table_offset = toff;
+    }
+    if (r == 0)
+      r = io_flush (img->file, "image file");
+    if (r == 0)
+      r = set_in_use (img, t, false, &to_free);
+    if (r == -1)
+      cluster_list_free_all (img, &allocated);
+    cluster_list_reset (&allocated);
+    pthread_mutex_unlock (&img->lock);
+    goto out;
+  }
+
+  /* SAFE / PROCESS: cool every hot extent, write, sync. */
+  for (k = 0; k < t->nr; k++)
+    t->bm[k].nr_wr = 0;
+  while (t->nr_hot && r == 0) {
+    uint64_t v = t->hot[--t->nr_hot];
+
+    t->est[v] = EXT_COLD;
+    if (cool_prepare (img, t, v) == -1)
+      r = -1;
+  }
+  fold_delta (img, t, 0, img->virtual_size);
+  pthread_mutex_lock (&img->lock);
+  for (k = 0; k < t->nr && r == 0; k++) {
+    struct tbm *b = &t->bm[k];
+    size_t w;
+
+    for (w = 0; w < b->nr_wr && r == 0; w++)
+      r = io_write (img->file, b->disk + b->wr[w].lo,
+                    b->wr[w].hi - b->wr[w].lo, b->data_off + b->wr[w].lo,
+                    "bitmap data");
+  }
+  if (r == 0)
+    r = log_write (img, t, NULL, 0);
+  if (r == 0)
+    r = io_flush (img->file, "image file");
+  pthread_mutex_unlock (&img->lock);
+
+ out:
+  cluster_list_reset (&to_free);
+  pthread_mutex_unlock (&t->lock);
+  img->track = NULL;
+  track_free (t);
+  return r;
+}
+
+struct bitmap_mem *
+track_bitmap (struct rawtrack_image *img, const char *name)
+{
+  struct track *t = __atomic_load_n (&img->track, __ATOMIC_ACQUIRE);
+  struct bitmap_mem *copy = NULL;
+  uint32_t i;
+
+  if (!t)
+    return NULL;
+  pthread_mutex_lock (&t->lock);
+  for (i = 0; i < t->nr; i++) {
+    struct bitmap_entry *e = &img->bitmaps.entries[t->bm[i].dir_index];
+
+    if (strcmp (e->name, name) != 0)
+      continue;
+    copy = bitmap_mem_new (img->virtual_size, 1u << t->bm[i].gran_bits);
+    if (copy && (bitmap_mem_merge (copy, t->bm[i].base) == -1 ||
+                 bitmap_mem_merge (copy, t->delta) == -1)) {
+      bitmap_mem_free (copy);
+      copy = NULL;
+    }
+    break;
+  }
+  pthread_mutex_unlock (&t->lock);
+  return copy;
+}
