@@ -79,7 +79,10 @@ int io_flush (struct rawtrack_io *io, const char *what);
 #define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
 #define QCOW2_AUTOCLEAR_BITMAPS   (1ull << 0)
 #define QCOW2_AUTOCLEAR_DATA_RAW  (1ull << 1)
-#define QCOW2_AUTOCLEAR_KNOWN     0x3ull
+/* rawtrack's own: set while its tracking log (header extension "RTRC")
+ * can be trusted; QEMU clears it on any writable open (track.c). */
+#define QCOW2_AUTOCLEAR_RAWTRACK  (1ull << 63)
+#define QCOW2_AUTOCLEAR_KNOWN     (0x3ull | QCOW2_AUTOCLEAR_RAWTRACK)
 
 #define QCOW2_EXT_END          0x00000000u
 #define QCOW2_EXT_BACKING_FMT  0xE2792ACAu

@@ -78,7 +78,7 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 
 #define TRACK_EXT_TYPE      0x52545243u          /* "RTRC" */
 #define TRACK_EXT_MAGIC     0x72747231u          /* "rtr1" */
-#define TRACK_AUTOCLEAR     (1ull << 63)
+#define TRACK_AUTOCLEAR     QCOW2_AUTOCLEAR_RAWTRACK
 #define DEFAULT_EXT_BITS    24                   /* 16 MiB extents */
 #define DEFAULT_MAX_HOT     64
 /* Extension payload: magic, max, count (u32 each), pad, ext_bits (u32),
@@ -245,6 +245,13 @@ log_install (struct rawtrack_image *img, struct track *t)
   for (i = 0; i < h->nr_unknown; i++)
     if (h->unknown[i].type == TRACK_EXT_TYPE)
       break;
+  /* Already in place from an earlier session (and nobody else wrote the
+   * image since): only find it; the first commit rewrites its contents. */
+  if (i < h->nr_unknown && (h->autoclear & TRACK_AUTOCLEAR) &&
+      h->unknown[i].len == len &&
+      be32_load (h->unknown[i].data) == TRACK_EXT_MAGIC &&
+      be32_load (h->unknown[i].data + 16) == t->ext_bits)
+    goto locate;
   if (i == h->nr_unknown) {
     struct qcow2_ext *u = rt_realloc (h->unknown, (i + 1) * sizeof *u);
 
@@ -269,6 +276,7 @@ log_install (struct rawtrack_image *img, struct track *t)
   if (qcow2_write_header (img, true) == -1)
     return -1;
 
+ locate:
   /* Find where the serialiser put it. */
   c0 = rt_malloc (img->cluster_size);
   if (!c0)
