@@ -473,3 +473,73 @@ bitmap_mem_stream_range_state (const struct bitmap_mem *bm,
     return 1;
   return -1;
 }
+
+/* ---- concurrent access ------------------------------------------------ *
+ * For bitmaps shared between threads without a lock (track.c's delta and
+ * summary): every word is read and modified with atomic operations, so a
+ * set or clear by one thread never loses a bit set concurrently by another
+ * in the same word.  Sets and clears are sequentially consistent. */
+
+void
+bitmap_mem_set_atomic (struct bitmap_mem *bm, uint64_t offset, uint64_t len)
+{
+  uint64_t lo, hi, i, last;
+
+  if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
+    return;
+  last = (hi - 1) >> 6;
+  for (i = lo >> 6; i <= last; i++) {
+    uint64_t m = ~0ull;
+
+    if (i == lo >> 6)
+      m &= ~0ull << (lo & 63);
+    if (i == last)
+      m &= ~0ull >> (63 - ((hi - 1) & 63));
+    if ((__atomic_load_n (&bm->words[i], __ATOMIC_RELAXED) & m) != m)
+      __atomic_fetch_or (&bm->words[i], m, __ATOMIC_SEQ_CST);
+    else
+      __atomic_thread_fence (__ATOMIC_SEQ_CST);
+  }
+}
+
+void
+bitmap_mem_clear_atomic (struct bitmap_mem *bm, uint64_t offset,
+                         uint64_t len)
+{
+  uint64_t lo, hi, i, last;
+
+  if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
+    return;
+  last = (hi - 1) >> 6;
+  for (i = lo >> 6; i <= last; i++) {
+    uint64_t m = ~0ull;
+
+    if (i == lo >> 6)
+      m &= ~0ull << (lo & 63);
+    if (i == last)
+      m &= ~0ull >> (63 - ((hi - 1) & 63));
+    __atomic_fetch_and (&bm->words[i], ~m, __ATOMIC_SEQ_CST);
+  }
+}
+
+bool
+bitmap_mem_all_set_atomic (const struct bitmap_mem *bm, uint64_t offset,
+                           uint64_t len)
+{
+  uint64_t lo, hi, i, last;
+
+  if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
+    return true;
+  last = (hi - 1) >> 6;
+  for (i = lo >> 6; i <= last; i++) {
+    uint64_t m = ~0ull;
+
+    if (i == lo >> 6)
+      m &= ~0ull << (lo & 63);
+    if (i == last)
+      m &= ~0ull >> (63 - ((hi - 1) & 63));
+    if ((__atomic_load_n (&bm->words[i], __ATOMIC_ACQUIRE) & m) != m)
+      return false;
+  }
+  return true;
+}

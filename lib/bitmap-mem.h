@@ -88,4 +88,14 @@ void bitmap_mem_fill (struct bitmap_mem *bm, uint64_t start_byte,
 int bitmap_mem_stream_range_state (const struct bitmap_mem *bm,
                                    uint64_t start_byte, uint64_t n);
 
+/* Concurrent variants: atomic per word, safe against each other and
+ * against concurrent atomic readers (see bitmap-mem.c). */
+void bitmap_mem_set_atomic (struct bitmap_mem *bm, uint64_t offset,
+                            uint64_t len);
+void bitmap_mem_clear_atomic (struct bitmap_mem *bm, uint64_t offset,
+                              uint64_t len);
+/* true if every bit covering [offset, offset+len) is set (true if empty). */
+bool bitmap_mem_all_set_atomic (const struct bitmap_mem *bm, uint64_t offset,
+                                uint64_t len);
+
 #endif /* RAWTRACK_BITMAP_MEM_H */

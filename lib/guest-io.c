@@ -53,6 +53,34 @@ data_raw (const struct rawtrack_image *img)
          (img->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW) != 0;
 }
 
+bool
+normal_map_covers (struct rawtrack_image *img, uint64_t offset, uint64_t len)
+{
+  uint64_t c, last;
+
+  if (!img->normal_map || len == 0)
+    return false;
+  last = (offset + len - 1) >> img->h.cluster_bits;
+  for (c = offset >> img->h.cluster_bits; c <= last; c++)
+    if (!(__atomic_load_n (&img->normal_map[c / 64], __ATOMIC_ACQUIRE) &
+          (1ull << (c % 64))))
+      return false;
+  return true;
+}
+
+void
+normal_map_note (struct rawtrack_image *img, uint64_t offset, uint64_t len)
+{
+  uint64_t c, last;
+
+  if (!img->normal_map || len == 0)
+    return;
+  last = (offset + len - 1) >> img->h.cluster_bits;
+  for (c = offset >> img->h.cluster_bits; c <= last; c++)
+    __atomic_fetch_or (&img->normal_map[c / 64], 1ull << (c % 64),
+                       __ATOMIC_RELEASE);
+}
+
 /* Common checks for every modifying call. */
 static int
 prepare (struct rawtrack_image *img, uint64_t count, uint64_t offset,
@@ -249,6 +277,11 @@ write_data (struct rawtrack_image *img, const uint8_t *src, uint64_t count,
 {
   const uint64_t cs = img->cluster_size;
 
+  /* Raw external data, every cluster known one to one: no lock at all
+   * (nothing frees or remaps such clusters). */
+  if (src && normal_map_covers (img, offset, count))
+    return io_write (img->data, src, count, offset, "data file");
+
   while (count > 0) {
     struct qcow2_extent ext;
     uint64_t guest = ROUND_DOWN (offset, cs), n;
@@ -260,6 +293,8 @@ write_data (struct rawtrack_image *img, const uint8_t *src, uint64_t count,
     r = qcow2_map (img, offset, count, &ext);
     in_place = r == 0 && ext.type == QCOW2_NORMAL &&
                (has_data_file (img) || (ext.l2_entry & QCOW_OFLAG_COPIED));
+    if (in_place)
+      normal_map_note (img, offset, ext.bytes);
     if (r == 0 && !in_place) {
       n = MIN (count, guest + cs - offset);
       r = cow_write (img, guest, &ext, src, offset - guest, n);
@@ -455,13 +490,15 @@ rawtrack_image_block_status (struct rawtrack_image *img, uint64_t offset,
     *status = RAWTRACK_STATUS_HOLE | RAWTRACK_STATUS_ZERO;
     break;
   case QCOW2_ZERO:
-    *status = RAWTRACK_STATUS_ZERO |
+    *status = RAWTRACK_STATUS_ALLOCATED | RAWTRACK_STATUS_ZERO |
               ((ext.l2_entry & L2E_OFFSET_MASK) || has_data_file (img)
                ? 0 : RAWTRACK_STATUS_HOLE);
     break;
   case QCOW2_COMPRESSED:
+    *status = RAWTRACK_STATUS_ALLOCATED;
     break;
   case QCOW2_NORMAL:
+    *status = RAWTRACK_STATUS_ALLOCATED;
     if (img->data) {
       int is_data = 1;
       int64_t n = rawtrack_io_extent (img->data, ext.host, ext.bytes,
@@ -471,7 +508,7 @@ rawtrack_image_block_status (struct rawtrack_image *img, uint64_t offset,
         return set_error (errno, "block status of the data file at offset %"
                           PRIu64 ": %s", ext.host, strerror (errno));
       if (!is_data)
-        *status = RAWTRACK_STATUS_HOLE | RAWTRACK_STATUS_ZERO;
+        *status |= RAWTRACK_STATUS_HOLE | RAWTRACK_STATUS_ZERO;
       return n;
     }
     break;

@@ -66,6 +66,7 @@ image_free (struct rawtrack_image *img)
   qcow2_refcount_free (img);
   bitmap_dir_free (&img->bitmaps);
   free (img->l1);
+  free (img->normal_map);
   qcow2_header_free (&img->h);
   rawtrack_io_close (img->file);
   rawtrack_io_close (img->data);
@@ -191,7 +192,9 @@ image_setup (struct rawtrack_image *img)
 
   /* L1: QEMU requires it to cover the virtual size. */
   l2_span_bits = h->cluster_bits + (63 - __builtin_clzll (img->l2_entries));
-  need_l1 = DIV_ROUND_UP (img->virtual_size, 1ull << l2_span_bits);
+  /* Not DIV_ROUND_UP: that wraps for sizes near 2^64 (found by fuzzing). */
+  need_l1 = (img->virtual_size >> l2_span_bits) +
+            ((img->virtual_size & ((1ull << l2_span_bits) - 1)) != 0);
   if (h->l1_size < need_l1)
     return set_corrupt ("L1 table is too small: %" PRIu32 " entries (offset "
                         "36), the virtual size needs %" PRIu64, h->l1_size,
@@ -265,6 +268,13 @@ rawtrack_image_open_io (struct rawtrack_io *file, struct rawtrack_io *data,
   img->writable = (flags & RAWTRACK_OPEN_RDWR) != 0;
   if (image_setup (img) == -1)
     goto fail;
+  if ((img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) &&
+      (img->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW)) {
+    img->nr_clusters = DIV_ROUND_UP (img->virtual_size, img->cluster_size);
+    img->normal_map = rt_calloc (DIV_ROUND_UP (img->nr_clusters, 64) + 1, 8);
+    if (!img->normal_map)
+      goto fail;
+  }
   if (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) {
     if (!data && !(flags & RAWTRACK_OPEN_NO_DATA_FILE)) {
       rt_set_error (EINVAL, "the image has an external data file but none "
@@ -423,12 +433,16 @@ rawtrack_image_pread (struct rawtrack_image *img, void *buf, uint64_t count,
     return set_error (EINVAL, "read of %" PRIu64 " bytes at offset %" PRIu64
                       " is past the end of the disk (%" PRIu64 " bytes)",
                       count, offset, img->virtual_size);
+  if (img->data && normal_map_covers (img, offset, count))
+    return io_read (img->data, p, count, offset, "data file");
   while (count > 0) {
     struct qcow2_extent ext;
     int r;
 
     pthread_mutex_lock (&img->lock);
     r = qcow2_map (img, offset, count, &ext);
+    if (r == 0 && ext.type == QCOW2_NORMAL)
+      normal_map_note (img, offset, ext.bytes);
     if (r == 0 && ext.type == QCOW2_COMPRESSED)
       r = qcow2_read_compressed (img, ext.l2_entry, offset, p, ext.bytes);
     pthread_mutex_unlock (&img->lock);

@@ -247,6 +247,13 @@ struct rawtrack_image {
    * reading, operations that free clusters hold it for writing, so data is
    * never written into a cluster that was just freed and reused. */
   pthread_rwlock_t free_lock;
+  /* Raw external data only: bit c set once guest cluster c is known to
+   * map one to one (NORMAL).  Nothing in rawtrack unmaps a cluster of such
+   * an image, so a set bit stays true while the image is open, and reads
+   * and writes of known clusters skip the metadata lock entirely.  Bits
+   * are set with atomic OR, read with atomic loads. */
+  uint64_t *normal_map;
+  uint64_t nr_clusters;
   struct track *track;             /* tracking state (track.c), created at
                                     * the first guest write */
   pthread_mutex_t track_init_lock;
@@ -346,6 +353,14 @@ int track_stop (struct rawtrack_image *img);
  * every write so far), for readers such as the NBD server; NULL if the
  * bitmap is not being tracked.  Caller frees with bitmap_mem_free. */
 struct bitmap_mem *track_bitmap (struct rawtrack_image *img, const char *name);
+
+/* ---- guest-io.c -------------------------------------------------------- */
+/* Raw external data: is all of guest [offset, offset+len) known NORMAL? */
+bool normal_map_covers (struct rawtrack_image *img, uint64_t offset,
+                        uint64_t len);
+/* Record that guest [offset, offset+len) maps NORMAL (one to one). */
+void normal_map_note (struct rawtrack_image *img, uint64_t offset,
+                      uint64_t len);
 
 /* ---- qcow2-compress.c ------------------------------------------------- */
 /* Decompress one cluster: src/src_len as stored, dst gets exactly

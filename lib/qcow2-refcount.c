@@ -184,7 +184,7 @@ load_block (struct rawtrack_image *img, uint64_t offset)
 int
 qcow2_refcount_get (struct rawtrack_image *img, uint64_t c, uint64_t *value)
 {
-  uint64_t idx = c / img->refblock_entries, off;
+  uint64_t idx = c / img->refblock_entries, off = 0;
   uint8_t *block;
 
   *value = 0;
@@ -203,7 +203,7 @@ qcow2_refcount_get (struct rawtrack_image *img, uint64_t c, uint64_t *value)
 int
 qcow2_refcount_set (struct rawtrack_image *img, uint64_t c, uint64_t value)
 {
-  uint64_t idx = c / img->refblock_entries, off, i, byte, nbytes;
+  uint64_t idx = c / img->refblock_entries, off = 0, i, byte, nbytes;
   uint8_t *block;
 
   if (img->refcount_bits < 64 && value >> img->refcount_bits)

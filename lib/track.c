@@ -35,12 +35,13 @@
  *      exact bits.  A cooled sector is a superset of the truth whichever
  *      version of it survives a crash, so cooling needs no sync of its own.
  *   5. Exact bits are kept in memory.  Every write sets its granules in
- *      ONE shared `delta` bitmap (finest granularity) under the tracking
- *      lock, before its data is issued, whatever the number of bitmaps;
- *      the delta is folded into each bitmap's `base` when an extent cools
- *      and at close.  Because the delta is set before a write is let
- *      through, and a cooling snapshot is taken under the same lock, every
- *      write that passed is in the snapshot.
+ *      ONE shared `delta` bitmap (finest granularity, atomic word
+ *      operations) before its data is issued, whatever the number of
+ *      bitmaps; the delta is folded into each bitmap's `base` when an
+ *      extent cools and at close.  A write that passes without the lock
+ *      re-checks a per-extent sequence number that is odd while the
+ *      extent is being cooled (see fast_path), so every write that passed
+ *      is in the cooling snapshot.
  *   6. At clean close every hot extent is cooled and synced: the on-disk
  *      bitmaps are exact.
  *
@@ -58,8 +59,11 @@
  *   (check reports the over-report bound only when it can trust it).
  *
  * LOCKING
- *   track->lock protects everything in struct track except the disk
- *   images, which only the commit leader (track->committing) touches.
+ *   Writes into hot or already-dirty extents take no lock (fast_path):
+ *   they use atomic operations on delta, summary, est, seq and ref only.
+ *   track->lock protects everything else in struct track, and serialises
+ *   every modification of est, seq and summary; the disk images are
+ *   touched only by the commit leader (track->committing).
  *   Lock order: track->lock may be held while taking img->lock, never the
  *   reverse.  The commit does its I/O with track->lock dropped.
  */
@@ -108,7 +112,8 @@ struct track {
   struct bitmap_mem *summary;      /* set: dirty on disk in every bitmap */
   uint32_t ext_bits;
   uint64_t nr_ext;
-  uint8_t *est;                    /* EXT_* per extent */
+  uint8_t *est;                    /* EXT_* per extent (atomic access) */
+  uint32_t *seq;                   /* per extent: odd while it is cooled */
   uint8_t *ref;                    /* referenced since last sweep */
   uint64_t *hot;                   /* hot extents, oldest first */
   uint32_t nr_hot, max_hot;
@@ -412,6 +417,7 @@ track_free (struct track *t)
   bitmap_mem_free (t->delta);
   bitmap_mem_free (t->summary);
   free (t->est);
+  free (t->seq);
   free (t->ref);
   free (t->hot);
   free (t->pend);
@@ -510,9 +516,10 @@ track_start (struct rawtrack_image *img)
   t->summary = bitmap_mem_new (img->virtual_size, 1u << min_gran);
   t->nr_ext = DIV_ROUND_UP (img->virtual_size, 1ull << t->ext_bits);
   t->est = rt_calloc (t->nr_ext, 1);
+  t->seq = rt_calloc (t->nr_ext, sizeof *t->seq);
   t->ref = rt_calloc (t->nr_ext, 1);
   t->hot = rt_calloc (t->max_hot, sizeof *t->hot);
-  if (!t->summary || !t->est || !t->ref || !t->hot)
+  if (!t->summary || !t->est || !t->seq || !t->ref || !t->hot)
     goto out;
 
   for (i = 0; i < t->nr; i++) {
@@ -587,13 +594,25 @@ fold_delta (struct rawtrack_image *img, struct track *t, uint64_t start,
   }
   (void) img;
   if (end > start)
-    bitmap_mem_clear (t->delta, start, end - start);
+    bitmap_mem_clear_atomic (t->delta, start, end - start);
+}
+
+static uint8_t
+est_get (const struct track *t, uint64_t e)
+{
+  return __atomic_load_n (&t->est[e], __ATOMIC_ACQUIRE);
+}
+
+static void
+est_set (struct track *t, uint64_t e, uint8_t v)
+{
+  __atomic_store_n (&t->est[e], v, __ATOMIC_SEQ_CST);
 }
 
 static bool
 extent_busy (const struct track *t, uint64_t e)
 {
-  return e < t->nr_ext && t->est[e] != EXT_COLD;
+  return e < t->nr_ext && est_get (t, e) != EXT_COLD;
 }
 
 /* Replace extent v's all-ones with exact bits (track->lock held). */
@@ -605,7 +624,7 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v)
 
   extent_range (img, t, v, &start, &end);
   fold_delta (img, t, start, end);
-  bitmap_mem_set (t->summary, start, end - start);
+  bitmap_mem_set_atomic (t->summary, start, end - start);
   for (i = 0; i < t->nr; i++) {
     struct tbm *b = &t->bm[i];
     uint64_t nbits = bitmap_mem_nbits (b->base), g = 1ull << b->gran_bits;
@@ -626,7 +645,7 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v)
       if (!v1) {
         uint64_t cs = MAX (bs, start), ce = MIN (be, end);
         if (ce > cs)
-          bitmap_mem_clear (t->summary, cs, ce - cs);
+          bitmap_mem_clear_atomic (t->summary, cs, ce - cs);
       }
     }
     if (hi > lo && add_write (b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1)
@@ -702,10 +721,14 @@ commit (struct rawtrack_image *img, struct track *t)
            (t->nr_pend - nr_batch) * sizeof *t->pend);
   t->nr_pend -= nr_batch;
 
+  /* Cooling: the extent's sequence number is odd from before it stops
+   * being hot until its summary is exact again, so a lock-free writer
+   * that raced with it retries under the lock (track_before_write). */
   while (t->nr_hot && t->nr_hot + nr_batch > t->max_hot) {
     uint64_t v = pick_victim (t);
 
-    t->est[v] = EXT_COLD;
+    __atomic_add_fetch (&t->seq[v], 1, __ATOMIC_SEQ_CST);
+    est_set (t, v, EXT_COLD);
     victims[nr_victims++] = v;
   }
   for (k = 0; k < t->nr; k++)
@@ -713,6 +736,8 @@ commit (struct rawtrack_image *img, struct track *t)
   for (i = 0; i < nr_victims && !err; i++)
     if (cool_prepare (img, t, victims[i]) == -1)
       err = errno;
+  for (i = 0; i < nr_victims; i++)
+    __atomic_add_fetch (&t->seq[victims[i]], 1, __ATOMIC_SEQ_CST);
   for (i = 0; i < nr_batch && !err; i++)
     if (hot_prepare (img, t, batch[i]) == -1)
       err = errno;
@@ -745,14 +770,14 @@ commit (struct rawtrack_image *img, struct track *t)
     uint64_t e = batch[i], start, end;
 
     if (err) {
-      t->est[e] = EXT_COLD;
+      est_set (t, e, EXT_COLD);
       continue;
     }
-    t->est[e] = EXT_HOT;
+    extent_range (img, t, e, &start, &end);
+    bitmap_mem_set_atomic (t->summary, start, end - start);
     t->ref[e] = 0;
     t->hot[t->nr_hot++] = e;
-    extent_range (img, t, e, &start, &end);
-    bitmap_mem_set (t->summary, start, end - start);
+    est_set (t, e, EXT_HOT);
   }
   if (err) {
     /* Extents still queued stay queued; the waiters of this batch fail. */
@@ -778,14 +803,14 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
     uint64_t s = MAX (off, e << t->ext_bits);
     uint64_t end = MIN (off + len, (e + 1) << t->ext_bits);
 
-    if (t->est[e] == EXT_HOT) {
+    if (est_get (t, e) == EXT_HOT) {
       t->ref[e] = 1;
       continue;
     }
-    if (bitmap_mem_next_clean (t->summary, s, end) < 0)
+    if (bitmap_mem_all_set_atomic (t->summary, s, end - s))
       continue;
     ok = false;
-    if (queue && t->est[e] == EXT_COLD) {
+    if (queue && est_get (t, e) == EXT_COLD) {
       if (t->nr_pend == t->cap_pend) {
         uint64_t cap = t->cap_pend ? t->cap_pend * 2 : 64;
         uint64_t *n = rt_realloc (t->pend, cap * sizeof *n);
@@ -798,10 +823,57 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
         t->cap_pend = cap;
       }
       t->pend[t->nr_pend++] = e;
-      t->est[e] = EXT_PENDING;
+      est_set (t, e, EXT_PENDING);
     }
   }
   return ok;
+}
+
+/* The lock-free path for writes whose extents are hot or whose granules
+ * are already dirty on disk in every bitmap (the common, steady case).
+ *
+ *   writer                         cooler (commit, under track->lock)
+ *   s = seq[e] (must be even)      seq[e]++         (odd)
+ *   set delta bits (seq_cst)       est[e] = COLD
+ *   read est[e] / summary          fold delta, write exact bits, fix summary
+ *   seq[e] == s ?  -> pass         seq[e]++         (even)
+ *
+ * If the writer passes, its final read of seq[e] precedes the cooler's
+ * first increment in the single order of seq_cst operations, so its delta
+ * bits are set before the cooler folds them: they are in the exact bits
+ * the cooler writes.  Otherwise it falls back to the locked path. */
+static bool
+fast_path (struct track *t, uint64_t offset, uint64_t len)
+{
+  uint64_t e0 = offset >> t->ext_bits, e1 = (offset + len - 1) >> t->ext_bits;
+  uint32_t s[4];
+  uint64_t e;
+
+  if (e1 - e0 >= 4)
+    return false;
+  for (e = e0; e <= e1; e++) {
+    s[e - e0] = __atomic_load_n (&t->seq[e], __ATOMIC_SEQ_CST);
+    if (s[e - e0] & 1)
+      return false;
+  }
+  bitmap_mem_set_atomic (t->delta, offset, len);
+  __atomic_thread_fence (__ATOMIC_SEQ_CST);
+  for (e = e0; e <= e1; e++) {
+    uint64_t st = MAX (offset, e << t->ext_bits);
+    uint64_t end = MIN (offset + len, (e + 1) << t->ext_bits);
+
+    if (est_get (t, e) != EXT_HOT &&
+        !bitmap_mem_all_set_atomic (t->summary, st, end - st))
+      return false;
+  }
+  __atomic_thread_fence (__ATOMIC_SEQ_CST);
+  for (e = e0; e <= e1; e++)
+    if (__atomic_load_n (&t->seq[e], __ATOMIC_SEQ_CST) != s[e - e0])
+      return false;
+  for (e = e0; e <= e1; e++)
+    if (!__atomic_load_n (&t->ref[e], __ATOMIC_RELAXED))
+      __atomic_store_n (&t->ref[e], 1, __ATOMIC_RELAXED);
+  return true;
 }
 
 int
@@ -814,13 +886,15 @@ track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
 
   if (!t || t->nr == 0 || len == 0)
     return 0;
-  pthread_mutex_lock (&t->lock);
   /* The exact record first: before any data of this write is issued. */
-  bitmap_mem_set (t->delta, offset, len);
   if (t->mode == MODE_LAZY) {
-    pthread_mutex_unlock (&t->lock);
+    bitmap_mem_set_atomic (t->delta, offset, len);
     return 0;
   }
+  if (fast_path (t, offset, len))
+    return 0;
+  pthread_mutex_lock (&t->lock);
+  bitmap_mem_set_atomic (t->delta, offset, len);
   /* A range wider than the hot set allows is made safe piece by piece;
    * each piece's extents are hot together at some instant. */
   chunk = ((uint64_t) t->max_hot / 2) << t->ext_bits;
@@ -902,7 +976,7 @@ track_stop (struct rawtrack_image *img)
   while (t->nr_hot && r == 0) {
     uint64_t v = t->hot[--t->nr_hot];
 
-    t->est[v] = EXT_COLD;
+    est_set (t, v, EXT_COLD);
     if (cool_prepare (img, t, v) == -1)
       r = -1;
   }
