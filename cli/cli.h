@@ -59,5 +59,7 @@ int cmd_create (int argc, char **argv);
 int cmd_info (int argc, char **argv);
 int cmd_check (int argc, char **argv);
 int cmd_cat (int argc, char **argv);
+int cmd_io (int argc, char **argv);
+int cmd_bitmap (int argc, char **argv);
 
 #endif /* RAWTRACK_CLI_H */

@@ -23,6 +23,8 @@ static const struct command commands[] = {
   { "info",   "show what an image holds", cmd_info },
   { "check",  "check (and repair) an image's metadata", cmd_check },
   { "cat",    "write the guest-visible disk contents to standard output", cmd_cat },
+  { "io",     "run guest reads and tracked writes (like qemu-io)", cmd_io },
+  { "bitmap", "manage and read persistent dirty bitmaps", cmd_bitmap },
   { "help",   "show this help, or a command's help", cmd_help },
 };
 #define NR_COMMANDS (sizeof commands / sizeof commands[0])

@@ -116,6 +116,9 @@ RAWTRACK_API int rawtrack_image_trim (struct rawtrack_image *img,
  * raw external data file the data file's own holes are reported. */
 #define RAWTRACK_STATUS_HOLE  0x1u
 #define RAWTRACK_STATUS_ZERO  0x2u
+/* ALLOCATED - the qcow2 layer maps it (data, zero or compressed cluster):
+ * it does not fall through to a backing file (qemu:allocation-depth 1). */
+#define RAWTRACK_STATUS_ALLOCATED 0x4u
 RAWTRACK_API int64_t rawtrack_image_block_status (struct rawtrack_image *img,
                                                   uint64_t offset,
                                                   uint64_t count,
