@@ -59,8 +59,9 @@ cmd_create (int argc, char **argv)
     case 'c':
       if (parse_size (optarg, &v, &err) == -1)
         return usage_error ("create", "--cluster-size '%s': %s", optarg, err);
-      if (v > UINT32_MAX)
-        return usage_error ("create", "--cluster-size '%s' is too large", optarg);
+      if (v == 0 || v > UINT32_MAX)
+        return usage_error ("create", "--cluster-size '%s' is out of range "
+                            "(512 to 2M, a power of two)", optarg);
       o.cluster_size = (uint32_t) v;
       break;
     case 'C':
