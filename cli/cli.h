@@ -59,6 +59,7 @@ int cmd_create (int argc, char **argv);
 int cmd_info (int argc, char **argv);
 int cmd_check (int argc, char **argv);
 int cmd_cat (int argc, char **argv);
+int cmd_serve (int argc, char **argv);     /* server/serve.c */
 int cmd_io (int argc, char **argv);
 int cmd_bitmap (int argc, char **argv);
 

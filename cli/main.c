@@ -25,6 +25,7 @@ static const struct command commands[] = {
   { "cat",    "write the guest-visible disk contents to standard output", cmd_cat },
   { "io",     "run guest reads and tracked writes (like qemu-io)", cmd_io },
   { "bitmap", "manage and read persistent dirty bitmaps", cmd_bitmap },
+  { "serve",  "export an image and its dirty bitmaps over NBD", cmd_serve },
   { "help",   "show this help, or a command's help", cmd_help },
 };
 #define NR_COMMANDS (sizeof commands / sizeof commands[0])

@@ -684,9 +684,9 @@ pick_victim (struct track *t)
   for (tries = 0; tries < 2 * t->nr_hot; tries++) {
     uint64_t e = t->hot[0];
 
-    if (!t->ref[e] || tries >= t->nr_hot)
+    if (!__atomic_load_n (&t->ref[e], __ATOMIC_RELAXED) || tries >= t->nr_hot)
       break;
-    t->ref[e] = 0;
+    __atomic_store_n (&t->ref[e], 0, __ATOMIC_RELAXED);
     memmove (t->hot, t->hot + 1, (t->nr_hot - 1) * sizeof *t->hot);
     t->hot[t->nr_hot - 1] = e;
   }
@@ -775,7 +775,7 @@ commit (struct rawtrack_image *img, struct track *t)
     }
     extent_range (img, t, e, &start, &end);
     bitmap_mem_set_atomic (t->summary, start, end - start);
-    t->ref[e] = 0;
+    __atomic_store_n (&t->ref[e], 0, __ATOMIC_RELAXED);
     t->hot[t->nr_hot++] = e;
     est_set (t, e, EXT_HOT);
   }
@@ -804,7 +804,7 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
     uint64_t end = MIN (off + len, (e + 1) << t->ext_bits);
 
     if (est_get (t, e) == EXT_HOT) {
-      t->ref[e] = 1;
+      __atomic_store_n (&t->ref[e], 1, __ATOMIC_RELAXED);
       continue;
     }
     if (bitmap_mem_all_set_atomic (t->summary, s, end - s))

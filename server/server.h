@@ -1,0 +1,200 @@
+/* rawtrack - NBD server private declarations.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * One section per .c file in server/.  The server exports one image:
+ *
+ *   serve.c         `rawtrack serve`: options, the export, listening
+ *                   sockets, signals, --run; one thread per connection
+ *        |
+ *   connection.c    struct connection: socket I/O, the worker pool
+ *        |
+ *   handshake.c     fixed newstyle option negotiation
+ *   protocol.c      transmission: requests, replies, errno mapping
+ *   meta-context.c  base:allocation, qemu:allocation-depth,
+ *                   qemu:dirty-bitmap:NAME (names, queries, extents)
+ *        |
+ *   librawtrack     rawtrack_image_* (thread-safe on one handle)
+ *
+ * Threads: the accept loop runs in the main thread; each connection runs
+ * in its own thread, which negotiates and then becomes one of the
+ * connection's workers.  Every worker loops: take the read lock, read one
+ * request (header and payload), drop the read lock, execute the request,
+ * take the write lock, send the whole reply, drop it (nbdkit's model).
+ *
+ * Lock order (a thread may take a later lock while holding an earlier one,
+ * never the reverse):  conn->read_lock  ->  conn->write_lock  ->
+ * conn->status_lock.  Library calls are made holding none of them, except
+ * that a reply to an oversize WRITE is sent by the reader (read -> write).
+ */
+#ifndef RAWTRACK_SERVER_H
+#define RAWTRACK_SERVER_H
+
+#include <stdint.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <sys/uio.h>
+
+#include "rawtrack/rawtrack.h"
+
+/* ---- the export (built by serve.c or the fuzzer, read-only afterwards) -- */
+struct nbd_export {
+  struct rawtrack_image *img;      /* shared by every connection */
+  const char *name;                /* export name; "" also selects it */
+  const char *description;         /* NULL: none */
+  uint64_t size;                   /* virtual size */
+  bool readonly;                   /* NBD_FLAG_READ_ONLY, writes -> EPERM */
+  bool all_local;                  /* every cluster is mapped (raw external
+                                    * data): allocation depth 1 everywhere */
+  uint16_t eflags;                 /* transmission flags without SEND_DF */
+  uint32_t min_block, pref_block, max_block;  /* NBD_INFO_BLOCK_SIZE */
+  char **bitmaps;                  /* exported bitmap names */
+  size_t nr_bitmaps;
+};
+
+/* ---- the server (shared by every connection) ----------------------------- */
+struct nbd_server {
+  struct nbd_export *exp;
+  int quit_fd;                     /* readable once the server shuts down */
+  unsigned threads;                /* workers per connection (>= 1) */
+  unsigned handshake_ms;           /* whole-handshake limit; 0: none */
+  unsigned max_options;            /* options per handshake */
+};
+
+/* Logging (connection.c).  nbd_verbose enables debug messages; nbd_quiet
+ * silences errors too (the fuzzer). */
+extern bool nbd_verbose;
+extern bool nbd_quiet;
+void nbd_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+void nbd_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+
+/* ---- connection.c ------------------------------------------------------ */
+/* Result of a receive. */
+#define CONN_OK     0
+#define CONN_EOF    1              /* the client closed (at a boundary) */
+#define CONN_QUIT   2              /* the server is shutting down */
+#define CONN_ERROR  (-1)           /* I/O error, timeout, short read */
+
+struct connection {
+  struct nbd_server *srv;
+  struct nbd_export *exp;
+  int fd;
+  unsigned id;                     /* for log messages */
+
+  pthread_mutex_t read_lock;       /* one reader of the socket at a time */
+  pthread_mutex_t write_lock;      /* one reply (all its chunks) at a time */
+  pthread_mutex_t status_lock;     /* protects status */
+  int status;                      /* 1 running, 0 closing, -1 failed */
+
+  /* Negotiated state; written only by the handshake (one thread), then
+   * read-only. */
+  bool no_zeroes;                  /* client set C_NO_ZEROES */
+  bool structured;                 /* structured replies */
+  bool extended;                   /* extended headers (implies structured) */
+  uint16_t eflags;                 /* transmission flags sent in GO */
+  uint32_t *meta;                  /* selected contexts (meta-context.c
+                                    * indexes); the index is also the id */
+  size_t nr_meta;
+  int64_t deadline_ns;             /* CLOCK_MONOTONIC; 0: none */
+};
+
+/* Serve one accepted socket to the end: negotiate, then run the worker
+ * pool.  Closes fd.  Runs in the calling thread (plus srv->threads - 1
+ * workers it starts). */
+void conn_handle (struct nbd_server *srv, int fd, unsigned id);
+
+/* Read exactly n bytes.  CONN_EOF only if the client closed before the
+ * first byte; CONN_QUIT if the server shut down while waiting; errors and
+ * deadline overrun give CONN_ERROR. */
+int conn_recv (struct connection *c, void *buf, size_t n);
+/* Read and discard n bytes. */
+int conn_skip (struct connection *c, uint64_t n);
+/* Send everything (MSG_NOSIGNAL).  The caller holds write_lock during
+ * transmission.  0 or -1. */
+int conn_send (struct connection *c, const void *buf, size_t n);
+int conn_sendv (struct connection *c, struct iovec *iov, int iovcnt);
+
+int conn_get_status (struct connection *c);
+/* Lower the status (never raise it): 0 to close after the requests in
+ * flight, -1 on a fatal error. */
+void conn_set_status (struct connection *c, int status);
+
+/* ---- handshake.c ------------------------------------------------------- */
+/* Greeting and option haggling.  0: enter transmission; -1: close (the
+ * reason is logged). */
+int handshake_run (struct connection *c);
+
+/* ---- protocol.c -------------------------------------------------------- */
+struct request {
+  uint16_t flags;
+  uint16_t type;
+  uint64_t cookie;
+  uint64_t offset;
+  uint64_t count;                  /* effect length (payload length for
+                                    * WRITE) */
+  int error;                       /* errno found while validating (then
+                                    * the request is not executed) */
+};
+
+/* Per-worker scratch memory. */
+struct worker_buf {
+  void *data;
+  size_t cap;
+};
+
+/* Read one request (caller holds read_lock).  CONN_OK: *req is ready and
+ * a WRITE payload is in wb->data; otherwise the connection is to end
+ * (CONN_EOF after NBD_CMD_DISC or a clean close). */
+int proto_recv_request (struct connection *c, struct request *req,
+                        struct worker_buf *wb);
+/* Execute a request and send its reply (takes write_lock).  -1 if the
+ * reply could not be sent. */
+int proto_handle_request (struct connection *c, const struct request *req,
+                          struct worker_buf *wb);
+/* The one errno -> NBD error mapping.  fast_zero: the request carried
+ * NBD_CMD_FLAG_FAST_ZERO (the only case where ENOTSUP may be returned). */
+uint32_t nbd_errno (int err, bool fast_zero);
+
+/* ---- meta-context.c ---------------------------------------------------- */
+/* Contexts of an export: 0 base:allocation, 1 qemu:allocation-depth,
+ * 2 + i qemu:dirty-bitmap:<bitmaps[i]>. */
+#define META_BASE_ALLOCATION   0u
+#define META_ALLOCATION_DEPTH  1u
+#define META_FIRST_BITMAP      2u
+
+size_t meta_count (const struct nbd_export *exp);
+/* Context i's full name into buf (NUL-terminated); returns its length. */
+size_t meta_name (const struct nbd_export *exp, uint32_t i, char *buf,
+                  size_t len);
+/* The contexts a query names: for LIST (wildcard prefixes allowed) or
+ * SET (exact names only).  fn is called once per match in index order;
+ * a nonzero return stops the walk and is returned. */
+int meta_match (const struct nbd_export *exp, const char *query,
+                size_t len, bool list,
+                int (*fn) (void *opaque, uint32_t index), void *opaque);
+
+/* One extent of a block status reply. */
+struct extent {
+  uint64_t length;
+  uint32_t flags;
+};
+
+struct extent_list {
+  struct extent *e;
+  size_t nr, cap;
+  uint64_t end;                    /* offset just past the last extent */
+};
+
+/* Extents of context index over [offset, offset + count) (inside the
+ * export, count > 0), at most max extents (max >= 1), consecutive,
+ * nonzero, merged when neighbours have the same flags.  The list may
+ * end before offset + count.  -1 with errno on failure. */
+int meta_extents (struct nbd_export *exp, uint32_t index, uint64_t offset,
+                  uint64_t count, size_t max, struct extent_list *out);
+/* Cut the list so that it ends at end (> the list's offset). */
+void extent_list_truncate (struct extent_list *l, uint64_t start,
+                           uint64_t end);
+void extent_list_reset (struct extent_list *l);
+void extent_list_free (struct extent_list *l);
+
+#endif /* RAWTRACK_SERVER_H */
