@@ -15,7 +15,7 @@
 #   - qemu-img check finds nothing worse than leaks;
 #   - the raw file holds exactly what the reported operations wrote (the
 #     one operation in flight at the kill, and discards, may be either).
-# Rounds: RAWTRACK_KILL_ROUNDS (default 150).
+# Rounds: RAWTRACK_KILL_ROUNDS (default 200).
 import json
 import os
 import random
@@ -27,8 +27,8 @@ import tempfile
 import time
 
 RAWTRACK = os.environ.get("RAWTRACK", "build/cli/rawtrack")
-ROUNDS = int(os.environ.get("RAWTRACK_KILL_ROUNDS", "150"))
-SIZE = 64 * 1024 * 1024
+ROUNDS = int(os.environ.get("RAWTRACK_KILL_ROUNDS", "200"))
+SIZE = 16 * 1024 * 1024
 
 
 def need(*cmd):
@@ -106,10 +106,10 @@ def main():
         run(RAWTRACK, "bitmap", "add", img, "b64k", "--granularity", "64k")
         run(RAWTRACK, "bitmap", "add", img, "b512", "--granularity", "512")
         run(RAWTRACK, "bitmap", "add", img, "off", "--disabled")
-        env = dict(os.environ, RAWTRACK_EXTENT_BITS="22", RAWTRACK_MAX_HOT="6")
+        env = dict(os.environ, RAWTRACK_EXTENT_BITS="20", RAWTRACK_MAX_HOT="6")
         killed_mid = 0
         for rnd in range(ROUNDS):
-            for b in ("b64k", "b512", "off"):
+            for b in ("b64k", "b512"):
                 run(RAWTRACK, "bitmap", "clear", img, b)
             cmds = workload(rng, 150)
             script = os.path.join(tmp, "cmds")
