@@ -44,7 +44,7 @@
  * because its handle records guest writes in RAM until close).  Bitmaps
  * that are in_use on disk stay so: they can only be removed.
  *
- * The update transaction (update_commit), for every operation:
+ * The update transaction (bitmap_update_commit), for every operation:
  *
  *   bitmap_store() / add: data + table --> NEW clusters (not flushed)
  *        |
@@ -254,14 +254,9 @@ dir_delete (struct bitmap_dir *dir, uint32_t i)
 
 /* ---- the update transaction ------------------------------------------- */
 
-struct update {
-  struct bitmap_dir dir;           /* the new directory (owned) */
-  struct cluster_list allocated;   /* new clusters: given back on abort */
-  struct cluster_list old;         /* old clusters: freed after the switch */
-};
-
-static int
-update_begin (struct rawtrack_image *img, struct update *u, uint32_t extra)
+int
+bitmap_update_begin (struct rawtrack_image *img, struct bitmap_update *u,
+                     uint32_t extra)
 {
   memset (u, 0, sizeof *u);
   return dir_clone (&img->bitmaps, &u->dir, extra);
@@ -269,8 +264,9 @@ update_begin (struct rawtrack_image *img, struct update *u, uint32_t extra)
 
 /* Release u; with give_back, free its new clusters first (only before the
  * header switch was attempted).  The current error is kept. */
-static void
-update_end (struct rawtrack_image *img, struct update *u, bool give_back)
+void
+bitmap_update_end (struct rawtrack_image *img, struct bitmap_update *u,
+                   bool give_back)
 {
   if (give_back && u->allocated.nr) {
     const char *msg = rawtrack_get_error ();
@@ -406,8 +402,8 @@ header_switch (struct rawtrack_image *img, const struct ext_state *to)
 }
 
 /* Publish u->dir: steps [1]..[5] of the top of the file.  Consumes u. */
-static int
-update_commit (struct rawtrack_image *img, struct update *u)
+int
+bitmap_update_commit (struct rawtrack_image *img, struct bitmap_update *u)
 {
   const uint64_t cs = img->cluster_size;
   struct ext_state to = { 0 };
@@ -462,7 +458,7 @@ update_commit (struct rawtrack_image *img, struct update *u)
 
   /* [3] */
   if (header_switch (img, &to) == -1) {
-    update_end (img, u, false);
+    bitmap_update_end (img, u, false);
     return -1;
   }
 
@@ -476,12 +472,12 @@ update_commit (struct rawtrack_image *img, struct update *u)
   if (cluster_list_free_all (img, &u->old) == -1 ||
       io_flush (img->file, "image file") == -1)
     rt_clear_error ();
-  update_end (img, u, false);
+  bitmap_update_end (img, u, false);
   return 0;
 
  abort:
   free (buf);
-  update_end (img, u, true);
+  bitmap_update_end (img, u, true);
   return -1;
 }
 
@@ -509,7 +505,7 @@ static int
 do_add (struct rawtrack_image *img, const char *name, uint64_t g,
         unsigned flags)
 {
-  struct update u;
+  struct bitmap_update u;
   struct bitmap_entry *e;
   uint32_t gb;
   uint64_t bits, bytes, tsize;
@@ -552,13 +548,13 @@ do_add (struct rawtrack_image *img, const char *name, uint64_t g,
   if (tsize == 0)
     return set_error (EINVAL, "cannot add a bitmap to a disk of size 0");
 
-  if (update_begin (img, &u, 1) == -1)
+  if (bitmap_update_begin (img, &u, 1) == -1)
     return -1;
   e = &u.dir.entries[u.dir.nr];
   memset (e, 0, sizeof *e);
   e->name = rt_strdup (name);
   if (!e->name) {
-    update_end (img, &u, false);
+    bitmap_update_end (img, &u, false);
     return -1;
   }
   u.dir.nr++;
@@ -569,10 +565,10 @@ do_add (struct rawtrack_image *img, const char *name, uint64_t g,
   e->table_size = (uint32_t) tsize;
   if (bitmap_store (img, NULL, e->table_size, &e->table_offset,
                     &u.allocated) == -1) {
-    update_end (img, &u, true);
+    bitmap_update_end (img, &u, true);
     return -1;
   }
-  return update_commit (img, &u);
+  return bitmap_update_commit (img, &u);
 }
 
 RAWTRACK_API int
@@ -591,12 +587,12 @@ rawtrack_bitmap_add (struct rawtrack_image *img, const char *name,
 static int
 do_remove (struct rawtrack_image *img, const char *name)
 {
-  struct update u;
+  struct bitmap_update u;
   int i;
 
   if (check_writable (img) == -1 || (i = lookup (img, name)) < 0)
     return -1;
-  if (update_begin (img, &u, 0) == -1)
+  if (bitmap_update_begin (img, &u, 0) == -1)
     return -1;
   /* Removing is how a broken bitmap is got rid of: if its table cannot be
    * read or does not validate, its clusters leak (as in QEMU). */
@@ -605,7 +601,7 @@ do_remove (struct rawtrack_image *img, const char *name)
     rt_clear_error ();
   }
   dir_delete (&u.dir, (uint32_t) i);
-  return update_commit (img, &u);
+  return bitmap_update_commit (img, &u);
 }
 
 RAWTRACK_API int
@@ -623,23 +619,23 @@ rawtrack_bitmap_remove (struct rawtrack_image *img, const char *name)
 static int
 do_clear (struct rawtrack_image *img, const char *name)
 {
-  struct update u;
+  struct bitmap_update u;
   struct bitmap_entry *e;
   int i;
 
   if (check_writable (img) == -1 || (i = lookup (img, name)) < 0 ||
       check_consistent (&img->bitmaps.entries[i]) == -1)
     return -1;
-  if (update_begin (img, &u, 0) == -1)
+  if (bitmap_update_begin (img, &u, 0) == -1)
     return -1;
   e = &u.dir.entries[i];
   if (bitmap_collect_clusters (img, e, &u.old) == -1 ||
       bitmap_store (img, NULL, e->table_size, &e->table_offset,
                     &u.allocated) == -1) {
-    update_end (img, &u, true);
+    bitmap_update_end (img, &u, true);
     return -1;
   }
-  return update_commit (img, &u);
+  return bitmap_update_commit (img, &u);
 }
 
 RAWTRACK_API int
@@ -657,7 +653,7 @@ rawtrack_bitmap_clear (struct rawtrack_image *img, const char *name)
 static int
 do_set_auto (struct rawtrack_image *img, const char *name, bool on)
 {
-  struct update u;
+  struct bitmap_update u;
   struct bitmap_entry *e;
   int i;
 
@@ -666,14 +662,14 @@ do_set_auto (struct rawtrack_image *img, const char *name, bool on)
     return -1;
   if (((img->bitmaps.entries[i].flags & BME_FLAG_AUTO) != 0) == on)
     return 0;
-  if (update_begin (img, &u, 0) == -1)
+  if (bitmap_update_begin (img, &u, 0) == -1)
     return -1;
   e = &u.dir.entries[i];
   if (on)
     e->flags |= BME_FLAG_AUTO;
   else
     e->flags &= ~BME_FLAG_AUTO;
-  return update_commit (img, &u);
+  return bitmap_update_commit (img, &u);
 }
 
 RAWTRACK_API int
@@ -705,7 +701,7 @@ do_merge (struct rawtrack_image *img, const char *src_name,
           const char *dst_name, struct rawtrack_image *simg)
 {
   struct bitmap_mem *dst = NULL, *src = NULL;
-  struct update u;
+  struct bitmap_update u;
   struct bitmap_entry *e;
   int di, si, r = -1;
 
@@ -727,16 +723,16 @@ do_merge (struct rawtrack_image *img, const char *src_name,
   bitmap_mem_free (src);
   src = NULL;
 
-  if (update_begin (img, &u, 0) == -1)
+  if (bitmap_update_begin (img, &u, 0) == -1)
     goto out;
   e = &u.dir.entries[di];
   if (bitmap_collect_clusters (img, e, &u.old) == -1 ||
       bitmap_store (img, dst, e->table_size, &e->table_offset,
                     &u.allocated) == -1) {
-    update_end (img, &u, true);
+    bitmap_update_end (img, &u, true);
     goto out;
   }
-  r = update_commit (img, &u);
+  r = bitmap_update_commit (img, &u);
 
  out:
   bitmap_mem_free (src);
@@ -768,7 +764,7 @@ int
 bitmap_replace_bits (struct rawtrack_image *img, const char *name,
                      const struct bitmap_mem *bm)
 {
-  struct update u;
+  struct bitmap_update u;
   struct bitmap_entry *e;
   int i;
 
@@ -782,16 +778,16 @@ bitmap_replace_bits (struct rawtrack_image *img, const char *name,
       1u << img->bitmaps.entries[i].granularity_bits)
     return set_error (EINVAL, "bitmap '%s': the new bits do not match its "
                       "size and granularity", name);
-  if (update_begin (img, &u, 0) == -1)
+  if (bitmap_update_begin (img, &u, 0) == -1)
     return -1;
   e = &u.dir.entries[i];
   if (bitmap_collect_clusters (img, e, &u.old) == -1 ||
       bitmap_store (img, bm, e->table_size, &e->table_offset,
                     &u.allocated) == -1) {
-    update_end (img, &u, true);
+    bitmap_update_end (img, &u, true);
     return -1;
   }
-  return update_commit (img, &u);
+  return bitmap_update_commit (img, &u);
 }
 
 /* Load a private copy of a consistent bitmap's bits: the live tracked

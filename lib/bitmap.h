@@ -95,4 +95,23 @@ int bitmap_collect_clusters (struct rawtrack_image *img,
 int bitmap_replace_bits (struct rawtrack_image *img, const char *name,
                          const struct bitmap_mem *bm);
 
+/* The crash-atomic directory transaction of bitmap-ops.c (its opening
+ * comment has the ordering).  begin clones the directory (with room for
+ * `extra` more entries); the caller edits u->dir, records the clusters it
+ * allocated in u->allocated and the ones to free after the switch in
+ * u->old; commit writes the new directory, flushes, switches the header
+ * and only then frees the old clusters, replacing img->bitmaps on success.
+ * On failure before the switch the new clusters are given back.  end
+ * releases u (give_back: free u->allocated first).  img->lock held. */
+struct bitmap_update {
+  struct bitmap_dir dir;           /* the new directory (owned) */
+  struct cluster_list allocated;   /* new clusters: given back on abort */
+  struct cluster_list old;         /* old clusters: freed after the switch */
+};
+int bitmap_update_begin (struct rawtrack_image *img, struct bitmap_update *u,
+                         uint32_t extra);
+int bitmap_update_commit (struct rawtrack_image *img, struct bitmap_update *u);
+void bitmap_update_end (struct rawtrack_image *img, struct bitmap_update *u,
+                        bool give_back);
+
 #endif /* RAWTRACK_BITMAP_H */

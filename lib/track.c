@@ -194,49 +194,6 @@ add_write (struct tbm *b, uint64_t byte_lo, uint64_t byte_hi)
   return 0;
 }
 
-/* ---- directory switch (shared shape with bitmap-ops.c) ----------------- */
-
-/* Write dir into new clusters and switch the header to it; old directory
- * clusters and everything in to_free are freed afterwards.  img->lock held. */
-static int
-publish_dir (struct rawtrack_image *img, struct bitmap_dir *dir,
-             struct cluster_list *to_free)
-{
-  const uint64_t cs = img->cluster_size;
-  uint64_t size = bitmap_dir_size (dir), n = DIV_ROUND_UP (size, cs);
-  uint64_t old_off = img->h.bitmap_dir_offset, old_size = img->h.bitmap_dir_size;
-  uint32_t old_nb = img->h.nb_bitmaps;
-  uint8_t *buf;
-  int64_t off;
-
-  buf = rt_calloc (n, cs);
-  if (!buf)
-    return -1;
-  bitmap_dir_serialize (dir, buf);
-  off = qcow2_alloc_clusters (img, n);
-  if (off < 0 ||
-      io_write (img->file, buf, n * cs, (uint64_t) off,
-                "bitmap directory") == -1 ||
-      io_flush (img->file, "image file") == -1) {
-    free (buf);
-    return -1;
-  }
-  free (buf);
-  img->h.bitmap_dir_offset = (uint64_t) off;
-  img->h.bitmap_dir_size = size;
-  img->h.nb_bitmaps = dir->nr;
-  if (qcow2_write_header (img, true) == -1) {
-    img->h.bitmap_dir_offset = old_off;
-    img->h.bitmap_dir_size = old_size;
-    img->h.nb_bitmaps = old_nb;
-    return -1;
-  }
-  if (old_off && cluster_list_add (to_free, old_off,
-                                   DIV_ROUND_UP (old_size, cs)) == -1)
-    return -1;
-  return cluster_list_free_all (img, to_free);
-}
-
 /* ---- the private log in cluster 0 -------------------------------------- */
 
 static int
@@ -426,28 +383,28 @@ track_free (struct track *t)
   free (t);
 }
 
-/* Set or clear in_use on the tracked bitmaps' entries (LAZY mode). */
+/* Set in_use on the tracked bitmaps (LAZY mode start), through the
+ * bitmap directory transaction.  img->lock held. */
 static int
-set_in_use (struct rawtrack_image *img, struct track *t, bool on,
-            struct cluster_list *to_free)
+set_in_use (struct rawtrack_image *img, struct track *t)
 {
+  struct bitmap_update u;
   uint32_t i;
 
-  for (i = 0; i < t->nr; i++) {
-    struct bitmap_entry *e = &img->bitmaps.entries[t->bm[i].dir_index];
-
-    e->flags = on ? (e->flags | BME_FLAG_IN_USE) : (e->flags & ~BME_FLAG_IN_USE);
-  }
-  return publish_dir (img, &img->bitmaps, to_free);
+  if (bitmap_update_begin (img, &u, 0) == -1)
+    return -1;
+  for (i = 0; i < t->nr; i++)
+    u.dir.entries[t->bm[i].dir_index].flags |= BME_FLAG_IN_USE;
+  return bitmap_update_commit (img, &u);
 }
 
 int
 track_start (struct rawtrack_image *img)
 {
   struct track *t;
-  struct cluster_list allocated = { 0 }, to_free = { 0 };
+  struct bitmap_update u;
   uint32_t i, min_gran = 31;
-  bool dir_changed = false;
+  bool dir_changed = false, in_update = false;
   int r = -1;
 
   t = rt_calloc (1, sizeof *t);
@@ -507,7 +464,7 @@ track_start (struct rawtrack_image *img)
     goto out;
 
   if (t->mode == MODE_LAZY) {
-    if (set_in_use (img, t, true, &to_free) == -1)
+    if (set_in_use (img, t) == -1)
       goto out;
     r = 0;
     goto out;
@@ -522,21 +479,25 @@ track_start (struct rawtrack_image *img)
   if (!t->summary || !t->est || !t->seq || !t->ref || !t->hot)
     goto out;
 
+  if (bitmap_update_begin (img, &u, 0) == -1)
+    goto out;
+  in_update = true;
   for (i = 0; i < t->nr; i++) {
-    struct bitmap_entry *e = &img->bitmaps.entries[t->bm[i].dir_index];
-    int d = make_dense (img, &t->bm[i], e, &allocated, &to_free);
+    struct bitmap_entry *e = &u.dir.entries[t->bm[i].dir_index];
+    int d = make_dense (img, &t->bm[i], e, &u.allocated, &u.old);
 
     if (d == -1)
       goto out;
     if (d == 1)
       dir_changed = true;
   }
+  in_update = false;
   if (dir_changed) {
-    if (io_flush (img->file, "image file") == -1 ||
-        publish_dir (img, &img->bitmaps, &to_free) == -1)
+    if (bitmap_update_commit (img, &u) == -1)
       goto out;
   }
-  cluster_list_reset (&allocated);
+  else
+    bitmap_update_end (img, &u, false);
 
   /* summary = AND of all bases (what is set on disk in every bitmap). */
   bitmap_mem_set_all (t->summary);
@@ -563,10 +524,8 @@ track_start (struct rawtrack_image *img)
   r = 0;
 
  out:
-  if (r == -1 && allocated.nr)
-    cluster_list_free_all (img, &allocated);
-  cluster_list_reset (&allocated);
-  cluster_list_reset (&to_free);
+  if (in_update)
+    bitmap_update_end (img, &u, true);
   pthread_mutex_unlock (&img->lock);
   if (r == -1) {
     track_free (t);
@@ -930,7 +889,6 @@ int
 track_stop (struct rawtrack_image *img)
 {
   struct track *t = img->track;
-  struct cluster_list to_free = { 0 };
   uint32_t i, k;
   int r = 0;
 
@@ -943,29 +901,33 @@ track_stop (struct rawtrack_image *img)
     goto out;
 
   if (t->mode == MODE_LAZY) {
-    /* QEMU's close: bits into new clusters, in_use cleared in a new
-     * directory, then the old tables and data are freed. */
-    struct cluster_list allocated = { 0 };
+    /* QEMU's close: bits into new clusters and in_use cleared in one
+     * directory transaction; the old tables and data are freed after. */
+    struct bitmap_update u;
 
     fold_delta (img, t, 0, img->virtual_size);
     pthread_mutex_lock (&img->lock);
+    if (bitmap_update_begin (img, &u, 0) == -1) {
+      pthread_mutex_unlock (&img->lock);
+      r = -1;
+      goto out;
+    }
     for (i = 0; i < t->nr && r == 0; i++) {
-      struct bitmap_entry *e = &img->bitmaps.entries[t->bm[i].dir_index];
-      uint64_t toff;
+      struct bitmap_entry *e = &u.dir.entries[t->bm[i].dir_index];
+      struct bitmap_entry consistent = *e;
 
-      if (bitmap_collect_clusters (img, e, &to_free) == -1 ||
-          bitmap_store (img, t->bm[i].base, 0, &toff, &allocated) == -1)
+      /* Its old clusters are ours to free: collect them as consistent. */
+      consistent.flags &= ~BME_FLAG_IN_USE;
+      if (bitmap_collect_clusters (img, &consistent, &u.old) == -1 ||
+          bitmap_store (img, t->bm[i].base, 0, &e->table_offset,
+                        &u.allocated) == -1)
         r = -1;
-      else
-        e->table_offset = toff;
+      e->flags &= ~BME_FLAG_IN_USE;
     }
     if (r == 0)
-      r = io_flush (img->file, "image file");
-    if (r == 0)
-      r = set_in_use (img, t, false, &to_free);
-    if (r == -1)
-      cluster_list_free_all (img, &allocated);
-    cluster_list_reset (&allocated);
+      r = bitmap_update_commit (img, &u);
+    else
+      bitmap_update_end (img, &u, true);
     pthread_mutex_unlock (&img->lock);
     goto out;
   }
@@ -998,7 +960,6 @@ track_stop (struct rawtrack_image *img)
   pthread_mutex_unlock (&img->lock);
 
  out:
-  cluster_list_reset (&to_free);
   pthread_mutex_unlock (&t->lock);
   img->track = NULL;
   track_free (t);

@@ -298,6 +298,9 @@ main (void)
     return 1;
   }
 
+  printf ("test-powerloss: %" PRIu64 " crash runs over %" PRIu64
+          " seeds passed\n", runs, seeds);
+
   /* Negative control: without the sync, power loss must lose bits. */
   quiet = true;
   for (seed = 1; seed <= 3; seed++) {
@@ -313,7 +316,5 @@ main (void)
   }
   printf ("test-powerloss: negative control (process mode, no sync) lost "
           "changes %d times, as it must\n", failures);
-  printf ("test-powerloss: %" PRIu64 " crash runs over %" PRIu64
-          " seeds passed\n", runs, seeds);
   return 0;
 }
