@@ -121,6 +121,29 @@ load_bitmap_directory (struct rawtrack_image *img, uint64_t file_size)
   return r;
 }
 
+#define HEAD_READ (64u * 1024)
+
+/* Does everything cluster 0 describes (extensions up to the end marker,
+ * the backing file name) lie inside the first len bytes? */
+static bool
+header_fits (const uint8_t *buf, size_t len)
+{
+  uint64_t off, bfo = be64_load (buf + 8);
+  uint32_t bfs = be32_load (buf + 16);
+
+  if (bfo && bfo + bfs > len)
+    return false;
+  off = be32_load (buf + 4) == 2 ? QCOW2_V2_HEADER_LEN : be32_load (buf + 100);
+  while (off + 8 <= len) {
+    uint32_t type = be32_load (buf + off), elen = be32_load (buf + off + 4);
+
+    if (type == QCOW2_EXT_END)
+      return true;
+    off += 8 + ROUND_UP ((uint64_t) elen, 8);
+  }
+  return false;
+}
+
 static int
 image_setup (struct rawtrack_image *img)
 {
@@ -149,12 +172,25 @@ image_setup (struct rawtrack_image *img)
                           "range (9..21: 512 B to 2 MiB)", bits);
     cs = 1ull << bits;
   }
-  c0len = MIN (cs, (uint64_t) fsize);
+  /* Cluster 0 holds the header, the extensions and the backing name; read
+   * the first 64 KiB, and the rest of a larger cluster only when the
+   * extensions or the name reach past that. */
+  c0len = MIN (MIN (cs, (uint64_t) fsize), HEAD_READ);
   c0 = rt_malloc (cs);
   if (!c0)
     return -1;
-  if (io_read (img->file, c0, c0len, 0, "cluster 0") == -1 ||
-      qcow2_header_parse (c0, c0len, h) == -1) {
+  if (io_read (img->file, c0, c0len, 0, "cluster 0") == -1) {
+    free (c0);
+    return -1;
+  }
+  if (c0len < MIN (cs, (uint64_t) fsize) && !header_fits (c0, c0len)) {
+    c0len = MIN (cs, (uint64_t) fsize);
+    if (io_read (img->file, c0, c0len, 0, "cluster 0") == -1) {
+      free (c0);
+      return -1;
+    }
+  }
+  if (qcow2_header_parse (c0, c0len, h) == -1) {
     free (c0);
     return -1;
   }
@@ -220,6 +256,8 @@ image_setup (struct rawtrack_image *img)
                         "outside the image file (%" PRId64 " bytes)",
                         h->refcount_table_offset, fsize);
   if (qcow2_refcount_init (img) == -1)
+    return -1;
+  if ((img->flags & RAWTRACK_OPEN_CHECK) && qcow2_refcount_load (img) == -1)
     return -1;
   if (load_bitmap_directory (img, (uint64_t) fsize) == -1)
     return -1;

@@ -273,8 +273,10 @@ cluster_of (const struct rawtrack_image *img, uint64_t off)
 }
 
 /* ---- qcow2-refcount.c ------------------------------------------------- */
-/* Load the refcount table (bounds and alignment checked). */
+/* Set up refcount bookkeeping; the table itself is read by
+ * qcow2_refcount_load, on first use (every function below calls it). */
 int qcow2_refcount_init (struct rawtrack_image *img);
+int qcow2_refcount_load (struct rawtrack_image *img);
 void qcow2_refcount_free (struct rawtrack_image *img);
 /* Refcount of host cluster c; 0 where no block covers it. */
 int qcow2_refcount_get (struct rawtrack_image *img, uint64_t c,

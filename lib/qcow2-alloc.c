@@ -223,6 +223,8 @@ qcow2_alloc_clusters (struct rawtrack_image *img, uint64_t n)
     return set_error (EINVAL, "cannot allocate %" PRIu64 " clusters", n);
   if (!img->writable)
     return set_error (EROFS, "the image is open read-only");
+  if (qcow2_refcount_load (img) == -1)
+    return -1;
 
   /* First fit inside the covered area. */
   while (covered (img, c)) {

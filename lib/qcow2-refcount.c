@@ -87,23 +87,37 @@ qcow2_refcount_init (struct rawtrack_image *img)
 {
   uint64_t bytes = (uint64_t) img->h.refcount_table_clusters *
                    img->cluster_size;
-  uint64_t i;
 
   img->refcount_bits = 1u << img->h.refcount_order;
   img->refblock_entries = (uint32_t) ((uint64_t) img->cluster_size * 8 /
                                       img->refcount_bits);
   img->reftable_entries = bytes / 8;
   img->rb_cache = rt_calloc (1, sizeof (struct rb_cache));
-  if (!img->rb_cache)
+  return img->rb_cache ? 0 : -1;
+}
+
+/* The table is read on first use: reading guest data never needs it, and
+ * with large clusters it is megabytes that an `info` or `cat` would read
+ * for nothing. */
+int
+qcow2_refcount_load (struct rawtrack_image *img)
+{
+  uint64_t bytes = img->reftable_entries * 8, i;
+  uint64_t *t;
+
+  if (img->reftable)
+    return 0;
+  t = rt_malloc (bytes ? bytes : 8);
+  if (!t)
     return -1;
-  img->reftable = rt_malloc (bytes ? bytes : 8);
-  if (!img->reftable)
+  if (bytes && io_read (img->file, t, bytes, img->h.refcount_table_offset,
+                        "refcount table") == -1) {
+    free (t);
     return -1;
-  if (bytes && io_read (img->file, img->reftable, bytes,
-                        img->h.refcount_table_offset, "refcount table") == -1)
-    return -1;
+  }
   for (i = 0; i < img->reftable_entries; i++)
-    img->reftable[i] = be64_load (&img->reftable[i]);
+    t[i] = be64_load (&t[i]);
+  img->reftable = t;
   return 0;
 }
 
@@ -190,6 +204,8 @@ qcow2_refcount_get (struct rawtrack_image *img, uint64_t c, uint64_t *value)
   *value = 0;
   if (idx >= img->reftable_entries)
     return 0;
+  if (qcow2_refcount_load (img) == -1)
+    return -1;
   if (block_offset (img, idx, &off) == -1)
     return -1;
   if (off == 0)
@@ -213,6 +229,8 @@ qcow2_refcount_set (struct rawtrack_image *img, uint64_t c, uint64_t value)
   if (idx >= img->reftable_entries)
     return set_error (EINVAL, "cluster %" PRIu64 " is not covered by the "
                       "refcount table", c);
+  if (qcow2_refcount_load (img) == -1)
+    return -1;
   if (block_offset (img, idx, &off) == -1)
     return -1;
   if (off == 0)

@@ -219,6 +219,7 @@ check_refs (struct rawtrack_image *img)
          (img->l1[i] & L1E_OFFSET_MASK) ? cs : 0, cs);
   ref (refs, nclusters, img->h.refcount_table_offset,
        (uint64_t) img->h.refcount_table_clusters * cs, cs);
+  assert (qcow2_refcount_load (img) == 0);
   for (i = 0; i < img->reftable_entries; i++)
     ref (refs, nclusters, img->reftable[i] & REFT_OFFSET_MASK,
          (img->reftable[i] & REFT_OFFSET_MASK) ? cs : 0, cs);
