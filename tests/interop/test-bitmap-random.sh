@@ -14,7 +14,7 @@
 # list, and for every bitmap the same nbdinfo --map over qemu-nbd -B (and
 # rawtrack's own dump must agree with it).  qemu-img check stays clean.
 #
-# RAWTRACK_RANDOM_SEEDS (default 24) and RAWTRACK_RANDOM_OPS (default 18)
+# RAWTRACK_RANDOM_SEEDS (default 16) and RAWTRACK_RANDOM_OPS (default 18)
 # size the run; the default stays well under three minutes.
 set -euo pipefail
 source "${SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/functions.sh"
@@ -29,7 +29,7 @@ nbdinfo --help 2>&1 | grep -q -- '--map' || skip "nbdinfo has no --map"
 
 cd "$tmpdir"
 
-python3 - "${RAWTRACK_RANDOM_SEEDS:-24}" "${RAWTRACK_RANDOM_OPS:-18}" <<'EOF'
+python3 - "${RAWTRACK_RANDOM_SEEDS:-16}" "${RAWTRACK_RANDOM_OPS:-18}" <<'EOF'
 import json, os, random, subprocess, sys
 
 RAWTRACK = os.environ["RAWTRACK"]

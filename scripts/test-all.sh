@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Build rawtrack twice and run every test suite in both builds.
+#
+# Usage: ./scripts/test-all.sh          (from anywhere; works in the source root)
+#
+#   build-test  buildtype=debugoptimized, werror=true
+#   build-asan  buildtype=debug, b_sanitize=address,undefined, b_lundef=false
+#
+# Existing build directories are reconfigured (or wiped and set up again if
+# that fails).  After `meson test` in each, the results are read back from
+# meson-logs/testlog*.json and summarised:
+#   OK, EXPECTEDFAIL                       -> passed
+#   FAIL, TIMEOUT, ERROR, UNEXPECTEDPASS   -> failed
+#   SKIP                                   -> skipped
+# A build that fails to configure or compile counts as one failure.  The last
+# line of output is always `N passed, N failed, N skipped` over both builds.
+# Exit status: non-zero if anything failed or if no test ran at all.
+#
+# Environment:
+#   RAWTRACK_TEST_SETUP   meson test setup to use (default: `full` when the
+#                         project defines one, else meson's default)
+#   RAWTRACK_BUILDS       space-separated subset of "test asan" (default both)
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+srcdir="$PWD"
+
+total_pass=0
+total_fail=0
+total_skip=0
+summary=()
+
+# Pick the test setup that runs every suite.
+setup="${RAWTRACK_TEST_SETUP:-}"
+if [ -z "$setup" ] &&
+   grep -rqs --include=meson.build -E "add_test_setup\(\s*'full'" "$srcdir"; then
+  setup=full
+fi
+setup_args=()
+if [ -n "$setup" ]; then
+  setup_args=(--setup "$setup")
+fi
+
+# configure DIR OPTIONS...: set up or reconfigure a build directory.
+configure ()
+{
+  local dir="$1"; shift
+  if [ -f "$dir/meson-private/coredata.dat" ]; then
+    if meson setup --reconfigure "$dir" "$@" >"$dir.setup.log" 2>&1; then
+      rm -f "$dir.setup.log"; return 0
+    fi
+    echo "test-all: reconfigure of $dir failed; wiping it" >&2
+    if meson setup --wipe "$dir" "$@" >"$dir.setup.log" 2>&1; then
+      rm -f "$dir.setup.log"; return 0
+    fi
+  else
+    rm -rf "$dir"
+    if meson setup "$dir" "$@" >"$dir.setup.log" 2>&1; then
+      rm -f "$dir.setup.log"; return 0
+    fi
+  fi
+  cat "$dir.setup.log" >&2
+  rm -f "$dir.setup.log"
+  return 1
+}
+
+# count DIR: read the test log of DIR, print failures and skips, add to
+# the totals.
+count ()
+{
+  local dir="$1" log out
+  log="$(ls -t "$dir"/meson-logs/testlog*.json 2>/dev/null | head -n 1)"
+  if [ -z "$log" ]; then
+    echo "test-all: $dir: no test log (meson test did not run?)" >&2
+    total_fail=$((total_fail + 1))
+    summary+=("$dir: no test log: counted as 1 failure")
+    return
+  fi
+  out="$(python3 - "$dir" "$log" <<'EOF'
+import json, sys
+d, path = sys.argv[1], sys.argv[2]
+passed = failed = skipped = 0
+lines = []
+with open(path, errors="replace") as f:
+    for raw in f:
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            t = json.loads(raw)
+        except ValueError:
+            continue
+        name = t.get("name", "?")
+        res = t.get("result", "?")
+        if res in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif res == "SKIP":
+            skipped += 1
+            text = (t.get("stdout") or "") + "\n" + (t.get("stderr") or "")
+            why = [l.strip() for l in text.splitlines() if "SKIP" in l]
+            lines.append(f"SKIP {d}: {name}" +
+                         (": " + " | ".join(why[:3]) if why else ""))
+        else:
+            failed += 1
+            lines.append(f"FAIL {d}: {name} ({res}, "
+                         f"exit {t.get('returncode', '?')}, "
+                         f"{t.get('duration', 0):.1f}s)")
+for l in lines:
+    print("  " + l)
+print(f"{passed} {failed} {skipped}")
+EOF
+)" || {
+    echo "test-all: $dir: cannot parse $log" >&2
+    total_fail=$((total_fail + 1))
+    return
+  }
+  local counts="${out##*$'\n'}" details=""
+  if [ "$counts" != "$out" ]; then
+    details="${out%$'\n'*}"
+  fi
+  local p f s
+  read -r p f s <<<"$counts"
+  total_pass=$((total_pass + p))
+  total_fail=$((total_fail + f))
+  total_skip=$((total_skip + s))
+  summary+=("$dir: $p passed, $f failed, $s skipped")
+  if [ -n "$details" ]; then
+    summary+=("$details")
+  fi
+}
+
+# run_build DIR [VAR=VALUE...] [MESON-TEST-ARGS...] -- MESON-SETUP-OPTIONS...
+run_build ()
+{
+  local dir="$1"; shift
+  local test_args=() test_env=()
+  while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+    case "$1" in
+      [A-Z_]*=*) test_env+=("$1") ;;
+      *) test_args+=("$1") ;;
+    esac
+    shift
+  done
+  shift
+  echo "=== $dir: configure ($*)"
+  if ! configure "$dir" "$@"; then
+    echo "test-all: $dir: configure FAILED" >&2
+    total_fail=$((total_fail + 1))
+    summary+=("$dir: configure failed: counted as 1 failure")
+    return
+  fi
+  echo "=== $dir: build"
+  if ! ninja -C "$dir"; then
+    echo "test-all: $dir: build FAILED" >&2
+    total_fail=$((total_fail + 1))
+    summary+=("$dir: build failed: counted as 1 failure")
+    return
+  fi
+  echo "=== $dir: test ${setup_args[*]}"
+  rm -f "$dir"/meson-logs/testlog*.json
+  env ${test_env[@]+"${test_env[@]}"} \
+    meson test -C "$dir" --print-errorlogs --num-processes 2 \
+    "${setup_args[@]}" ${test_args[@]+"${test_args[@]}"} || true
+  count "$dir"
+}
+
+start=$SECONDS
+for b in ${RAWTRACK_BUILDS:-test asan}; do
+  case "$b" in
+    test)
+      # Everything, at full size.
+      run_build build-test -- --buildtype=debugoptimized -Dwerror=true ;;
+    asan)
+      # ASan+UBSan: unit tests, the fuzz corpora and hostile inputs, the
+      # crash loops (fewer rounds: the instrumented build is slower) and
+      # the interop tests of suite 'asan'.
+      run_build build-asan \
+        RAWTRACK_CRASH_SEEDS="${RAWTRACK_CRASH_SEEDS:-40}" \
+        RAWTRACK_KILL_ROUNDS="${RAWTRACK_KILL_ROUNDS:-40}" \
+        --suite unit --suite fuzz --suite crash --suite asan \
+        -- --buildtype=debug \
+        -Db_sanitize=address,undefined -Db_lundef=false ;;
+    *)
+      echo "test-all: unknown build '$b'" >&2
+      total_fail=$((total_fail + 1)) ;;
+  esac
+done
+
+echo
+echo "=== summary ($((SECONDS - start))s)"
+for l in "${summary[@]}"; do
+  echo "$l"
+done
+status=0
+if [ "$total_fail" -ne 0 ]; then
+  status=1
+elif [ $((total_pass + total_skip)) -eq 0 ] || [ "$total_pass" -eq 0 ]; then
+  echo "test-all: no test ran" >&2
+  status=1
+fi
+echo "$total_pass passed, $total_fail failed, $total_skip skipped"
+exit "$status"
