@@ -29,6 +29,8 @@
  *      extent in each bitmap's disk image, writes those sectors, syncs the
  *      image file once (SAFE), then marks the extents hot and wakes every
  *      waiter.  The cost is one sync per extent, shared by all writers.
+ *      A sequential stream also makes the next 7 extents hot in the same
+ *      commit (covered), so it pays one sync per 128 MiB.
  *   4. At most max_hot extents are hot (the over-report bound: max_hot x
  *      extent size per bitmap).  To make room the leader COOLS the oldest
  *      hot extents in the same commit: it replaces their all-ones by the
@@ -85,6 +87,7 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 #define TRACK_AUTOCLEAR     QCOW2_AUTOCLEAR_RAWTRACK
 #define DEFAULT_EXT_BITS    24                   /* 16 MiB extents */
 #define DEFAULT_MAX_HOT     64
+#define SEQ_AHEAD           7                    /* see covered() */
 /* Extension payload: magic, max, count (u32 each), pad, ext_bits (u32),
  * generation (u64), then max entries (u64 extent indexes). */
 #define LOG_HEADER          24
@@ -751,6 +754,24 @@ commit (struct rawtrack_image *img, struct track *t)
 }
 
 /* Does every byte of [off, off+len) pass without a commit? */
+/* Queue cold extent e for the next commit (track->lock held). */
+static bool
+queue_extent (struct track *t, uint64_t e)
+{
+  if (t->nr_pend == t->cap_pend) {
+    uint64_t cap = t->cap_pend ? t->cap_pend * 2 : 64;
+    uint64_t *n = rt_realloc (t->pend, cap * sizeof *n);
+
+    if (!n)
+      return false;
+    t->pend = n;
+    t->cap_pend = cap;
+  }
+  t->pend[t->nr_pend++] = e;
+  est_set (t, e, EXT_PENDING);
+  return true;
+}
+
 static bool
 covered (struct track *t, uint64_t off, uint64_t len, bool queue,
          bool *queue_failed)
@@ -770,19 +791,21 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
       continue;
     ok = false;
     if (queue && est_get (t, e) == EXT_COLD) {
-      if (t->nr_pend == t->cap_pend) {
-        uint64_t cap = t->cap_pend ? t->cap_pend * 2 : 64;
-        uint64_t *n = rt_realloc (t->pend, cap * sizeof *n);
+      uint64_t k;
 
-        if (!n) {
-          *queue_failed = true;
-          return false;
-        }
-        t->pend = n;
-        t->cap_pend = cap;
+      if (!queue_extent (t, e)) {
+        *queue_failed = true;
+        return false;
       }
-      t->pend[t->nr_pend++] = e;
-      est_set (t, e, EXT_PENDING);
+      /* A sequential stream (the extent before is hot or on its way):
+       * make the next few hot in the same commit, so that the stream
+       * pays one sync per SEQ_AHEAD + 1 extents, not one per extent. */
+      if (e > 0 && est_get (t, e - 1) != EXT_COLD)
+        for (k = e + 1; k <= e + SEQ_AHEAD && k < t->nr_ext; k++)
+          if (est_get (t, k) == EXT_COLD && !queue_extent (t, k)) {
+            *queue_failed = true;
+            return false;
+          }
     }
   }
   return ok;
