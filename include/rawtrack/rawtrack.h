@@ -201,8 +201,8 @@ RAWTRACK_API int rawtrack_attach_io (struct rawtrack_io *image,
 /* ---- checking --------------------------------------------------------- */
 struct rawtrack_check_result {
   uint32_t struct_size;        /* sizeof (struct rawtrack_check_result) */
-  uint64_t corruptions;        /* errors found (before repair) */
-  uint64_t leaks;              /* leaked clusters found (before repair) */
+  uint64_t corruptions;        /* errors that remain (after any repair) */
+  uint64_t leaks;              /* leaked clusters that remain */
   uint64_t corruptions_fixed;
   uint64_t leaks_fixed;
   uint64_t check_errors;       /* internal errors: the check is incomplete */
