@@ -77,12 +77,14 @@ unsupported_features (const struct qcow2_header *h, uint64_t bits)
 
     if (!(bits & (1ull << bit)))
       continue;
+    if (used >= sizeof msg)     /* truncated: msg + used would be past it */
+      break;
     name = qcow2_feature_name (h, 0, bit);
     if (name)
-      used += snprintf (msg + used, used < sizeof msg ? sizeof msg - used : 0,
+      used += snprintf (msg + used, sizeof msg - used,
                         "%s%s", used ? ", " : "", name);
     else
-      used += snprintf (msg + used, used < sizeof msg ? sizeof msg - used : 0,
+      used += snprintf (msg + used, sizeof msg - used,
                         "%sunknown incompatible feature bit %d",
                         used ? ", " : "", bit);
   }
@@ -289,9 +291,11 @@ qcow2_header_parse (const uint8_t *buf, size_t len, struct qcow2_header *h)
   ext_end = h->backing_file_offset ? h->backing_file_offset : cs;
   if (ext_end > len)
     ext_end = len;
-  if (h->backing_file_offset > cs)
-    return set_corrupt ("backing_file_offset %" PRIu64 " at offset 8 is "
-                        "outside cluster 0", h->backing_file_offset);
+  if (h->backing_file_offset > cs) {
+    set_corrupt ("backing_file_offset %" PRIu64 " at offset 8 is "
+                 "outside cluster 0", h->backing_file_offset);
+    goto fail;                  /* extra_fields may be allocated */
+  }
   if (parse_extensions (buf, h->header_length, ext_end, h) == -1)
     goto fail;
 
