@@ -859,6 +859,23 @@ check_bitmaps (struct pass *p)
 
   if (!img->bitmaps_trusted || img->bitmaps.nr == 0)
     return;
+  if (p->first) {
+    uint32_t hot;
+    uint64_t eb;
+
+    switch (track_log_state (img, &hot, &eb)) {
+    case TRACK_LOG_CRASHED:
+      say (p, 0, "rawtrack stopped without closing the image: %" PRIu32
+           " extent(s) of %" PRIu64 " MiB were marked dirty ahead of "
+           "writes, so up to %" PRIu64 " bytes per enabled bitmap may be "
+           "over-reported (never under-reported)", hot, eb >> 20, hot * eb);
+      break;
+    case TRACK_LOG_STALE:
+      say (p, 0, "another program wrote this image after rawtrack tracked "
+           "it: rawtrack's over-report record no longer applies");
+      break;
+    }
+  }
   inc_refs (p, img->h.bitmap_dir_offset, img->h.bitmap_dir_size);
   for (b = 0; b < img->bitmaps.nr; b++) {
     const struct bitmap_entry *bm = &img->bitmaps.entries[b];

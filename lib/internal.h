@@ -356,6 +356,14 @@ int track_stop (struct rawtrack_image *img);
  * bitmap is not being tracked.  Caller frees with bitmap_mem_free. */
 struct bitmap_mem *track_bitmap (struct rawtrack_image *img, const char *name);
 
+/* What rawtrack's tracking log in cluster 0 says (for check): NONE (no
+ * log), CLEAN (rawtrack closed cleanly: the bitmaps are exact), CRASHED
+ * (*count extents of *extent_bytes were hot: bits there may be
+ * over-reported), STALE (another program wrote the image since). */
+enum { TRACK_LOG_NONE, TRACK_LOG_CLEAN, TRACK_LOG_CRASHED, TRACK_LOG_STALE };
+int track_log_state (const struct rawtrack_image *img, uint32_t *count,
+                     uint64_t *extent_bytes);
+
 /* ---- guest-io.c -------------------------------------------------------- */
 /* Raw external data: is all of guest [offset, offset+len) known NORMAL? */
 bool normal_map_covers (struct rawtrack_image *img, uint64_t offset,

@@ -29,8 +29,9 @@
  *      extent in each bitmap's disk image, writes those sectors, syncs the
  *      image file once (SAFE), then marks the extents hot and wakes every
  *      waiter.  The cost is one sync per extent, shared by all writers.
- *      A sequential stream also makes the next 7 extents hot in the same
- *      commit (covered), so it pays one sync per 128 MiB.
+ *      A sequential stream (a write starting where the latest ended) also
+ *      makes the next 7 extents hot in the same commit (covered), so it
+ *      pays one sync per 128 MiB.
  *   4. At most max_hot extents are hot (the over-report bound: max_hot x
  *      extent size per bitmap).  To make room the leader COOLS the oldest
  *      hot extents in the same commit: it replaces their all-ones by the
@@ -127,6 +128,7 @@ struct track {
   int last_err;                    /* errno of the last failed commit */
   uint64_t commit_failed_at;       /* commits value when it failed */
   uint64_t log_off;                /* byte offset of the log in cluster 0 */
+  uint64_t last_end;               /* end of the latest write (atomic) */
   uint64_t generation;
 };
 
@@ -774,7 +776,7 @@ queue_extent (struct track *t, uint64_t e)
 
 static bool
 covered (struct track *t, uint64_t off, uint64_t len, bool queue,
-         bool *queue_failed)
+         bool sequential, bool *queue_failed)
 {
   uint64_t e0 = off >> t->ext_bits, e1 = (off + len - 1) >> t->ext_bits, e;
   bool ok = true;
@@ -797,10 +799,11 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
         *queue_failed = true;
         return false;
       }
-      /* A sequential stream (the extent before is hot or on its way):
-       * make the next few hot in the same commit, so that the stream
-       * pays one sync per SEQ_AHEAD + 1 extents, not one per extent. */
-      if (e > 0 && est_get (t, e - 1) != EXT_COLD)
+      /* A sequential stream (this write starts where the latest one
+       * ended, and the extent before is hot or on its way): make the next
+       * few hot in the same commit, so that the stream pays one sync per
+       * SEQ_AHEAD + 1 extents, not one per extent. */
+      if (sequential && e > 0 && est_get (t, e - 1) != EXT_COLD)
         for (k = e + 1; k <= e + SEQ_AHEAD && k < t->nr_ext; k++)
           if (est_get (t, k) == EXT_COLD && !queue_extent (t, k)) {
             *queue_failed = true;
@@ -862,7 +865,7 @@ int
 track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
 {
   struct track *t = img->track;
-  bool qfail = false;
+  bool qfail = false, sequential;
   uint64_t chunk;
   int r = 0;
 
@@ -873,6 +876,8 @@ track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
     bitmap_mem_set_atomic (t->delta, offset, len);
     return 0;
   }
+  sequential = __atomic_exchange_n (&t->last_end, offset + len,
+                                    __ATOMIC_RELAXED) == offset;
   if (fast_path (t, offset, len))
     return 0;
   pthread_mutex_lock (&t->lock);
@@ -884,7 +889,7 @@ track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
     uint64_t n = MIN (len, chunk - (offset & ((1ull << t->ext_bits) - 1)));
     uint64_t waited_from = t->commits;
 
-    while (!covered (t, offset, n, true, &qfail)) {
+    while (!covered (t, offset, n, true, sequential, &qfail)) {
       if (qfail) {
         r = set_error (ENOMEM, "out of memory queueing extents");
         break;
@@ -1015,3 +1020,37 @@ track_bitmap (struct rawtrack_image *img, const char *name)
   pthread_mutex_unlock (&t->lock);
   return copy;
 }
+
+int
+track_log_state (const struct rawtrack_image *img, uint32_t *count,
+                 uint64_t *extent_bytes)
+{
+  const struct qcow2_header *h = &img->h;
+  size_t i;
+
+  *count = 0;
+  *extent_bytes = 0;
+  for (i = 0; i < h->nr_unknown; i++) {
+    const struct qcow2_ext *u = &h->unknown[i];
+    uint32_t max, bits;
+
+    if (u->type != TRACK_EXT_TYPE)
+      continue;
+    if (u->len < LOG_HEADER || be32_load (u->data) != TRACK_EXT_MAGIC)
+      return TRACK_LOG_NONE;             /* not ours, or damaged */
+    if (!(h->autoclear & TRACK_AUTOCLEAR))
+      return TRACK_LOG_STALE;
+    max = be32_load (u->data + 4);
+    *count = be32_load (u->data + 8);
+    bits = be32_load (u->data + 16);
+    if (*count > max || (uint64_t) u->len < LOG_HEADER + (uint64_t) max * 8 ||
+        bits < 9 || bits > 40) {
+      *count = 0;
+      return TRACK_LOG_NONE;
+    }
+    *extent_bytes = 1ull << bits;
+    return *count ? TRACK_LOG_CRASHED : TRACK_LOG_CLEAN;
+  }
+  return TRACK_LOG_NONE;
+}
+

@@ -187,6 +187,14 @@ inspect (struct rawtrack_image *img)
      * for short lists. */
     for (j = 0; n <= 64 && j < i; j++)
       FUZZ_CHECK (strcmp (rawtrack_image_bitmap_name (img, j), name) != 0);
+    /* Loading the bits walks the bitmap table and its data clusters. */
+    if (i < 4) {
+      uint64_t bytes;
+
+      if (rawtrack_bitmap_dirty_bytes (img, name, &bytes) == 0)
+        FUZZ_CHECK (bytes <= ((rawtrack_image_virtual_size (img) + g - 1) /
+                              g) * g);
+    }
   }
 }
 
