@@ -15,8 +15,12 @@
 #   - qemu-img check finds nothing worse than leaks;
 #   - the raw file holds exactly what the reported operations wrote (the
 #     one operation in flight at the kill, and discards, may be either).
-# Rounds: RAWTRACK_KILL_ROUNDS (default 200).
+# With --nbd the writes go through `rawtrack serve` (qemu-io as the NBD
+# client) and the server is the process killed: every request the server
+# acknowledged must be dirty and on disk.
+# Rounds: RAWTRACK_KILL_ROUNDS (default 200; 100 with --nbd).
 import json
+import re
 import os
 import random
 import shutil
@@ -27,7 +31,12 @@ import tempfile
 import time
 
 RAWTRACK = os.environ.get("RAWTRACK", "build/cli/rawtrack")
-ROUNDS = int(os.environ.get("RAWTRACK_KILL_ROUNDS", "200"))
+# --nbd: write through `rawtrack serve` with qemu-io as the NBD client and
+# kill -9 the server instead.
+NBD = "--nbd" in sys.argv[1:]
+DONE_RE = re.compile(r"^(wrote|discard) \d+/\d+ bytes at offset \d+")
+ROUNDS = int(os.environ.get("RAWTRACK_KILL_ROUNDS",
+                            "100" if "--nbd" in sys.argv[1:] else "200"))
 SIZE = 16 * 1024 * 1024
 
 
@@ -65,6 +74,46 @@ def covered(ranges, lo, hi):
         if lo >= hi:
             return True
     return lo >= hi
+
+
+def through_nbd(img, script, env, target, rng, tmp):
+    """Serve img with `rawtrack serve`, write through it with qemu-io over
+    NBD, and kill -9 the SERVER once `target` writes were acknowledged.
+    Returns qemu-io's result lines ('wrote'/'discard'): each one is a
+    request the server acknowledged, i.e. completed."""
+    sock = os.path.join(tmp, "nbd.sock")
+    srv = subprocess.Popen([RAWTRACK, "serve", img, "--socket", sock],
+                           env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    for _ in range(500):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.01)
+    q = subprocess.Popen(["qemu-io", "-f", "raw",
+                          f"nbd+unix:///?socket={sock}"],
+                         stdin=open(script), stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    done = []
+    while len(done) < target:
+        line = q.stdout.readline()
+        if not line:
+            break
+        line = line.replace("qemu-io> ", "")   # the interactive prompt
+        if DONE_RE.match(line):
+            done.append(line)
+    time.sleep(rng.random() * 0.003)
+    srv.send_signal(signal.SIGKILL)
+    srv.wait()
+    try:
+        rest, _ = q.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        q.kill()
+        rest, _ = q.communicate()
+    done += [l for l in rest.replace("qemu-io> ", "").splitlines(True)
+             if DONE_RE.match(l)]
+    if os.path.exists(sock):
+        os.unlink(sock)
+    return done
 
 
 def workload(rng, n):
@@ -115,20 +164,24 @@ def main():
             script = os.path.join(tmp, "cmds")
             with open(script, "w") as f:
                 f.write("\n".join(cmds) + "\n")
-            p = subprocess.Popen([RAWTRACK, "io", img, "-f", script],
-                                 stdout=subprocess.PIPE, env=env, text=True)
             target = rng.randrange(0, len(cmds))
-            done = []
-            while len(done) < target:
-                line = p.stdout.readline()
-                if not line:
-                    break
-                done.append(line)
-            time.sleep(rng.random() * 0.003)
-            p.send_signal(signal.SIGKILL)
-            rest, _ = p.communicate()
-            done += rest.splitlines(keepends=True)
-            p.wait()
+            if NBD:
+                done = through_nbd(img, script, env, target, rng, tmp)
+            else:
+                p = subprocess.Popen([RAWTRACK, "io", img, "-f", script],
+                                     stdout=subprocess.PIPE, env=env,
+                                     text=True)
+                done = []
+                while len(done) < target:
+                    line = p.stdout.readline()
+                    if not line:
+                        break
+                    done.append(line)
+                time.sleep(rng.random() * 0.003)
+                p.send_signal(signal.SIGKILL)
+                rest, _ = p.communicate()
+                done += rest.splitlines(keepends=True)
+                p.wait()
             # Replay what was reported on the shadow; find the op in flight.
             unknown = []
             i = 0
@@ -193,10 +246,15 @@ def main():
                 shadow[lo:hi] = disk[lo:hi]
             if disk != bytes(shadow):
                 first = next(k for k in range(SIZE) if disk[k] != shadow[k])
+                ops = [c for c in cmds if c != "flush" and
+                       int(c.split()[-2]) <= first <
+                       int(c.split()[-2]) + int(c.split()[-1])]
                 sys.exit(f"FAIL round {rnd}: raw file differs from what was "
-                         f"reported at byte {first}")
-        print(f"test-kill9: {ROUNDS} kills ({killed_mid} mid-operation) "
-              "passed")
+                         f"reported at byte {first} (disk {disk[first]}, "
+                         f"expected {shadow[first]}; {len(done)} done; "
+                         f"ops there: {ops[:4]})")
+        print(f"test-kill9{' (nbd)' if NBD else ''}: {ROUNDS} kills "
+              f"({killed_mid} mid-operation) passed")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
