@@ -33,19 +33,7 @@
 
 #include "server.h"
 #include "nbd-protocol.h"
-
-int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
-
-#define FUZZ_CHECK(cond)                                                \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      const char *fuzz_err_ = rawtrack_get_error ();                    \
-      fprintf (stderr, "%s:%d: fuzz invariant failed: %s\n"             \
-               "  last rawtrack error: %s\n", __FILE__, __LINE__,       \
-               #cond, fuzz_err_ ? fuzz_err_ : "(none)");                \
-      abort ();                                                         \
-    }                                                                   \
-  } while (0)
+#include "fuzz.h"                  /* FUZZ_CHECK (tests/fuzz/fuzz.h) */
 
 #define DISK_SIZE   (1024u * 1024)
 #define MEM_MAX     (16u * 1024 * 1024)
