@@ -480,21 +480,31 @@ bitmap_mem_stream_range_state (const struct bitmap_mem *bm,
  * set or clear by one thread never loses a bit set concurrently by another
  * in the same word.  Sets and clears are sequentially consistent. */
 
+/* The bits of word i that lie in [lo, hi). */
+static uint64_t
+word_mask (uint64_t i, uint64_t lo, uint64_t hi)
+{
+  uint64_t m = ~0ull;
+
+  if (i == lo >> 6)
+    m &= ~0ull << (lo & 63);
+  if (i == (hi - 1) >> 6)
+    m &= ~0ull >> (63 - ((hi - 1) & 63));
+  return m;
+}
+
 void
 bitmap_mem_set_atomic (struct bitmap_mem *bm, uint64_t offset, uint64_t len)
 {
-  uint64_t lo, hi, i, last;
+  uint64_t lo, hi, i;
 
   if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
     return;
-  last = (hi - 1) >> 6;
-  for (i = lo >> 6; i <= last; i++) {
-    uint64_t m = ~0ull;
+  for (i = lo >> 6; i <= (hi - 1) >> 6; i++) {
+    uint64_t m = word_mask (i, lo, hi);
 
-    if (i == lo >> 6)
-      m &= ~0ull << (lo & 63);
-    if (i == last)
-      m &= ~0ull >> (63 - ((hi - 1) & 63));
+    /* Already set: no write (a cleared bit was folded into every base
+     * first, see track.c), but keep the ordering of an RMW. */
     if ((__atomic_load_n (&bm->words[i], __ATOMIC_RELAXED) & m) != m)
       __atomic_fetch_or (&bm->words[i], m, __ATOMIC_SEQ_CST);
     else
@@ -506,38 +516,26 @@ void
 bitmap_mem_clear_atomic (struct bitmap_mem *bm, uint64_t offset,
                          uint64_t len)
 {
-  uint64_t lo, hi, i, last;
+  uint64_t lo, hi, i;
 
   if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
     return;
-  last = (hi - 1) >> 6;
-  for (i = lo >> 6; i <= last; i++) {
-    uint64_t m = ~0ull;
-
-    if (i == lo >> 6)
-      m &= ~0ull << (lo & 63);
-    if (i == last)
-      m &= ~0ull >> (63 - ((hi - 1) & 63));
-    __atomic_fetch_and (&bm->words[i], ~m, __ATOMIC_SEQ_CST);
-  }
+  for (i = lo >> 6; i <= (hi - 1) >> 6; i++)
+    __atomic_fetch_and (&bm->words[i], ~word_mask (i, lo, hi),
+                        __ATOMIC_SEQ_CST);
 }
 
 bool
 bitmap_mem_all_set_atomic (const struct bitmap_mem *bm, uint64_t offset,
                            uint64_t len)
 {
-  uint64_t lo, hi, i, last;
+  uint64_t lo, hi, i;
 
   if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
     return true;
-  last = (hi - 1) >> 6;
-  for (i = lo >> 6; i <= last; i++) {
-    uint64_t m = ~0ull;
+  for (i = lo >> 6; i <= (hi - 1) >> 6; i++) {
+    uint64_t m = word_mask (i, lo, hi);
 
-    if (i == lo >> 6)
-      m &= ~0ull << (lo & 63);
-    if (i == last)
-      m &= ~0ull >> (63 - ((hi - 1) & 63));
     if ((__atomic_load_n (&bm->words[i], __ATOMIC_ACQUIRE) & m) != m)
       return false;
   }

@@ -11,6 +11,7 @@
  */
 #undef NDEBUG
 #include <assert.h>
+#include <pthread.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -608,6 +609,58 @@ test_merge_errors (void)
   bitmap_mem_free (b);
 }
 
+/* The atomic variants: threads that set and clear interleaved bits of the
+ * same words at once never lose each other's bits. */
+struct atomic_job {
+  struct bitmap_mem *bm;
+  unsigned id, nthreads, rounds;
+};
+
+static void *
+atomic_worker (void *arg)
+{
+  struct atomic_job *j = arg;
+  unsigned r, k;
+
+  for (r = 0; r < j->rounds; r++)
+    for (k = j->id; k < 4096; k += j->nthreads) {
+      bitmap_mem_set_atomic (j->bm, (uint64_t) k * 512, 512);
+      if (r % 2)
+        bitmap_mem_clear_atomic (j->bm, (uint64_t) k * 512, 512);
+    }
+  /* Leave: bit k set iff k's owner ended on a set (rounds odd: cleared). */
+  for (k = j->id; k < 4096; k += j->nthreads)
+    bitmap_mem_set_atomic (j->bm, (uint64_t) k * 512, 512);
+  return NULL;
+}
+
+static void
+test_atomic (void)
+{
+  struct bitmap_mem *bm = bitmap_mem_new (4096 * 512, 512);
+  struct atomic_job jobs[4];
+  pthread_t th[4];
+  unsigned i;
+
+  assert (bm);
+  for (i = 0; i < 4; i++) {
+    jobs[i] = (struct atomic_job) { bm, i, 4, 200 };
+    assert (pthread_create (&th[i], NULL, atomic_worker, &jobs[i]) == 0);
+  }
+  for (i = 0; i < 4; i++)
+    pthread_join (th[i], NULL);
+  assert (bitmap_mem_count (bm) == 4096);
+  assert (bitmap_mem_all_set_atomic (bm, 0, 4096 * 512));
+  /* Clear every other bit concurrently-safe, then check the pattern. */
+  for (i = 0; i < 4096; i += 2)
+    bitmap_mem_clear_atomic (bm, (uint64_t) i * 512, 512);
+  assert (bitmap_mem_count (bm) == 2048);
+  assert (!bitmap_mem_all_set_atomic (bm, 0, 1024));
+  assert (bitmap_mem_all_set_atomic (bm, 512, 512));
+  assert (bitmap_mem_all_set_atomic (bm, 0, 0));
+  bitmap_mem_free (bm);
+}
+
 int
 main (void)
 {
@@ -620,6 +673,7 @@ main (void)
   test_worked_example ();
   test_stream_edges ();
   test_merge_errors ();
+  test_atomic ();
 
   for (seed = 1; seed <= 10; seed++) {
     for (gi = 0; gi < 4; gi++) {
