@@ -144,6 +144,10 @@ classify (struct rawtrack_image *img, uint64_t e, uint64_t bm, uint64_t guest,
   }
   else {
     if (e & QCOW_OFLAG_ZERO) {
+      if (img->h.version < 3)   /* QEMU: EIO, and marks the image corrupt */
+        return set_corrupt ("L2 table at offset %" PRIu64 ", entry %"
+                            PRIu64 ": zero flag in a version 2 image",
+                            l2_off, idx);
       *type = QCOW2_ZERO;
       return 0;
     }

@@ -167,9 +167,9 @@ static const struct hostile_case cases[] = {
   { "hostile-l2-entry-reserved", READ_FAILS, "reserved bits", ANY },
   { "hostile-l2-host-misaligned", READ_FAILS, "not cluster-aligned", ANY },
   { "hostile-l2-host-past-eof", OPENS, NULL, 0 },
-  /* QEMU fails the read ("Zero cluster entry found in pre-v3 image");
-   * rawtrack reads zeros */
-  { "hostile-l2-zero-flag-v2", EITHER, NULL, ANY },
+  /* QEMU: "Zero cluster entry found in pre-v3 image" */
+  { "hostile-l2-zero-flag-v2", READ_FAILS, "zero flag in a version 2 image",
+    ANY },
   { "hostile-compressed-garbage-zlib", READ_FAILS, "compressed cluster",
     ANY },
   { "hostile-compressed-garbage-zstd", READ_FAILS, "compressed cluster",
