@@ -344,6 +344,11 @@ struct track;
 /* Start tracking (loads every enabled bitmap and prepares the on-disk
  * state for the chosen mode).  Called once, before the first write. */
 int track_start (struct rawtrack_image *img);
+/* true when the bitmaps cover [offset, offset + len) for a write without
+ * any wait or I/O (then the write may go ahead); false: call
+ * track_before_write. */
+bool track_try_fast (struct rawtrack_image *img, uint64_t offset,
+                     uint64_t len);
 /* Before data for [offset, offset+len) may be issued: mark every enabled
  * bitmap and make the marks as durable as the mode promises.  Blocks
  * while a group commit makes the covering extents hot. */

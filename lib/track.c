@@ -29,9 +29,13 @@
  *      extent in each bitmap's disk image, writes those sectors, syncs the
  *      image file once (SAFE), then marks the extents hot and wakes every
  *      waiter.  The cost is one sync per extent, shared by all writers.
- *      A sequential stream (a write starting where the latest ended) also
- *      makes the next 7 extents hot in the same commit (covered), so it
- *      pays one sync per 128 MiB.
+ *      A sequential stream (a write whose preceding granule was just
+ *      written, per delta) also makes the next 7 extents hot in the same
+ *      commit (covered).  Better still, a stream running through hot
+ *      extents PREFETCHES: once it has filled a quarter of an extent,
+ *      the cold extents among the next 16 are queued and a committer
+ *      thread commits them while the stream goes on (prefetch), so a
+ *      stream waits for its first commit only.
  *   4. At most max_hot extents are hot (the over-report bound: max_hot x
  *      extent size per bitmap).  To make room the leader COOLS the oldest
  *      hot extents in the same commit: it replaces their all-ones by the
@@ -63,10 +67,14 @@
  *
  * LOCKING
  *   Writes into hot or already-dirty extents take no lock (fast_path):
- *   they use atomic operations on delta, summary, est, seq and ref only.
+ *   they use atomic operations on delta, summary, est, seq and ref only,
+ *   and write no shared word but delta's and ref's (no cache line that
+ *   every writer bounces).
  *   track->lock protects everything else in struct track, and serialises
  *   every modification of est, seq and summary; the disk images are
- *   touched only by the commit leader (track->committing).
+ *   touched only by the commit leader (track->committing): a waiting
+ *   writer or the committer thread (SAFE and PROCESS modes; it sleeps on
+ *   track->kick and is joined by track_stop before the final cooling).
  *   Lock order: track->lock may be held while taking img->lock, never the
  *   reverse.  The commit does its I/O with track->lock dropped.
  */
@@ -89,6 +97,8 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 #define DEFAULT_EXT_BITS    24                   /* 16 MiB extents */
 #define DEFAULT_MAX_HOT     64
 #define SEQ_AHEAD           7                    /* see covered() */
+#define PREFETCH            16                   /* see prefetch() */
+#define STREAM_MIN          (64u * 1024)         /* see stream_lookahead() */
 /* Extension payload: magic, max, count (u32 each), pad, ext_bits (u32),
  * generation (u64), then max entries (u64 extent indexes). */
 #define LOG_HEADER          24
@@ -128,8 +138,14 @@ struct track {
   int last_err;                    /* errno of the last failed commit */
   uint64_t commit_failed_at;       /* commits value when it failed */
   uint64_t log_off;                /* byte offset of the log in cluster 0 */
-  uint64_t last_end;               /* end of the latest write (atomic) */
   uint64_t generation;
+  /* Prefetch (SAFE and PROCESS modes): the committer thread runs group
+   * commits that no writer waits for. */
+  struct rawtrack_image *img;
+  uint32_t ahead;                  /* extents made hot ahead; 0: off */
+  bool has_committer, stop;
+  pthread_t committer;
+  pthread_cond_t kick;             /* wakes the committer */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -385,6 +401,7 @@ track_free (struct track *t)
   free (t->pend);
   pthread_mutex_destroy (&t->lock);
   pthread_cond_destroy (&t->cond);
+  pthread_cond_destroy (&t->kick);
   free (t);
 }
 
@@ -403,6 +420,8 @@ set_in_use (struct rawtrack_image *img, struct track *t)
   return bitmap_update_commit (img, &u);
 }
 
+static void *committer (void *arg);
+
 int
 track_start (struct rawtrack_image *img)
 {
@@ -417,6 +436,7 @@ track_start (struct rawtrack_image *img)
     return -1;
   pthread_mutex_init (&t->lock, NULL);
   pthread_cond_init (&t->cond, NULL);
+  pthread_cond_init (&t->kick, NULL);
   t->mode = (img->flags & RAWTRACK_OPEN_TRACK_LAZY) ? MODE_LAZY
             : (img->flags & RAWTRACK_OPEN_TRACK_PROCESS) ? MODE_PROCESS
             : MODE_SAFE;
@@ -432,6 +452,17 @@ track_start (struct rawtrack_image *img)
     if (v >= 2 && v <= DEFAULT_MAX_HOT * 4)
       t->max_hot = (uint32_t) v;
   }
+  /* A quarter of the hot set at most, so that prefetching never cools
+   * what a stream has just written. */
+  t->ahead = MIN (PREFETCH, t->max_hot / 4);
+  if (getenv ("RAWTRACK_PREFETCH")) {         /* 0: off */
+    int v = atoi (getenv ("RAWTRACK_PREFETCH"));
+    if (v >= 0 && (uint32_t) v <= t->max_hot / 2)
+      t->ahead = (uint32_t) v;
+  }
+  if (t->ahead < 2)
+    t->ahead = 0;
+  t->img = img;
 
   pthread_mutex_lock (&img->lock);
   if (img->bitmaps.nr && img->h.version < 3) {
@@ -536,6 +567,12 @@ track_start (struct rawtrack_image *img)
     track_free (t);
     return -1;
   }
+  /* Without the thread prefetching is off; tracking works the same. */
+  if (t->mode != MODE_LAZY && t->nr > 0 && t->ahead)
+    t->has_committer = pthread_create (&t->committer, NULL, committer,
+                                       t) == 0;
+  if (!t->has_committer)
+    t->ahead = 0;
   __atomic_store_n (&img->track, t, __ATOMIC_RELEASE);
   return 0;
 }
@@ -708,9 +745,13 @@ commit (struct rawtrack_image *img, struct track *t)
   if (err)
     goto done_locked;
 
-  /* I/O without the tracking lock: only the leader touches disk images. */
+  /* I/O without the tracking lock: only the leader touches disk images.
+   * The bitmaps' data clusters are the tracker's alone while it runs (the
+   * bitmap operations refuse to work meanwhile), so their sectors are
+   * written without img->lock: a guest write that needs a mapping must
+   * not wait for them.  The log lives in cluster 0 beside the header,
+   * which metadata updates rewrite: it is written under img->lock. */
   pthread_mutex_unlock (&t->lock);
-  pthread_mutex_lock (&img->lock);
   for (k = 0; k < t->nr && !err; k++) {
     struct tbm *b = &t->bm[k];
     size_t w;
@@ -721,6 +762,7 @@ commit (struct rawtrack_image *img, struct track *t)
                     "bitmap data") == -1)
         err = errno ? errno : EIO;
   }
+  pthread_mutex_lock (&img->lock);
   if (!err && log_write (img, t, batch, nr_batch) == -1)
     err = errno ? errno : EIO;
   pthread_mutex_unlock (&img->lock);
@@ -753,9 +795,62 @@ commit (struct rawtrack_image *img, struct track *t)
   free (batch);
   free (victims);
   pthread_cond_broadcast (&t->cond);
+  if (t->nr_pend && t->has_committer)
+    pthread_cond_signal (&t->kick);
+}
+
+/* The committer thread: runs the commits that prefetch() queues, which
+ * no writer waits for.  A waiting writer may still lead a commit itself;
+ * whoever comes first does it. */
+static void *
+committer (void *arg)
+{
+  struct track *t = arg;
+
+  pthread_mutex_lock (&t->lock);
+  for (;;) {
+    while (!t->stop && (t->nr_pend == 0 || t->committing))
+      pthread_cond_wait (&t->kick, &t->lock);
+    if (t->stop)
+      break;
+    commit (t->img, t);
+  }
+  pthread_mutex_unlock (&t->lock);
+  return NULL;
 }
 
 /* Does every byte of [off, off+len) pass without a commit? */
+/* Is every byte of extent e dirty on disk in every bitmap already? */
+static bool
+extent_all_dirty (const struct track *t, uint64_t e)
+{
+  uint64_t start = e << t->ext_bits;
+  uint64_t end = MIN (start + (1ull << t->ext_bits),
+                      bitmap_mem_size (t->summary));
+
+  return bitmap_mem_all_set_atomic (t->summary, start, end - start);
+}
+
+/* How many extents to make hot beyond each one a write must wait for.
+ * A write that continues a stream - the granule just before its first
+ * one was written since its extent was last cooled (delta knows, with no
+ * shared word written on the fast path) - or that starts a large write
+ * exactly on an extent boundary (where streams begin) gets the prefetch
+ * window (at least SEQ_AHEAD): one sync for all of them.  Anything else
+ * (random writes) gets 0, so the hot set holds what is really written. */
+static uint32_t
+stream_lookahead (const struct track *t, uint64_t offset, uint64_t len)
+{
+  uint64_t g = bitmap_mem_granularity (t->delta);
+  uint64_t prev = ROUND_DOWN (offset, g);
+  bool stream;
+
+  stream = (prev > 0 && bitmap_mem_all_set_atomic (t->delta, prev - 1, 1)) ||
+           ((offset & ((1ull << t->ext_bits) - 1)) == 0 &&
+            len >= STREAM_MIN);
+  return stream ? MAX (SEQ_AHEAD, t->ahead) : 0;
+}
+
 /* Queue cold extent e for the next commit (track->lock held). */
 static bool
 queue_extent (struct track *t, uint64_t e)
@@ -776,7 +871,7 @@ queue_extent (struct track *t, uint64_t e)
 
 static bool
 covered (struct track *t, uint64_t off, uint64_t len, bool queue,
-         bool sequential, bool *queue_failed)
+         uint32_t look, bool *queue_failed)
 {
   uint64_t e0 = off >> t->ext_bits, e1 = (off + len - 1) >> t->ext_bits, e;
   bool ok = true;
@@ -799,16 +894,14 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
         *queue_failed = true;
         return false;
       }
-      /* A sequential stream (this write starts where the latest one
-       * ended, and the extent before is hot or on its way): make the next
-       * few hot in the same commit, so that the stream pays one sync per
-       * SEQ_AHEAD + 1 extents, not one per extent. */
-      if (sequential && e > 0 && est_get (t, e - 1) != EXT_COLD)
-        for (k = e + 1; k <= e + SEQ_AHEAD && k < t->nr_ext; k++)
-          if (est_get (t, k) == EXT_COLD && !queue_extent (t, k)) {
-            *queue_failed = true;
-            return false;
-          }
+      /* A sequential stream (see stream_lookahead): make the next few
+       * hot in the same commit, so that it pays one sync for all. */
+      for (k = e + 1; k <= e + look && k < t->nr_ext; k++)
+        if (est_get (t, k) == EXT_COLD && !extent_all_dirty (t, k) &&
+            !queue_extent (t, k)) {
+          *queue_failed = true;
+          return false;
+        }
     }
   }
   return ok;
@@ -861,11 +954,67 @@ fast_path (struct track *t, uint64_t offset, uint64_t len)
   return true;
 }
 
+/* PREFETCH: make the extents ahead of a sequential stream hot before it
+ * gets there, by a commit that nobody waits for (the committer thread).
+ * Checked when a write that passed the fast path covers the first
+ * quarter point of its extent e, with lock-free loads only: if the stream
+ * has less than ahead / 2 hot or pending extents in front of it and
+ * filled the first quarter of e since e became hot (delta), queue the
+ * cold extents among the next `ahead` ones.  So a stream waits for the
+ * first commit only; the next run while it writes, one sync per
+ * ahead / 2 extents.  The over-report bound is unchanged (commit cools to
+ * stay within max_hot) and ahead <= max_hot / 4 keeps the stream's own
+ * recent extents hot. */
+static void
+prefetch (struct track *t, uint64_t offset, uint64_t len)
+{
+  uint64_t e = (offset + len - 1) >> t->ext_bits;
+  uint64_t start = e << t->ext_bits;
+  uint64_t q = start + (1ull << (t->ext_bits - 2)), k, last;
+  bool queued = false;
+
+  if (!t->ahead || offset > q || offset + len <= q || e + 1 >= t->nr_ext)
+    return;
+  last = MIN (e + t->ahead, t->nr_ext - 1);
+  k = MIN (e + t->ahead / 2, last);
+  if (est_get (t, k) != EXT_COLD ||
+      !bitmap_mem_all_set_atomic (t->delta, start, q - start))
+    return;
+  pthread_mutex_lock (&t->lock);
+  for (k = e + 1; k <= last; k++)
+    if (est_get (t, k) == EXT_COLD && !extent_all_dirty (t, k)) {
+      if (!queue_extent (t, k))
+        break;                     /* no memory: writers will wait instead */
+      queued = true;
+    }
+  if (queued)
+    pthread_cond_signal (&t->kick);
+  pthread_mutex_unlock (&t->lock);
+}
+
+bool
+track_try_fast (struct rawtrack_image *img, uint64_t offset, uint64_t len)
+{
+  struct track *t = __atomic_load_n (&img->track, __ATOMIC_ACQUIRE);
+
+  if (!t || t->nr == 0 || len == 0)
+    return true;
+  if (t->mode == MODE_LAZY) {
+    bitmap_mem_set_atomic (t->delta, offset, len);
+    return true;
+  }
+  if (!fast_path (t, offset, len))
+    return false;
+  prefetch (t, offset, len);
+  return true;
+}
+
 int
 track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
 {
   struct track *t = img->track;
-  bool qfail = false, sequential;
+  bool qfail = false;
+  uint32_t look;
   uint64_t chunk;
   int r = 0;
 
@@ -876,11 +1025,12 @@ track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
     bitmap_mem_set_atomic (t->delta, offset, len);
     return 0;
   }
-  sequential = __atomic_exchange_n (&t->last_end, offset + len,
-                                    __ATOMIC_RELAXED) == offset;
-  if (fast_path (t, offset, len))
+  if (fast_path (t, offset, len)) {
+    prefetch (t, offset, len);
     return 0;
+  }
   pthread_mutex_lock (&t->lock);
+  look = stream_lookahead (t, offset, len);
   bitmap_mem_set_atomic (t->delta, offset, len);
   /* A range wider than the hot set allows is made safe piece by piece;
    * each piece's extents are hot together at some instant. */
@@ -889,7 +1039,7 @@ track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
     uint64_t n = MIN (len, chunk - (offset & ((1ull << t->ext_bits) - 1)));
     uint64_t waited_from = t->commits;
 
-    while (!covered (t, offset, n, true, sequential, &qfail)) {
+    while (!covered (t, offset, n, true, look, &qfail)) {
       if (qfail) {
         r = set_error (ENOMEM, "out of memory queueing extents");
         break;
@@ -922,6 +1072,14 @@ track_stop (struct rawtrack_image *img)
 
   if (!t)
     return 0;
+  if (t->has_committer) {
+    pthread_mutex_lock (&t->lock);
+    t->stop = true;
+    pthread_cond_signal (&t->kick);
+    pthread_mutex_unlock (&t->lock);
+    pthread_join (t->committer, NULL);
+    t->has_committer = false;
+  }
   pthread_mutex_lock (&t->lock);
   while (t->committing)
     pthread_cond_wait (&t->cond, &t->lock);
