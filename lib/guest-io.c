@@ -336,6 +336,37 @@ rawtrack_image_pwrite (struct rawtrack_image *img, const void *buf,
   return 0;
 }
 
+/* The write is the caller's; tracking is done here without waiting. */
+RAWTRACK_API int64_t
+rawtrack_image_write_target (struct rawtrack_image *img, uint64_t offset,
+                             uint64_t count, unsigned flags, int *fd,
+                             uint64_t *file_offset)
+{
+  int64_t run;
+
+  (void) flags;
+  if (prepare (img, count, offset, "write") == -1)
+    return -1;
+  run = raw_run (img, offset, count, fd);
+  if (run <= 0 || (uint64_t) run != count)
+    return run < 0 ? -1 : 0;
+  /* Only when the bitmaps already cover it, or can without I/O: the
+   * caller may be holding up other work (a socket's reader). */
+  if (!track_try_fast (img, offset, count))
+    return 0;
+  *file_offset = offset;
+  return (int64_t) count;
+}
+
+RAWTRACK_API int
+rawtrack_image_write_done (struct rawtrack_image *img, unsigned flags)
+{
+  rt_clear_error ();
+  if ((flags & RAWTRACK_WRITE_FUA) && rawtrack_image_flush (img) == -1)
+    return -1;
+  return 0;
+}
+
 /* Zero whole clusters [guest, guest+len) of a standard or data-file image
  * by metadata alone (v3 zero flag).  img->lock held, free_lock exclusive. */
 static int

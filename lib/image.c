@@ -513,6 +513,66 @@ rawtrack_image_pread (struct rawtrack_image *img, void *buf, uint64_t count,
   return 0;
 }
 
+/* The length of the prefix of [offset, offset + count) that lies one to
+ * one in the data file's raw_fd (0: none), with that fd in *fd; -1 on a
+ * corrupt mapping.  Only clusters of a raw external data file qualify:
+ * their mapping is the identity (validated by qcow2_map) and never changes
+ * while the image is open (guest-io.c), which is what normal_map records.
+ * The range is inside the disk. */
+int64_t
+raw_run (struct rawtrack_image *img, uint64_t offset, uint64_t count,
+         int *fd)
+{
+  uint64_t run = 0, end = offset + count;
+
+  if (count == 0 || !img->data || !img->normal_map)
+    return 0;
+  *fd = rawtrack_io_raw_fd (img->data);
+  if (*fd < 0)
+    return 0;
+  /* From normal_map where it knows, else from the L2 tables (noting what
+   * they say for next time). */
+  while (offset + run < end) {
+    uint64_t pos = offset + run;
+    uint64_t step = MIN ((pos | (img->cluster_size - 1)) + 1, end) - pos;
+    struct qcow2_extent ext;
+    int r;
+
+    if (normal_map_covers (img, pos, step)) {
+      run += step;
+      continue;
+    }
+    pthread_mutex_lock (&img->lock);
+    r = qcow2_map (img, pos, end - pos, &ext);
+    if (r == 0 && ext.type == QCOW2_NORMAL)
+      normal_map_note (img, pos, ext.bytes);
+    pthread_mutex_unlock (&img->lock);
+    if (r == -1)
+      return -1;
+    if (ext.type != QCOW2_NORMAL)
+      break;
+    run += MIN (ext.bytes, end - pos);
+  }
+  return (int64_t) run;
+}
+
+RAWTRACK_API int64_t
+rawtrack_image_read_source (struct rawtrack_image *img, uint64_t offset,
+                            uint64_t count, int *fd, uint64_t *file_offset)
+{
+  int64_t run;
+
+  rt_clear_error ();
+  if (offset > img->virtual_size || count > img->virtual_size - offset)
+    return set_error (EINVAL, "read of %" PRIu64 " bytes at offset %" PRIu64
+                      " is past the end of the disk (%" PRIu64 " bytes)",
+                      count, offset, img->virtual_size);
+  run = raw_run (img, offset, count, fd);
+  if (run > 0)
+    *file_offset = offset;
+  return run;
+}
+
 /* ---- information ---------------------------------------------------- */
 
 RAWTRACK_API uint64_t

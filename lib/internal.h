@@ -374,6 +374,8 @@ int track_log_state (const struct rawtrack_image *img, uint32_t *count,
 bool normal_map_covers (struct rawtrack_image *img, uint64_t offset,
                         uint64_t len);
 /* Record that guest [offset, offset+len) maps NORMAL (one to one). */
+int64_t raw_run (struct rawtrack_image *img, uint64_t offset, uint64_t count,
+                 int *fd);
 void normal_map_note (struct rawtrack_image *img, uint64_t offset,
                       uint64_t len);
 

@@ -98,6 +98,13 @@ struct rawtrack_io_ops {
    * Backends without CAN_EXTENTS report everything as data. */
   int64_t (*extent) (struct rawtrack_io *io, uint64_t offset, uint64_t count,
                      int *is_data);
+  /* Optional (added after the first release: check struct_size).  A file
+   * descriptor whose byte k is the backend's byte k, for zero-copy
+   * transfers (sendfile(2), splice(2)); it stays open until close.  Writes
+   * made straight to it bypass the backend: flush afterwards for
+   * durability.  -1 if there is none (memory, shims, O_DIRECT files, whose
+   * I/O needs alignment). */
+  int (*raw_fd) (struct rawtrack_io *io);
 };
 
 /* Base of every backend; embed as the first member. */
@@ -145,6 +152,8 @@ RAWTRACK_API unsigned rawtrack_io_caps (struct rawtrack_io *io);
 RAWTRACK_API int64_t rawtrack_io_extent (struct rawtrack_io *io,
                                          uint64_t offset, uint64_t count,
                                          int *is_data);
+/* The backend's raw_fd, or -1 when it has none. */
+RAWTRACK_API int rawtrack_io_raw_fd (struct rawtrack_io *io);
 /* NULL-safe. */
 RAWTRACK_API void rawtrack_io_close (struct rawtrack_io *io);
 

@@ -110,6 +110,43 @@ RAWTRACK_API int rawtrack_image_trim (struct rawtrack_image *img,
                                       uint64_t count, uint64_t offset,
                                       unsigned flags);
 
+/* Zero-copy reads.  When the guest range [offset, offset + count) begins
+ * with a run whose bytes are stored unchanged, one to one, in an open file
+ * (a raw external data file), returns the run's length (> 0, at most
+ * count) and sets *fd and *file_offset, so that the caller can move the
+ * bytes with sendfile(2) or splice(2) instead of reading them.  Such a run
+ * keeps its place until the image is closed (writes change its bytes in
+ * place); the fd belongs to the image: do not close it.  A file shorter
+ * than the disk reads as zeros past its end, which the caller supplies.
+ * Returns 0 when the range must go through rawtrack_image_pread (clusters
+ * inside a qcow2 file, zero or unmapped clusters, memory backends), -1 on
+ * a bad range or a corrupt mapping. */
+RAWTRACK_API int64_t rawtrack_image_read_source (struct rawtrack_image *img,
+                                                 uint64_t offset,
+                                                 uint64_t count, int *fd,
+                                                 uint64_t *file_offset);
+
+/* Zero-copy writes, the counterpart of rawtrack_image_read_source, for a
+ * caller that moves the bytes itself (splice(2) from a socket, say).
+ * rawtrack_image_write_target prepares a guest write of [offset, offset +
+ * count): when the whole range lies one to one in an open file AND every
+ * tracked bitmap already covers it or can without waiting for I/O (the
+ * crash-safe mode's rule: the bits are durable before the data may be),
+ * it does the tracking, returns count and sets *fd and *file_offset.  The
+ * caller then writes exactly those bytes there and calls
+ * rawtrack_image_write_done with the same flags (RAWTRACK_WRITE_FUA: the
+ * data and its bits are made durable), whether or not its write
+ * succeeded.  It never blocks on a bitmap commit; it returns 0 instead
+ * (nothing done: use rawtrack_image_pwrite, which waits), and -1 on
+ * errors (range, read-only image, corrupt mapping). */
+RAWTRACK_API int64_t rawtrack_image_write_target (struct rawtrack_image *img,
+                                                  uint64_t offset,
+                                                  uint64_t count,
+                                                  unsigned flags, int *fd,
+                                                  uint64_t *file_offset);
+RAWTRACK_API int rawtrack_image_write_done (struct rawtrack_image *img,
+                                            unsigned flags);
+
 /* Block status: the length (> 0) of the run starting at offset, at most
  * count, that has one status, or -1.  *status gets RAWTRACK_STATUS_*:
  * HOLE - no storage is allocated for it; ZERO - it reads as zeros.  For a

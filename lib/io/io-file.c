@@ -545,6 +545,15 @@ file_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
   return (int64_t) MIN ((uint64_t) hole - offset, count);
 }
 
+/* O_DIRECT I/O must be aligned, which sendfile and splice do not promise. */
+static int
+file_raw_fd (struct rawtrack_io *io)
+{
+  struct file_io *f = (struct file_io *) io;
+
+  return f->direct ? -1 : f->fd;
+}
+
 static const struct rawtrack_io_ops file_ops = {
   .struct_size = sizeof (struct rawtrack_io_ops),
   .name = "file",
@@ -559,6 +568,7 @@ static const struct rawtrack_io_ops file_ops = {
   .caps = file_caps,
   .block_size = file_block_size,
   .extent = file_extent,
+  .raw_fd = file_raw_fd,
 };
 
 /* Fill in what fstat and the block-device ioctls say about the open fd.

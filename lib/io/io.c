@@ -91,6 +91,14 @@ rawtrack_io_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
   return io->ops->extent (io, offset, count, is_data);
 }
 
+RAWTRACK_API int
+rawtrack_io_raw_fd (struct rawtrack_io *io)
+{
+  if (!HAS (io, raw_fd))
+    return -1;
+  return io->ops->raw_fd (io);
+}
+
 RAWTRACK_API void
 rawtrack_io_close (struct rawtrack_io *io)
 {
