@@ -27,7 +27,16 @@
  * socket is empty does it poll the socket together with the server's quit
  * fd (and the handshake deadline), so a busy connection costs one system
  * call per read and a shutdown still wakes every idle reader at once.
+ * A payload (bytes that follow a header already read) is read with one
+ * blocking MSG_WAITALL recv instead; the socket's 1 s receive timeout
+ * sends such a reader back to the poll now and then, so a client that
+ * stalls mid-payload cannot delay a shutdown by more than that.
+ *
  * Sending uses MSG_NOSIGNAL: a vanished client is an EPIPE, not a signal.
+ * Read data that the library says lies unchanged in the data file goes
+ * out with sendfile(2) (conn_send_parts): from the page cache to the
+ * socket with no copy through this process - the largest cost of a large
+ * read.  SIGPIPE is ignored by serve.c, since sendfile has no NOSIGNAL.
  *
  * Invariant: the fd is closed only after every worker has been joined.
  */
@@ -41,6 +50,9 @@
 #include <unistd.h>
 #include <limits.h>
 #include <sys/socket.h>
+#include <sys/sendfile.h>
+#include <sys/time.h>
+#include <fcntl.h>
 
 #include "server.h"
 
@@ -162,14 +174,20 @@ wait_readable (struct connection *c)
   }
 }
 
-int
-conn_recv (struct connection *c, void *buf, size_t n)
+/* Read exactly n bytes.  whole: the bytes are known to be coming (a
+ * payload after its header), so block in recv with MSG_WAITALL - one
+ * system call for a whole write payload - rather than polling; the
+ * socket's receive timeout (conn_handle) still brings us back to
+ * wait_readable now and then to notice a shutdown. */
+static int
+recv_all (struct connection *c, void *buf, size_t n, bool whole)
 {
   uint8_t *p = buf;
   size_t got = 0;
+  int flags = whole && !c->deadline_ns ? MSG_WAITALL : MSG_DONTWAIT;
 
   while (got < n) {
-    ssize_t r = recv (c->fd, p + got, n - got, MSG_DONTWAIT);
+    ssize_t r = recv (c->fd, p + got, n - got, flags);
 
     if (r > 0) {
       got += (size_t) r;
@@ -196,13 +214,25 @@ conn_recv (struct connection *c, void *buf, size_t n)
 }
 
 int
+conn_recv (struct connection *c, void *buf, size_t n)
+{
+  return recv_all (c, buf, n, false);
+}
+
+int
+conn_recv_payload (struct connection *c, void *buf, size_t n)
+{
+  return recv_all (c, buf, n, true);
+}
+
+int
 conn_skip (struct connection *c, uint64_t n)
 {
   char buf[65536];
 
   while (n > 0) {
     size_t k = n < sizeof buf ? (size_t) n : sizeof buf;
-    int r = conn_recv (c, buf, k);
+    int r = conn_recv_payload (c, buf, k);
 
     if (r == CONN_EOF) {
       errno = ECONNRESET;
@@ -215,8 +245,8 @@ conn_skip (struct connection *c, uint64_t n)
   return CONN_OK;
 }
 
-int
-conn_sendv (struct connection *c, struct iovec *iov, int iovcnt)
+static int
+sendv_flags (struct connection *c, struct iovec *iov, int iovcnt, int flags)
 {
   while (iovcnt > 0) {
     struct msghdr msg;
@@ -226,7 +256,7 @@ conn_sendv (struct connection *c, struct iovec *iov, int iovcnt)
     memset (&msg, 0, sizeof msg);
     msg.msg_iov = iov;
     msg.msg_iovlen = (size_t) cnt;
-    r = sendmsg (c->fd, &msg, MSG_NOSIGNAL);
+    r = sendmsg (c->fd, &msg, MSG_NOSIGNAL | flags);
     if (r == -1) {
       if (errno == EINTR)
         continue;
@@ -247,6 +277,12 @@ conn_sendv (struct connection *c, struct iovec *iov, int iovcnt)
 }
 
 int
+conn_sendv (struct connection *c, struct iovec *iov, int iovcnt)
+{
+  return sendv_flags (c, iov, iovcnt, 0);
+}
+
+int
 conn_send (struct connection *c, const void *buf, size_t n)
 {
   struct iovec iov = { .iov_base = (void *) buf, .iov_len = n };
@@ -254,12 +290,166 @@ conn_send (struct connection *c, const void *buf, size_t n)
   return conn_sendv (c, &iov, 1);
 }
 
+static const char zeros[65536];
+
+/* len bytes of fd from foff; past the end of the file, zeros. */
+static int
+send_file (struct connection *c, int fd, uint64_t foff, size_t len)
+{
+  while (len > 0) {
+    off_t o = (off_t) foff;
+    size_t k = len < (1u << 30) ? len : (1u << 30);
+    ssize_t r = sendfile (c->fd, fd, &o, k);
+
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    if (r == 0) {                  /* end of file */
+      while (len > 0) {
+        size_t z = len < sizeof zeros ? len : sizeof zeros;
+
+        if (conn_send (c, zeros, z) == -1)
+          return -1;
+        len -= z;
+      }
+      return 0;
+    }
+    foff += (uint64_t) r;
+    len -= (size_t) r;
+  }
+  return 0;
+}
+
+int
+conn_send_parts (struct connection *c, const struct send_part *p, int n)
+{
+  struct iovec iov[64];
+  int i = 0;
+
+  while (i < n) {
+    int k = 0;
+
+    if (p[i].fd >= 0) {
+      if (send_file (c, p[i].fd, p[i].foff, p[i].len) == -1)
+        return -1;
+      i++;
+      continue;
+    }
+    /* Gather the run of memory parts into one sendmsg. */
+    while (i < n && p[i].fd < 0 && k < 64) {
+      iov[k].iov_base = (void *) p[i].buf;
+      iov[k].iov_len = p[i].len;
+      k++;
+      i++;
+    }
+    /* MSG_MORE: on TCP, the chunk header waits for the file data. */
+    if (sendv_flags (c, iov, k, i < n ? MSG_MORE : 0) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+void
+worker_buf_free (struct worker_buf *wb)
+{
+  free (wb->data);
+  wb->data = NULL;
+  wb->cap = 0;
+  if (wb->pipe[0] >= 0) {
+    close (wb->pipe[0]);
+    close (wb->pipe[1]);
+  }
+  wb->pipe[0] = wb->pipe[1] = -1;
+  wb->pipe_cap = 0;
+}
+
+/* The worker's pipe, made on first use, as large as allowed up to 1 MiB
+ * so that a 1 MiB payload moves in one pair of splices. */
+bool
+worker_buf_pipe (struct worker_buf *wb)
+{
+  int sz;
+
+  if (wb->pipe_cap)
+    return true;
+  if (wb->no_pipe || pipe2 (wb->pipe, O_CLOEXEC) == -1) {
+    wb->no_pipe = true;
+    return false;
+  }
+  fcntl (wb->pipe[0], F_SETPIPE_SZ, 1 << 20);
+  sz = fcntl (wb->pipe[0], F_GETPIPE_SZ);
+  wb->pipe_cap = sz > 0 ? (size_t) sz : 65536;
+  return true;
+}
+
+int
+conn_splice_payload (struct connection *c, struct worker_buf *wb, int fd,
+                     uint64_t foff, uint64_t n, int *werr)
+{
+  loff_t o = (loff_t) foff;
+  char scrap[4096];
+
+  *werr = 0;
+  if (!worker_buf_pipe (wb)) {
+    *werr = EMFILE;
+    return conn_skip (c, n);
+  }
+  while (n > 0) {
+    size_t want = n < wb->pipe_cap ? (size_t) n : wb->pipe_cap;
+    ssize_t k = splice (c->fd, NULL, wb->pipe[1], NULL, want, SPLICE_F_MOVE);
+
+    if (k == 0) {
+      errno = ECONNRESET;
+      return CONN_ERROR;
+    }
+    if (k < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        int w = wait_readable (c);     /* receive timeout: shutdown? */
+
+        if (w != CONN_OK)
+          return w;
+        continue;
+      }
+      return CONN_ERROR;
+    }
+    n -= (uint64_t) k;
+    /* Empty the pipe: into the file, or after a write error, away. */
+    while (k > 0) {
+      ssize_t w;
+
+      if (*werr == 0) {
+        w = splice (wb->pipe[0], NULL, fd, &o, (size_t) k, SPLICE_F_MOVE);
+        if (w < 0 && errno == EINTR)
+          continue;
+        if (w <= 0) {
+          *werr = w < 0 ? errno : EIO;
+          continue;
+        }
+      }
+      else {
+        w = read (wb->pipe[0], scrap, (size_t) k < sizeof scrap
+                                       ? (size_t) k : sizeof scrap);
+        if (w < 0 && errno == EINTR)
+          continue;
+        if (w <= 0)
+          return CONN_ERROR;       /* a pipe we cannot read: give up */
+      }
+      k -= w;
+    }
+  }
+  return CONN_OK;
+}
+
 /* One worker: read a request, run it, repeat. */
 static void *
 worker (void *arg)
 {
   struct connection *c = arg;
-  struct worker_buf wb = { NULL, 0 };
+  struct worker_buf wb = WORKER_BUF_INIT;
   struct request req;
 
   for (;;) {
@@ -292,7 +482,7 @@ worker (void *arg)
       break;
     }
   }
-  free (wb.data);
+  worker_buf_free (&wb);
   return NULL;
 }
 
@@ -319,6 +509,14 @@ conn_handle (struct nbd_server *srv, int fd, unsigned id)
   if (handshake_run (&c) == -1)
     goto out;
   c.deadline_ns = 0;
+  {
+    /* Payload reads block (recv_all); wake up every second to look at the
+     * quit fd, so that a client stalling mid-payload cannot hold up a
+     * shutdown. */
+    struct timeval tv = { .tv_sec = 1, .tv_usec = 0 };
+
+    setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
 
   if (srv->threads > 1) {
     th = calloc (srv->threads - 1, sizeof *th);

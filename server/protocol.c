@@ -31,6 +31,14 @@
  * Durability: FLUSH is rawtrack_image_flush, which makes everything the
  * image has completed durable whichever connection wrote it; FUA is
  * passed to the library per write.  Hence CAN_MULTI_CONN (serve.c).
+ *
+ * Zero copy (raw external data files, the usual rawtrack image): READ
+ * data goes from the data file to the socket with sendfile(2)
+ * (rawtrack_image_read_source), and a WRITE payload of 64 KiB or more
+ * goes from the socket to the data file with splice(2) while it is read
+ * (rawtrack_image_write_target: tracking first, and only when it needs
+ * no wait, since the read lock is held).  Either halves the copies that
+ * dominate large requests.  Anything else takes the buffered path.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +57,10 @@
 #define READ_HOLE_MIN        4096u
 /* Chunks per sparse read at most; the rest goes out as one data chunk. */
 #define READ_MAX_SEGMENTS    64
+/* WRITE payloads at least this large go straight from the socket to the
+ * data file with splice(2) when the library allows (recv_write_direct);
+ * smaller ones are not worth two extra system calls. */
+#define WRITE_DIRECT_MIN     (64u * 1024)
 /* Extents per context in one BLOCK_STATUS reply (qemu's limit). */
 #define MAX_EXTENTS          131072
 
@@ -309,6 +321,38 @@ validate (const struct connection *c, const struct request *req,
   return 0;
 }
 
+/* A WRITE whose bytes can go from the socket to the data file without
+ * passing through memory: the library has done the tracking (without
+ * waiting for a bitmap commit: the read lock is held here) and named the
+ * file.  Returns a CONN_* code when it took the payload (req->direct, and
+ * req->error if the file write failed), NOT_DIRECT when the caller must
+ * read the payload into memory as usual. */
+#define NOT_DIRECT (-2)
+static int
+recv_write_direct (struct connection *c, struct request *req,
+                   struct worker_buf *wb)
+{
+  unsigned fl = (req->flags & NBD_CMD_FLAG_FUA) ? RAWTRACK_WRITE_FUA : 0;
+  uint64_t foff;
+  int64_t n;
+  int fd, r, werr;
+
+  if (req->count < WRITE_DIRECT_MIN || !worker_buf_pipe (wb))
+    return NOT_DIRECT;
+  n = rawtrack_image_write_target (c->exp->img, req->offset, req->count, fl,
+                                   &fd, &foff);
+  if (n == 0)
+    return NOT_DIRECT;
+  if (n < 0) {
+    req->error = rawtrack_get_errno () ? rawtrack_get_errno () : EIO;
+    return conn_skip (c, req->count);
+  }
+  r = conn_splice_payload (c, wb, fd, foff, req->count, &werr);
+  req->direct = true;
+  req->error = werr;
+  return r;
+}
+
 int
 proto_recv_request (struct connection *c, struct request *req,
                     struct worker_buf *wb)
@@ -359,13 +403,23 @@ proto_recv_request (struct connection *c, struct request *req,
 
   if (payload > 0) {
     req->error = validate (c, req, req->type != NBD_CMD_WRITE);
+    if (req->error == 0 && req->type == NBD_CMD_WRITE) {
+      r = recv_write_direct (c, req, wb);
+      if (r != NOT_DIRECT) {
+        if (r == CONN_EOF) {
+          errno = ECONNRESET;
+          r = CONN_ERROR;
+        }
+        return r;
+      }
+    }
     if (req->error == 0) {
       if (ensure_buf (wb, (size_t) payload) == -1) {
         req->error = ENOMEM;
         r = conn_skip (c, payload);
       }
       else
-        r = conn_recv (c, wb->data, (size_t) payload);
+        r = conn_recv_payload (c, wb->data, (size_t) payload);
     }
     else
       r = conn_skip (c, payload);
@@ -434,16 +488,56 @@ read_segments (struct connection *c, uint64_t offset, uint64_t count,
   return n;
 }
 
+/* Where the data of [offset, offset + len) comes from: the data file
+ * itself (sendfile: the bytes go from the page cache to the socket
+ * without a copy through this process) when the library says they are
+ * stored there unchanged, else a read into buf.  Fills *part. */
+static int
+read_part (struct connection *c, uint8_t *buf, uint64_t offset, uint64_t len,
+           struct send_part *part)
+{
+  struct rawtrack_image *img = c->exp->img;
+  uint64_t foff;
+  int fd;
+
+  if (rawtrack_image_read_source (img, offset, len, &fd, &foff) ==
+      (int64_t) len) {
+    part->buf = NULL;
+    part->fd = fd;
+    part->foff = foff;
+  }
+  else {
+    if (rawtrack_image_pread (img, buf, len, offset) == -1)
+      return -1;
+    part->buf = buf;
+    part->fd = -1;
+  }
+  part->len = (size_t) len;
+  return 0;
+}
+
+static int
+send_parts_locked (struct connection *c, const struct send_part *p, int n)
+{
+  int r;
+
+  if (pthread_mutex_lock (&c->write_lock) != 0)
+    abort ();
+  r = conn_send_parts (c, p, n);
+  if (pthread_mutex_unlock (&c->write_lock) != 0)
+    abort ();
+  return r;
+}
+
 static int
 do_read (struct connection *c, const struct request *req,
          struct worker_buf *wb)
 {
-  struct rawtrack_image *img = c->exp->img;
   struct segment seg[READ_MAX_SEGMENTS];
   uint8_t hdr[READ_MAX_SEGMENTS][HDR_MAX];
-  struct iovec iov[2 * READ_MAX_SEGMENTS];
+  struct send_part part[2 * READ_MAX_SEGMENTS];
   size_t nseg, i;
-  int niov = 0;
+  int np = 0;
 
   if (req->count == 0) {
     /* Structured: a lone NONE chunk; simple: a header without data. */
@@ -461,13 +555,12 @@ do_read (struct connection *c, const struct request *req,
     return send_error (c, req, ENOMEM, "out of memory");
 
   if (!c->structured && !c->extended) {
-    if (rawtrack_image_pread (img, wb->data, req->count, req->offset) == -1)
+    if (read_part (c, wb->data, req->offset, req->count, &part[1]) == -1)
       return send_error (c, req, lib_errno (), lib_message ());
-    iov[0].iov_base = hdr[0];
-    iov[0].iov_len = simple_header (hdr[0], req, 0);
-    iov[1].iov_base = wb->data;
-    iov[1].iov_len = (size_t) req->count;
-    return send_locked (c, iov, 2);
+    part[0].buf = hdr[0];
+    part[0].len = simple_header (hdr[0], req, 0);
+    part[0].fd = -1;
+    return send_parts_locked (c, part, 2);
   }
 
   if ((req->flags & NBD_CMD_FLAG_DF) || req->count < READ_SPARSE_MIN) {
@@ -488,21 +581,21 @@ do_read (struct connection *c, const struct request *req,
       h = chunk_header (c, hdr[i], req, flags, NBD_REPLY_TYPE_OFFSET_HOLE, 12);
       be64_store (hdr[i] + h, seg[i].offset);
       be32_store (hdr[i] + h + 8, (uint32_t) seg[i].length);
-      iov[niov].iov_base = hdr[i];
-      iov[niov++].iov_len = h + 12;
+      part[np].buf = hdr[i];
+      part[np].fd = -1;
+      part[np++].len = h + 12;
       continue;
     }
-    if (rawtrack_image_pread (img, p, seg[i].length, seg[i].offset) == -1)
-      return send_error (c, req, lib_errno (), lib_message ());
     h = chunk_header (c, hdr[i], req, flags, NBD_REPLY_TYPE_OFFSET_DATA,
                       8 + seg[i].length);
     be64_store (hdr[i] + h, seg[i].offset);
-    iov[niov].iov_base = hdr[i];
-    iov[niov++].iov_len = h + 8;
-    iov[niov].iov_base = p;
-    iov[niov++].iov_len = (size_t) seg[i].length;
+    part[np].buf = hdr[i];
+    part[np].fd = -1;
+    part[np++].len = h + 8;
+    if (read_part (c, p, seg[i].offset, seg[i].length, &part[np++]) == -1)
+      return send_error (c, req, lib_errno (), lib_message ());
   }
-  return send_locked (c, iov, niov);
+  return send_parts_locked (c, part, np);
 }
 
 /* ---- BLOCK_STATUS ------------------------------------------------------ */
@@ -598,6 +691,17 @@ proto_handle_request (struct connection *c, const struct request *req,
   unsigned fl = 0;
   int r = 0;
 
+  if (req->direct) {
+    /* The payload is in the data file already (recv_write_direct). */
+    r = rawtrack_image_write_done (img, req->error == 0 &&
+                                   (req->flags & NBD_CMD_FLAG_FUA)
+                                   ? RAWTRACK_WRITE_FUA : 0);
+    if (req->error)
+      return send_error (c, req, req->error, strerror (req->error));
+    if (r == -1)
+      return send_error (c, req, lib_errno (), lib_message ());
+    return send_ok (c, req);
+  }
   if (req->error)
     return send_error (c, req, req->error, strerror (req->error));
 

@@ -103,16 +103,41 @@ struct connection {
  * workers it starts). */
 void conn_handle (struct nbd_server *srv, int fd, unsigned id);
 
+struct worker_buf;
+
 /* Read exactly n bytes.  CONN_EOF only if the client closed before the
  * first byte; CONN_QUIT if the server shut down while waiting; errors and
  * deadline overrun give CONN_ERROR. */
 int conn_recv (struct connection *c, void *buf, size_t n);
+/* The same for bytes known to follow (a payload): blocks in the kernel
+ * instead of polling, with the same results. */
+int conn_recv_payload (struct connection *c, void *buf, size_t n);
 /* Read and discard n bytes. */
 int conn_skip (struct connection *c, uint64_t n);
+/* Move an n-byte payload from the socket into file fd at foff through
+ * wb's pipe (splice: no copy through this process).  A failure of the
+ * file write sets *werr and the rest of the payload is read and thrown
+ * away, so framing is kept; the return value is about the socket only,
+ * as conn_recv's. */
+int conn_splice_payload (struct connection *c, struct worker_buf *wb,
+                         int fd, uint64_t foff, uint64_t n, int *werr);
 /* Send everything (MSG_NOSIGNAL).  The caller holds write_lock during
  * transmission.  0 or -1. */
 int conn_send (struct connection *c, const void *buf, size_t n);
 int conn_sendv (struct connection *c, struct iovec *iov, int iovcnt);
+
+/* One piece of a reply: memory (fd < 0) or len bytes of file fd from
+ * foff, sent with sendfile(2) (zeros past the file's end). */
+struct send_part {
+  const void *buf;
+  size_t len;
+  int fd;
+  uint64_t foff;
+};
+/* Send the parts in order (caller holds write_lock).  0 or -1; a failure
+ * after the first byte leaves the stream unframed: close the connection. */
+int conn_send_parts (struct connection *c, const struct send_part *p,
+                     int n);
 
 int conn_get_status (struct connection *c);
 /* Lower the status (never raise it): 0 to close after the requests in
@@ -134,13 +159,23 @@ struct request {
                                     * WRITE) */
   int error;                       /* errno found while validating (then
                                     * the request is not executed) */
+  bool direct;                     /* WRITE: the payload went straight to
+                                    * the data file while it was read
+                                    * (error: how that write failed) */
 };
 
 /* Per-worker scratch memory. */
 struct worker_buf {
   void *data;
   size_t cap;
+  int pipe[2];                     /* for splice(2) of WRITE payloads */
+  size_t pipe_cap;                 /* its capacity; 0: not made yet */
+  bool no_pipe;                    /* pipes failed: never try again */
 };
+#define WORKER_BUF_INIT { NULL, 0, { -1, -1 }, 0, false }
+void worker_buf_free (struct worker_buf *wb);
+/* Make wb's pipe if needed; false if pipes cannot be had. */
+bool worker_buf_pipe (struct worker_buf *wb);
 
 /* Read one request (caller holds read_lock).  CONN_OK: *req is ready and
  * a WRITE payload is in wb->data; otherwise the connection is to end
