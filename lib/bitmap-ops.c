@@ -790,14 +790,18 @@ bitmap_replace_bits (struct rawtrack_image *img, const char *name,
   return bitmap_update_commit (img, &u);
 }
 
-/* Load a private copy of a consistent bitmap's bits: the live tracked
- * bits while guest writes are being tracked (exact, where the disk copy
- * may over-report hot extents), else the bits stored in the image.
- * track_bitmap is called before taking img->lock (lock order: track.c). */
+/* Load a private copy of a consistent bitmap's bits over guest [start,
+ * start + len) (outside it they read as clean): the live tracked bits
+ * while guest writes are being tracked (exact, where the disk copy may
+ * over-report hot extents), else the bits stored in the image - only the
+ * clusters holding that range are read, so a client asking about 64 MiB
+ * of a 16 TiB disk does not read 32 MiB of bitmap.  track_bitmap is
+ * called before taking img->lock (lock order: track.c). */
 static struct bitmap_mem *
-load_copy (struct rawtrack_image *img, const char *name)
+load_copy (struct rawtrack_image *img, const char *name, uint64_t start,
+           uint64_t len)
 {
-  struct bitmap_mem *bm = track_bitmap (img, name);
+  struct bitmap_mem *bm = track_bitmap (img, name, start, len);
   int i;
 
   if (bm)
@@ -805,7 +809,7 @@ load_copy (struct rawtrack_image *img, const char *name)
   lock (img);
   if ((i = lookup (img, name)) >= 0 &&
       check_consistent (&img->bitmaps.entries[i]) == 0)
-    bitmap_load (img, &img->bitmaps.entries[i], &bm);
+    bitmap_load_range (img, &img->bitmaps.entries[i], start, len, &bm);
   unlock (img);
   return bm;
 }
@@ -822,7 +826,7 @@ rawtrack_bitmap_extents (struct rawtrack_image *img, const char *name,
   rt_clear_error ();
   if (!fn)
     return set_error (EINVAL, "no extent callback");
-  bm = load_copy (img, name);
+  bm = load_copy (img, name, offset, length);
   if (!bm)
     return -1;
   end = bitmap_mem_size (bm);
@@ -855,7 +859,7 @@ rawtrack_bitmap_dirty_bytes (struct rawtrack_image *img, const char *name,
   struct bitmap_mem *bm;
 
   rt_clear_error ();
-  bm = load_copy (img, name);
+  bm = load_copy (img, name, 0, rawtrack_image_virtual_size (img));
   if (!bm)
     return -1;
   *bytes = bitmap_mem_dirty_bytes (bm);

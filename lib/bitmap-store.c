@@ -179,8 +179,15 @@ int
 bitmap_load (struct rawtrack_image *img, const struct bitmap_entry *e,
              struct bitmap_mem **out)
 {
+  return bitmap_load_range (img, e, 0, img->virtual_size, out);
+}
+
+int
+bitmap_load_range (struct rawtrack_image *img, const struct bitmap_entry *e,
+                   uint64_t start, uint64_t len, struct bitmap_mem **out)
+{
   const uint64_t cs = img->cluster_size;
-  uint64_t need, *table = NULL, i, j;
+  uint64_t need, *table = NULL, i, j, first, last;
   struct bitmap_mem *bm = NULL;
   uint8_t *buf = NULL;
   size_t bufsize;
@@ -204,7 +211,18 @@ bitmap_load (struct rawtrack_image *img, const struct bitmap_entry *e,
   if (!buf)
     goto fail;
 
-  for (i = 0; i < e->table_size; i = j) {
+  /* The table entries that hold the bits of [start, start + len): bit k
+   * covers guest bytes k << granularity_bits, and is stream bit k. */
+  if (len == 0 || start >= img->virtual_size)
+    first = last = 0;
+  else {
+    uint64_t end = MIN (start + len, img->virtual_size);
+
+    first = (start >> e->granularity_bits) / 8 / cs;
+    last = MIN (((end - 1) >> e->granularity_bits) / 8 / cs + 1,
+                (uint64_t) e->table_size);
+  }
+  for (i = first; i < last; i = j) {
     uint64_t off = table[i] & BME_TABLE_ENTRY_OFFSET_MASK;
 
     j = i + 1;
@@ -215,7 +233,7 @@ bitmap_load (struct rawtrack_image *img, const struct bitmap_entry *e,
       continue;
     }
     /* Coalesce a run of contiguous data clusters into one read. */
-    while (j < e->table_size && (j - i + 1) * cs <= bufsize &&
+    while (j < last && (j - i + 1) * cs <= bufsize &&
            (table[j] & BME_TABLE_ENTRY_OFFSET_MASK) == off + (j - i) * cs)
       j++;
     if (io_read (img->file, buf, (j - i) * cs, off, "bitmap data") == -1) {

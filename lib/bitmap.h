@@ -62,6 +62,11 @@ int bitmap_table_read (struct rawtrack_image *img,
  * with bitmap_mem_free. */
 int bitmap_load (struct rawtrack_image *img, const struct bitmap_entry *e,
                  struct bitmap_mem **out);
+/* The same, reading only the data clusters that hold the bits of guest
+ * bytes [start, start + len) (len > 0); bits elsewhere read as clean. */
+int bitmap_load_range (struct rawtrack_image *img,
+                       const struct bitmap_entry *e, uint64_t start,
+                       uint64_t len, struct bitmap_mem **out);
 
 /* Store bm (sized for this image) into NEW clusters: one data cluster per
  * table entry whose bits are not all clean (all-clean entries are written

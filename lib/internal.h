@@ -358,8 +358,12 @@ int track_before_write (struct rawtrack_image *img, uint64_t offset,
 int track_stop (struct rawtrack_image *img);
 /* A copy of an enabled bitmap's bits as tracked right now (exact, with
  * every write so far), for readers such as the NBD server; NULL if the
- * bitmap is not being tracked.  Caller frees with bitmap_mem_free. */
-struct bitmap_mem *track_bitmap (struct rawtrack_image *img, const char *name);
+ * bitmap is not being tracked.  Only the bits of guest bytes [start,
+ * start + len) are copied (the rest read as clean), so that a reader of
+ * a small range of a large disk pays for that range only.  Caller frees
+ * with bitmap_mem_free. */
+struct bitmap_mem *track_bitmap (struct rawtrack_image *img, const char *name,
+                                 uint64_t start, uint64_t len);
 
 /* What rawtrack's tracking log in cluster 0 says (for check): NONE (no
  * log), CLEAN (rawtrack closed cleanly: the bitmaps are exact), CRASHED

@@ -1152,9 +1152,24 @@ track_stop (struct rawtrack_image *img)
   return r;
 }
 
-struct bitmap_mem *
-track_bitmap (struct rawtrack_image *img, const char *name)
+/* dst |= src over guest [start, end), whatever their granularities. */
+static void
+copy_range (struct bitmap_mem *dst, const struct bitmap_mem *src,
+            uint64_t start, uint64_t end)
 {
+  uint64_t pos = start, s, l;
+
+  while (pos < end && bitmap_mem_next_dirty_area (src, pos, end, &s, &l)) {
+    bitmap_mem_set (dst, s, l);
+    pos = s + l;
+  }
+}
+
+struct bitmap_mem *
+track_bitmap (struct rawtrack_image *img, const char *name, uint64_t start,
+              uint64_t len)
+{
+  uint64_t end;
   struct track *t = __atomic_load_n (&img->track, __ATOMIC_ACQUIRE);
   struct bitmap_mem *copy = NULL;
   uint32_t i;
@@ -1168,11 +1183,12 @@ track_bitmap (struct rawtrack_image *img, const char *name)
     if (strcmp (e->name, name) != 0)
       continue;
     copy = bitmap_mem_new (img->virtual_size, 1u << t->bm[i].gran_bits);
-    if (copy && (bitmap_mem_merge (copy, t->bm[i].base) == -1 ||
-                 bitmap_mem_merge (copy, t->delta) == -1)) {
-      bitmap_mem_free (copy);
-      copy = NULL;
-    }
+    if (!copy)
+      break;
+    end = start < img->virtual_size
+          ? start + MIN (len, img->virtual_size - start) : start;
+    copy_range (copy, t->bm[i].base, start, end);
+    copy_range (copy, t->delta, start, end);
     break;
   }
   pthread_mutex_unlock (&t->lock);
