@@ -359,25 +359,6 @@ rawtrack_attach (const char *raw_path, const char *image_path,
   return r;
 }
 
-/* The data file path to create for stored name `name` of image `path`. */
-static char *
-data_file_path (const char *path, const char *name)
-{
-  const char *slash = strrchr (path, '/');
-  char *joined;
-  size_t dirlen;
-
-  if (name[0] == '/' || !slash)
-    return rt_strdup (name);
-  dirlen = slash - path + 1;
-  joined = rt_malloc (dirlen + strlen (name) + 1);
-  if (joined) {
-    memcpy (joined, path, dirlen);
-    strcpy (joined + dirlen, name);
-  }
-  return joined;
-}
-
 RAWTRACK_API int
 rawtrack_image_create (const char *path,
                        const struct rawtrack_create_opts *opts)
@@ -422,7 +403,7 @@ rawtrack_image_create (const char *path,
     p.data_file = o.data_file;
     p.data_raw = o.data_file_raw != 0;
 
-    dpath = data_file_path (path, o.data_file);
+    dpath = datafile_join (path, o.data_file);
     if (!dpath)
       return -1;
     if (!o.force && access (path, F_OK) == 0) {

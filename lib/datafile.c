@@ -42,11 +42,27 @@ datafile_name_is_special (const char *name)
 }
 
 char *
-datafile_resolve (const char *image_path, const char *stored)
+datafile_join (const char *image_path, const char *name)
 {
   const char *slash;
   char *joined;
   size_t dirlen;
+
+  if (name[0] == '/' || !image_path || !(slash = strrchr (image_path, '/')))
+    return rt_strdup (name);
+  dirlen = (size_t) (slash - image_path) + 1;
+  joined = rt_malloc (dirlen + strlen (name) + 1);
+  if (joined) {
+    memcpy (joined, image_path, dirlen);
+    strcpy (joined + dirlen, name);
+  }
+  return joined;
+}
+
+char *
+datafile_resolve (const char *image_path, const char *stored)
+{
+  char *joined;
   struct stat st;
 
   if (stored[0] == '\0') {
@@ -60,16 +76,10 @@ datafile_resolve (const char *image_path, const char *stored)
                   "file with --data-file", stored);
     return NULL;
   }
-  if (stored[0] == '/' || !image_path ||
-      !(slash = strrchr (image_path, '/')))
-    return rt_strdup (stored);
-
-  dirlen = slash - image_path + 1;
-  joined = rt_malloc (dirlen + strlen (stored) + 1);
-  if (!joined)
-    return NULL;
-  memcpy (joined, image_path, dirlen);
-  strcpy (joined + dirlen, stored);
+  joined = datafile_join (image_path, stored);
+  if (!joined || strcmp (joined, stored) == 0)
+    return joined;
+  /* Relative: the image's directory if it is there, else QEMU's rule. */
   if (stat (joined, &st) == 0 || stat (stored, &st) != 0)
     return joined;
   free (joined);

@@ -398,6 +398,9 @@ void qcow2_compressed_desc (uint64_t l2e, uint32_t cluster_bits,
                             uint64_t *host, uint64_t *len);
 
 /* ---- datafile.c ------------------------------------------------------- */
+/* name as seen from image_path: unchanged if absolute (or image_path has
+ * no directory), else joined to image_path's directory.  Allocated. */
+char *datafile_join (const char *image_path, const char *name);
 /* Resolve the stored data file name for an image at image_path.  Returns a
  * malloc'd path, or NULL with an error (json:/protocol names refused). */
 char *datafile_resolve (const char *image_path, const char *stored);
