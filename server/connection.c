@@ -53,6 +53,7 @@
 #include <sys/sendfile.h>
 #include <sys/time.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 
 #include "server.h"
 
@@ -354,7 +355,8 @@ conn_send_parts (struct connection *c, const struct send_part *p, int n)
 void
 worker_buf_free (struct worker_buf *wb)
 {
-  free (wb->data);
+  if (wb->data)
+    munmap (wb->data, wb->cap);   /* protocol.c: ensure_buf */
   wb->data = NULL;
   wb->cap = 0;
   if (wb->pipe[0] >= 0) {

@@ -109,7 +109,12 @@ help (void)
           "Server:\n"
           "  -c, --connections N     at most N clients at once (default 16); more are\n"
           "                          closed at once\n"
-          "  -t, --threads N         requests in flight per connection (default 16)\n"
+          "  -t, --threads N         requests in flight per connection (default: 4 per\n"
+          "                          CPU, at least 4, at most 16)\n"
+          "      --sendfile          send read data with sendfile(2): less CPU in the\n"
+          "                          server, but clients on the same machine copy from\n"
+          "                          the page cache themselves and may go slower; for\n"
+          "                          remote (TCP) clients\n"
           "      --handshake-timeout S\n"
           "                          drop clients that have not finished negotiating\n"
           "                          after S seconds (default 10, 0: never)\n"
@@ -573,7 +578,8 @@ choose_bitmaps (struct nbd_export *exp, char **wanted, size_t nwanted)
 int
 cmd_serve (int argc, char **argv)
 {
-  enum { OPT_RUN = 256, OPT_DATA_FILE, OPT_TRACK, OPT_HANDSHAKE };
+  enum { OPT_RUN = 256, OPT_DATA_FILE, OPT_TRACK, OPT_HANDSHAKE,
+         OPT_SENDFILE };
   static const struct option opts[] = {
     { "socket", required_argument, NULL, 's' },
     { "listen", optional_argument, NULL, 'l' },
@@ -589,6 +595,7 @@ cmd_serve (int argc, char **argv)
     { "run", required_argument, NULL, OPT_RUN },
     { "data-file", required_argument, NULL, OPT_DATA_FILE },
     { "track", required_argument, NULL, OPT_TRACK },
+    { "sendfile", no_argument, NULL, OPT_SENDFILE },
     { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -600,7 +607,8 @@ cmd_serve (int argc, char **argv)
   bool use_tcp = false, readonly = false, made_sock = false;
   char **wanted = NULL;
   size_t nwanted = 0, nls = 0, i;
-  unsigned max_conn = 16, threads = 16, hs_timeout = 10, track = 0;
+  unsigned max_conn = 16, threads = 0, hs_timeout = 10, track = 0;
+  bool use_sendfile = false;
   unsigned next_id = 0, tcp_port = 0;
   char tmpdir[] = "/tmp/rawtrack-serve.XXXXXX", sockbuf[PATH_MAX];
   char uri_host[INET6_ADDRSTRLEN + 8] = "localhost";
@@ -648,6 +656,7 @@ cmd_serve (int argc, char **argv)
     case 'P': pidfile = optarg; break;
     case OPT_RUN: run = optarg; break;
     case OPT_DATA_FILE: data_file = optarg; break;
+    case OPT_SENDFILE: use_sendfile = true; break;
     case OPT_TRACK:
       if (strcmp (optarg, "safe") == 0) track = 0;
       else if (strcmp (optarg, "process") == 0) track = RAWTRACK_OPEN_TRACK_PROCESS;
@@ -782,7 +791,15 @@ cmd_serve (int argc, char **argv)
   memset (&srv, 0, sizeof srv);
   srv.exp = &exp;
   srv.quit_fd = quit_pipe[0];
+  if (threads == 0) {
+    /* Measured (bench/bench-nbd.sh): past a few workers per CPU they
+     * only contend for the socket; 16 is nbdkit's fixed number. */
+    long ncpu = sysconf (_SC_NPROCESSORS_ONLN);
+
+    threads = ncpu <= 0 || ncpu >= 4 ? 16 : ncpu == 1 ? 4 : 4 * (unsigned) ncpu;
+  }
   srv.threads = threads;
+  srv.sendfile = use_sendfile;
   srv.handshake_ms = hs_timeout * 1000;
   srv.max_options = 64;
 

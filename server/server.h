@@ -57,6 +57,7 @@ struct nbd_server {
   struct nbd_export *exp;
   int quit_fd;                     /* readable once the server shuts down */
   unsigned threads;                /* workers per connection (>= 1) */
+  bool sendfile;                   /* READ data with sendfile(2) */
   unsigned handshake_ms;           /* whole-handshake limit; 0: none */
   unsigned max_options;            /* options per handshake */
 };
