@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test-serve-io.sh: data through `rawtrack serve` with real clients.
 #
-#  - nbdcopy out (1 and 4 connections) equals qemu-img convert -O raw;
+#  - nbdcopy out (1 and 4 connections) equals qemu-img convert -O raw,
+#    also with --sendfile;
 #  - nbdcopy in to a writable export (sparse source, multi-conn, --flush):
 #    the data file then equals the source, qemu-img check and compare pass;
 #  - qemu-io over NBD: write patterns (plain, FUA, zero with and without
@@ -61,6 +62,17 @@ assert_same_file out4.raw conv.raw
 assert_same_file out-q.raw conv.raw
 assert_same_file out1.raw src.raw
 rm -f out1.raw out4.raw out-q.raw
+
+# The same with read data sent by sendfile(2), in large and small reads.
+# shellcheck disable=SC2016
+expect_ok "$RAWTRACK" serve -r --sendfile src.qcow2 --run '
+  set -e
+  nbdcopy --connections=4 --request-size=1048576 "$uri" out1.raw
+  nbdcopy --request-size=4096 --requests=4 "$uri" out4.raw
+'
+assert_same_file out1.raw src.raw
+assert_same_file out4.raw src.raw
+rm -f out1.raw out4.raw
 
 # ---------------------------------------------------------------------------
 # 2. nbdcopy into a writable export.
