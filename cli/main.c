@@ -30,6 +30,9 @@ static const struct command commands[] = {
 };
 #define NR_COMMANDS (sizeof commands / sizeof commands[0])
 
+static void vreport (const char *fmt, va_list ap, const char *lib)
+  __attribute__ ((format (printf, 1, 0)));
+
 static void
 vreport (const char *fmt, va_list ap, const char *lib)
 {
