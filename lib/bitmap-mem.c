@@ -296,7 +296,9 @@ bitmap_mem_next_dirty_area (const struct bitmap_mem *bm,
 /* Baseline x86-64 has no POPCNT, so __builtin_popcountll becomes a
  * libgcc call per word; an ifunc clone with POPCNT counts a 32 MiB bitmap
  * 1.5 to 2.5 times faster (bench/bench-bitmap-mem.c). */
-#if defined __x86_64__ && defined __ELF__ && defined __has_attribute
+#if defined __x86_64__ && defined __ELF__ && defined __has_attribute && \
+    !defined __SANITIZE_THREAD__
+/* (TSan's runtime crashes at startup resolving ifuncs.) */
 #if __has_attribute (target_clones)
 #define POPCOUNT_CLONES __attribute__ ((target_clones ("popcnt", "default")))
 #endif

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 RAWTRACK = os.environ.get("RAWTRACK", "build/cli/rawtrack")
@@ -104,11 +105,16 @@ def through_nbd(img, script, env, target, rng, tmp):
     time.sleep(rng.random() * 0.003)
     srv.send_signal(signal.SIGKILL)
     srv.wait()
-    try:
-        rest, _ = q.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        q.kill()
-        rest, _ = q.communicate()
+    # The rest through the same buffered reader: communicate(timeout=...)
+    # reads the pipe's fd directly and would lose lines that readline()
+    # had already buffered - under load that dropped completed writes and
+    # misaligned the replay.  qemu-io exits once every remaining command
+    # has failed; a timer kills it if it does not.
+    killer = threading.Timer(20, q.kill)
+    killer.start()
+    rest = q.stdout.read()
+    killer.cancel()
+    q.wait()
     done += [l for l in rest.replace("qemu-io> ", "").splitlines(True)
              if DONE_RE.match(l)]
     if os.path.exists(sock):
