@@ -33,8 +33,8 @@
  *      share a sector with a queued one's (16 at 64 KiB granularity) join
  *      the commit for free.
  *      A sequential stream (a write whose preceding granule was just
- *      written, per delta) also makes the next 7 extents hot in the same
- *      commit (covered).  Better still, a stream running through hot
+ *      written, per delta) also makes the next extents hot in the same
+ *      commit (stream_lookahead, covered).  Better still, a stream running through hot
  *      extents PREFETCHES: once it has filled a quarter of an extent,
  *      the cold extents among the next 16 are queued and a committer
  *      thread commits them while the stream goes on (prefetch), so a
@@ -99,7 +99,7 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 #define TRACK_AUTOCLEAR     QCOW2_AUTOCLEAR_RAWTRACK
 #define DEFAULT_EXT_BITS    24                   /* 16 MiB extents */
 #define DEFAULT_MAX_HOT     64
-#define SEQ_AHEAD           7                    /* see covered() */
+#define SEQ_AHEAD           7                    /* see stream_lookahead() */
 #define PREFETCH            16                   /* see prefetch() */
 #define STREAM_MIN          (64u * 1024)         /* see stream_lookahead() */
 /* Extension payload: magic, max, count (u32 each), pad, ext_bits (u32),
@@ -501,10 +501,10 @@ track_start (struct rawtrack_image *img)
   }
 
   t->delta = bitmap_mem_new (img->virtual_size, 1u << min_gran);
-  /* A 512-byte sector holds 4096 bits of the finest bitmap. */
-  t->span = MAX ((4096ull << min_gran) >> t->ext_bits, 1);
   if (!t->delta)
     goto out;
+  /* A 512-byte sector holds 4096 bits of the finest bitmap. */
+  t->span = MAX ((4096ull << min_gran) >> t->ext_bits, 1);
 
   if (t->mode == MODE_LAZY) {
     if (set_in_use (img, t) == -1)
@@ -826,7 +826,6 @@ committer (void *arg)
   return NULL;
 }
 
-/* Does every byte of [off, off+len) pass without a commit? */
 /* Is every byte of extent e dirty on disk in every bitmap already? */
 static bool
 extent_all_dirty (const struct track *t, uint64_t e)
@@ -876,6 +875,18 @@ queue_extent (struct track *t, uint64_t e)
   return true;
 }
 
+/* Queue extent k for the next commit if it is cold and not dirty on disk
+ * already (look-ahead, free riders, prefetch); false only when out of
+ * memory (track->lock held). */
+static bool
+queue_ahead (struct track *t, uint64_t k)
+{
+  return est_get (t, k) != EXT_COLD || extent_all_dirty (t, k) ||
+         queue_extent (t, k);
+}
+
+/* Does every byte of [off, off+len) pass without a commit?  With queue,
+ * queue what it needs (look extents of look-ahead after each). */
 static bool
 covered (struct track *t, uint64_t off, uint64_t len, bool queue,
          uint32_t look, bool *queue_failed)
@@ -910,8 +921,7 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
 
         for (k = lo; k < lo + t->span && k < t->nr_ext &&
                      t->nr_hot + t->nr_pend < t->max_hot; k++)
-          if (k != e && est_get (t, k) == EXT_COLD &&
-              !extent_all_dirty (t, k) && !queue_extent (t, k)) {
+          if (k != e && !queue_ahead (t, k)) {
             *queue_failed = true;
             return false;
           }
@@ -919,8 +929,7 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
       /* A sequential stream (see stream_lookahead): make the next few
        * hot in the same commit, so that it pays one sync for all. */
       for (k = e + 1; k <= e + look && k < t->nr_ext; k++)
-        if (est_get (t, k) == EXT_COLD && !extent_all_dirty (t, k) &&
-            !queue_extent (t, k)) {
+        if (!queue_ahead (t, k)) {
           *queue_failed = true;
           return false;
         }
@@ -992,8 +1001,7 @@ prefetch (struct track *t, uint64_t offset, uint64_t len)
 {
   uint64_t e = (offset + len - 1) >> t->ext_bits;
   uint64_t start = e << t->ext_bits;
-  uint64_t q = start + (1ull << (t->ext_bits - 2)), k, last;
-  bool queued = false;
+  uint64_t q = start + (1ull << (t->ext_bits - 2)), k, last, before;
 
   if (!t->ahead || offset > q || offset + len <= q || e + 1 >= t->nr_ext)
     return;
@@ -1003,13 +1011,11 @@ prefetch (struct track *t, uint64_t offset, uint64_t len)
       !bitmap_mem_all_set_atomic (t->delta, start, q - start))
     return;
   pthread_mutex_lock (&t->lock);
+  before = t->nr_pend;
   for (k = e + 1; k <= last; k++)
-    if (est_get (t, k) == EXT_COLD && !extent_all_dirty (t, k)) {
-      if (!queue_extent (t, k))
-        break;                     /* no memory: writers will wait instead */
-      queued = true;
-    }
-  if (queued)
+    if (!queue_ahead (t, k))
+      break;                       /* no memory: writers will wait instead */
+  if (t->nr_pend > before)
     pthread_cond_signal (&t->kick);
   pthread_mutex_unlock (&t->lock);
 }
@@ -1040,17 +1046,9 @@ track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
   uint64_t chunk;
   int r = 0;
 
-  if (!t || t->nr == 0 || len == 0)
-    return 0;
   /* The exact record first: before any data of this write is issued. */
-  if (t->mode == MODE_LAZY) {
-    bitmap_mem_set_atomic (t->delta, offset, len);
+  if (track_try_fast (img, offset, len))
     return 0;
-  }
-  if (fast_path (t, offset, len)) {
-    prefetch (t, offset, len);
-    return 0;
-  }
   pthread_mutex_lock (&t->lock);
   look = stream_lookahead (t, offset, len);
   bitmap_mem_set_atomic (t->delta, offset, len);
