@@ -348,8 +348,10 @@ rawtrack_image_write_target (struct rawtrack_image *img, uint64_t offset,
   if (prepare (img, count, offset, "write") == -1)
     return -1;
   run = raw_run (img, offset, count, fd);
-  if (run <= 0 || (uint64_t) run != count)
-    return run < 0 ? -1 : 0;
+  if (run < 0)
+    return -1;
+  if ((uint64_t) run != count)
+    return 0;
   /* Only when the bitmaps already cover it, or can without I/O: the
    * caller may be holding up other work (a socket's reader). */
   if (!track_try_fast (img, offset, count))

@@ -460,17 +460,26 @@ qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e, uint64_t pos,
   return r;
 }
 
+/* Clear the error; EINVAL for a read range outside the disk. */
+static int
+read_range (struct rawtrack_image *img, uint64_t count, uint64_t offset)
+{
+  rt_clear_error ();
+  if (offset > img->virtual_size || count > img->virtual_size - offset)
+    return set_error (EINVAL, "read of %" PRIu64 " bytes at offset %" PRIu64
+                      " is past the end of the disk (%" PRIu64 " bytes)",
+                      count, offset, img->virtual_size);
+  return 0;
+}
+
 RAWTRACK_API int
 rawtrack_image_pread (struct rawtrack_image *img, void *buf, uint64_t count,
                       uint64_t offset)
 {
   uint8_t *p = buf;
 
-  rt_clear_error ();
-  if (offset > img->virtual_size || count > img->virtual_size - offset)
-    return set_error (EINVAL, "read of %" PRIu64 " bytes at offset %" PRIu64
-                      " is past the end of the disk (%" PRIu64 " bytes)",
-                      count, offset, img->virtual_size);
+  if (read_range (img, count, offset) == -1)
+    return -1;
   if (img->data && normal_map_covers (img, offset, count))
     return io_read (img->data, p, count, offset, "data file");
   while (count > 0) {
@@ -513,12 +522,10 @@ rawtrack_image_pread (struct rawtrack_image *img, void *buf, uint64_t count,
   return 0;
 }
 
-/* The length of the prefix of [offset, offset + count) that lies one to
- * one in the data file's raw_fd (0: none), with that fd in *fd; -1 on a
- * corrupt mapping.  Only clusters of a raw external data file qualify:
- * their mapping is the identity (validated by qcow2_map) and never changes
- * while the image is open (guest-io.c), which is what normal_map records.
- * The range is inside the disk. */
+/* Only clusters of a raw external data file qualify: their mapping is
+ * the identity (validated by qcow2_map) and never changes while the image
+ * is open (guest-io.c), which is what normal_map records.  The range is
+ * inside the disk. */
 int64_t
 raw_run (struct rawtrack_image *img, uint64_t offset, uint64_t count,
          int *fd)
@@ -562,11 +569,8 @@ rawtrack_image_read_source (struct rawtrack_image *img, uint64_t offset,
 {
   int64_t run;
 
-  rt_clear_error ();
-  if (offset > img->virtual_size || count > img->virtual_size - offset)
-    return set_error (EINVAL, "read of %" PRIu64 " bytes at offset %" PRIu64
-                      " is past the end of the disk (%" PRIu64 " bytes)",
-                      count, offset, img->virtual_size);
+  if (read_range (img, count, offset) == -1)
+    return -1;
   run = raw_run (img, offset, count, fd);
   if (run > 0)
     *file_offset = offset;

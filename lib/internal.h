@@ -378,10 +378,13 @@ int track_log_state (const struct rawtrack_image *img, uint32_t *count,
 bool normal_map_covers (struct rawtrack_image *img, uint64_t offset,
                         uint64_t len);
 /* Record that guest [offset, offset+len) maps NORMAL (one to one). */
-int64_t raw_run (struct rawtrack_image *img, uint64_t offset, uint64_t count,
-                 int *fd);
 void normal_map_note (struct rawtrack_image *img, uint64_t offset,
                       uint64_t len);
+/* The prefix of [offset, offset+count) that lies one to one in the data
+ * file's raw_fd (image.c): its length (0: none) with the fd in *fd, or -1
+ * on a corrupt mapping. */
+int64_t raw_run (struct rawtrack_image *img, uint64_t offset, uint64_t count,
+                 int *fd);
 
 /* ---- qcow2-compress.c ------------------------------------------------- */
 /* Decompress one cluster: src/src_len as stored, dst gets exactly
