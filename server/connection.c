@@ -33,10 +33,12 @@
  * stalls mid-payload cannot delay a shutdown by more than that.
  *
  * Sending uses MSG_NOSIGNAL: a vanished client is an EPIPE, not a signal.
- * Read data that the library says lies unchanged in the data file goes
- * out with sendfile(2) (conn_send_parts): from the page cache to the
- * socket with no copy through this process - the largest cost of a large
- * read.  SIGPIPE is ignored by serve.c, since sendfile has no NOSIGNAL.
+ * With --sendfile, read data that the library says lies unchanged in the
+ * data file goes out with sendfile(2) (conn_send_parts): from the page
+ * cache to the socket with no copy through this process.  SIGPIPE is
+ * ignored by serve.c, since sendfile has no NOSIGNAL.  WRITE payloads may
+ * go from the socket to the data file with splice(2)
+ * (conn_splice_payload) through the worker's pipe.
  *
  * Invariant: the fd is closed only after every worker has been joined.
  */
@@ -394,10 +396,6 @@ conn_splice_payload (struct connection *c, struct worker_buf *wb, int fd,
   char scrap[4096];
 
   *werr = 0;
-  if (!worker_buf_pipe (wb)) {
-    *werr = EMFILE;
-    return conn_skip (c, n);
-  }
   while (n > 0) {
     size_t want = n < wb->pipe_cap ? (size_t) n : wb->pipe_cap;
     ssize_t k = splice (c->fd, NULL, wb->pipe[1], NULL, want, SPLICE_F_MOVE);

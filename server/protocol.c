@@ -363,7 +363,7 @@ recv_write_direct (struct connection *c, struct request *req,
   if (n == 0)
     return NOT_DIRECT;
   if (n < 0) {
-    req->error = rawtrack_get_errno () ? rawtrack_get_errno () : EIO;
+    req->error = lib_errno ();
     return conn_skip (c, req->count);
   }
   r = conn_splice_payload (c, wb, fd, foff, req->count, &werr);

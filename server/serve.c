@@ -796,7 +796,7 @@ cmd_serve (int argc, char **argv)
      * only contend for the socket; 16 is nbdkit's fixed number. */
     long ncpu = sysconf (_SC_NPROCESSORS_ONLN);
 
-    threads = ncpu <= 0 || ncpu >= 4 ? 16 : ncpu == 1 ? 4 : 4 * (unsigned) ncpu;
+    threads = ncpu <= 0 || ncpu >= 4 ? 16 : 4 * (unsigned) ncpu;
   }
   srv.threads = threads;
   srv.sendfile = use_sendfile;

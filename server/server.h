@@ -116,7 +116,8 @@ int conn_recv_payload (struct connection *c, void *buf, size_t n);
 /* Read and discard n bytes. */
 int conn_skip (struct connection *c, uint64_t n);
 /* Move an n-byte payload from the socket into file fd at foff through
- * wb's pipe (splice: no copy through this process).  A failure of the
+ * wb's pipe, which the caller made (worker_buf_pipe) - splice: no copy
+ * through this process.  A failure of the
  * file write sets *werr and the rest of the payload is read and thrown
  * away, so framing is kept; the return value is about the socket only,
  * as conn_recv's. */
