@@ -65,6 +65,8 @@ int io_read (struct rawtrack_io *io, void *buf, uint64_t count,
              uint64_t offset, const char *what);
 int io_write (struct rawtrack_io *io, const void *buf, uint64_t count,
               uint64_t offset, const char *what);
+int io_write_batch (struct rawtrack_io *io, const struct rawtrack_io_vec *v,
+                    size_t n, const char *what);
 int io_flush (struct rawtrack_io *io, const char *what);
 
 /* ---- qcow2-header.c --------------------------------------------------- */

@@ -48,6 +48,13 @@ extern "C" {
 
 struct rawtrack_io;
 
+/* One write of a batch (see pwrite_batch). */
+struct rawtrack_io_vec {
+  const void *buf;
+  uint64_t count;
+  uint64_t offset;
+};
+
 /* Flags for pwrite and zero. */
 #define RAWTRACK_IO_FUA        0x1u  /* durable when the call returns */
 #define RAWTRACK_IO_MAY_TRIM   0x2u  /* zero: may punch a hole */
@@ -105,6 +112,17 @@ struct rawtrack_io_ops {
    * durability.  -1 if there is none (memory, shims, O_DIRECT files, whose
    * I/O needs alignment). */
   int (*raw_fd) (struct rawtrack_io *io);
+  /* Optional (added after raw_fd).  Write n buffers, each at its own
+   * offset, as one batch: the backend may issue them together and in any
+   * order, and returns once every one is written (0) or when one failed
+   * (-1 with errno; any of them may have been written then).  Durability
+   * is pwrite's: flush afterwards.  It exists for writes that must all be
+   * on disk before the caller may go on (the dirty-bitmap sectors of a
+   * commit): n scattered writes cost about one device round trip instead
+   * of n.  Overlapping ranges in one batch are undefined.  Without it,
+   * rawtrack_io_pwrite_batch writes them one by one with pwrite. */
+  int (*pwrite_batch) (struct rawtrack_io *io,
+                       const struct rawtrack_io_vec *v, size_t n);
 };
 
 /* Base of every backend; embed as the first member. */
@@ -152,6 +170,10 @@ RAWTRACK_API unsigned rawtrack_io_caps (struct rawtrack_io *io);
 RAWTRACK_API int64_t rawtrack_io_extent (struct rawtrack_io *io,
                                          uint64_t offset, uint64_t count,
                                          int *is_data);
+/* The backend's pwrite_batch, or pwrite for each in turn without one. */
+RAWTRACK_API int rawtrack_io_pwrite_batch (struct rawtrack_io *io,
+                                           const struct rawtrack_io_vec *v,
+                                           size_t n);
 /* The backend's raw_fd, or -1 when it has none. */
 RAWTRACK_API int rawtrack_io_raw_fd (struct rawtrack_io *io);
 /* NULL-safe. */

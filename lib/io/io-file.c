@@ -9,7 +9,12 @@
  *          -> pwrite from a zero buffer (refused with FAST_ZERO)
  *   trim   PUNCH_HOLE|KEEP_SIZE (regular files), BLKDISCARD (block devices)
  *
- * Locking: none.  Data moves with pread/pwrite on the fd, which several
+ * pwrite_batch goes to io-file-aio.c (direct I/O on a second descriptor,
+ * all ranges submitted at once) when the kernel allows it for this file,
+ * else one pwrite per range.
+ *
+ * Locking: none here (io-file-aio.c serialises its own batches; the
+ * pointer to it is set once, by compare-and-swap).  Data moves with pread/pwrite on the fd, which several
  * threads may issue at once.  extent uses lseek, which moves the shared
  * file position, but nothing here reads that position.  What the backend
  * learns about the kernel ("this fallocate mode is not supported") lives
@@ -43,6 +48,7 @@
 
 #include "internal.h"
 #include "arith.h"
+#include "io-file-aio.h"
 
 /* Largest single pread/pwrite (Linux transfers at most 0x7ffff000). */
 #define MAX_IO (UINT64_C (1) << 30)
@@ -74,6 +80,11 @@ struct file_io {
   bool can_zeroout;             /* ioctl BLKZEROOUT */
   bool can_discard;             /* ioctl BLKDISCARD */
   bool can_extents;             /* lseek SEEK_DATA/SEEK_HOLE */
+
+  /* pwrite_batch's direct-I/O writer (io-file-aio.c), made on first use:
+   * set once with a compare-and-swap; aio_off once it cannot be made. */
+  struct file_aio *aio;
+  bool aio_off;
 };
 
 static bool
@@ -230,6 +241,55 @@ file_pwrite (struct rawtrack_io *io, const void *buf, uint64_t count,
   if (write_all (f, buf, count, offset) == -1)
     return -1;
   return sync_after (f, flags);
+}
+
+/* The batch writer, made on first use by whichever thread gets there. */
+static struct file_aio *
+get_aio (struct file_io *f)
+{
+  struct file_aio *a = __atomic_load_n (&f->aio, __ATOMIC_ACQUIRE), *none = NULL;
+
+  if (a || __atomic_load_n (&f->aio_off, __ATOMIC_RELAXED))
+    return a;
+  a = getenv ("RAWTRACK_NO_AIO") ? NULL
+      : file_aio_new (f->fd, f->direct, f->dsync, f->direct ? f->align : 512);
+  if (a == NULL) {
+    __atomic_store_n (&f->aio_off, true, __ATOMIC_RELAXED);
+    return NULL;
+  }
+  if (!__atomic_compare_exchange_n (&f->aio, &none, a, false,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    file_aio_free (a);
+    return none;
+  }
+  return a;
+}
+
+/* Direct I/O through io-file-aio.c when the kernel allows it here, else
+ * one buffered pwrite per range (the rewrite is harmless if a refused
+ * batch got partly written: same bytes). */
+static int
+file_pwrite_batch (struct rawtrack_io *io, const struct rawtrack_io_vec *v,
+                   size_t n)
+{
+  struct file_io *f = (struct file_io *) io;
+  struct file_aio *a;
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    if (check_write (f, v[i].count, v[i].offset) == -1)
+      return -1;
+  a = n > 1 ? get_aio (f) : NULL;
+  if (a) {
+    int r = file_aio_write (a, v, n);
+
+    if (r <= 0)
+      return r;
+  }
+  for (i = 0; i < n; i++)
+    if (write_all (f, v[i].buf, v[i].count, v[i].offset) == -1)
+      return -1;
+  return 0;
 }
 
 static int
@@ -442,6 +502,7 @@ file_close (struct rawtrack_io *io)
   struct file_io *f = (struct file_io *) io;
 
   /* Durability is flush's job; an error from close is not actionable. */
+  file_aio_free (f->aio);
   close (f->fd);
   free (f);
 }
@@ -569,6 +630,7 @@ static const struct rawtrack_io_ops file_ops = {
   .block_size = file_block_size,
   .extent = file_extent,
   .raw_fd = file_raw_fd,
+  .pwrite_batch = file_pwrite_batch,
 };
 
 /* Fill in what fstat and the block-device ioctls say about the open fd.

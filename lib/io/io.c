@@ -92,6 +92,20 @@ rawtrack_io_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
 }
 
 RAWTRACK_API int
+rawtrack_io_pwrite_batch (struct rawtrack_io *io,
+                          const struct rawtrack_io_vec *v, size_t n)
+{
+  size_t i;
+
+  if (HAS (io, pwrite_batch))
+    return io->ops->pwrite_batch (io, v, n);
+  for (i = 0; i < n; i++)
+    if (rawtrack_io_pwrite (io, v[i].buf, v[i].count, v[i].offset, 0) == -1)
+      return -1;
+  return 0;
+}
+
+RAWTRACK_API int
 rawtrack_io_raw_fd (struct rawtrack_io *io)
 {
   if (!HAS (io, raw_fd))
@@ -123,6 +137,23 @@ io_write (struct rawtrack_io *io, const void *buf, uint64_t count,
   if (rawtrack_io_pwrite (io, buf, count, offset, 0) == -1)
     return set_error (errno, "writing %s at offset %" PRIu64 " (%" PRIu64
                       " bytes): %s", what, offset, count, strerror (errno));
+  return 0;
+}
+
+int
+io_write_batch (struct rawtrack_io *io, const struct rawtrack_io_vec *v,
+                size_t n, const char *what)
+{
+  uint64_t bytes = 0;
+  size_t i;
+
+  if (rawtrack_io_pwrite_batch (io, v, n) == -1) {
+    for (i = 0; i < n; i++)
+      bytes += v[i].count;
+    return set_error (errno, "writing %s (%zu ranges, %" PRIu64 " bytes, "
+                      "the first at offset %" PRIu64 "): %s", what, n, bytes,
+                      n ? v[0].offset : 0, strerror (errno));
+  }
   return 0;
 }
 

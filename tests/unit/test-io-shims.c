@@ -552,6 +552,59 @@ test_crash_truncate (void)
   }
 }
 
+/* The shims have no pwrite_batch of their own: a batch reaches them as
+ * one pwrite per range, in order, so each range is faulted, counted and
+ * kept pending like any write (what the tracker's commits rely on in the
+ * crash tests). */
+static void
+test_batch_through_shims (void)
+{
+  struct rawtrack_io *inner, *io;
+  struct rawtrack_io_vec v[3];
+  uint8_t a[512], b[512], c[512];
+
+  memset (a, 0xa1, sizeof a);
+  memset (b, 0xb2, sizeof b);
+  memset (c, 0xc3, sizeof c);
+  v[0] = (struct rawtrack_io_vec) { a, 512, 0 };
+  v[1] = (struct rawtrack_io_vec) { b, 512, 65536 };
+  v[2] = (struct rawtrack_io_vec) { c, 512, 4096 };
+
+  /* Fault on the 2nd range: the batch fails with its errno, the first
+   * range is written, the third never attempted. */
+  inner = rawtrack_io_mem_new (NULL, 131072, 0);
+  io = io_fault_new (inner, false);
+  CHECK (io != NULL);
+  io_fault_set (io, IO_OP_WRITE, 2, ENOSPC, false);
+  CHECK_ERR (rawtrack_io_pwrite_batch (io, v, 3), ENOSPC);
+  CHECK (io_fault_count (io, IO_OP_WRITE) == 2);
+  expect_bytes (inner, 0, 512, 0xa1);
+  expect_bytes (inner, 65536, 512, 0);
+  expect_bytes (inner, 4096, 512, 0);
+  CHECK (rawtrack_io_pwrite_batch (io, v, 3) == 0);
+  CHECK (io_fault_count (io, IO_OP_WRITE) == 5);
+  expect_bytes (inner, 65536, 512, 0xb2);
+  expect_bytes (inner, 4096, 512, 0xc3);
+  rawtrack_io_close (io);
+  rawtrack_io_close (inner);
+
+  /* Crash shim: pending until flush, three writes pending. */
+  inner = rawtrack_io_mem_new (NULL, 131072, 0);
+  io = io_crash_new (inner, false, 11);
+  CHECK (io != NULL);
+  CHECK (rawtrack_io_pwrite_batch (io, v, 3) == 0);
+  CHECK (io_crash_count (io, IO_OP_WRITE) == 3);
+  CHECK (io_crash_pending (io) == 3);
+  expect_bytes (io, 65536, 512, 0xb2);
+  expect_bytes (inner, 65536, 512, 0);
+  CHECK (rawtrack_io_flush (io) == 0);
+  expect_bytes (inner, 0, 512, 0xa1);
+  expect_bytes (inner, 65536, 512, 0xb2);
+  expect_bytes (inner, 4096, 512, 0xc3);
+  rawtrack_io_close (io);
+  rawtrack_io_close (inner);
+}
+
 static void
 test_crash_at (void)
 {
@@ -743,6 +796,7 @@ main (void)
   test_crash_overlap ();
   test_crash_truncate ();
   test_crash_at ();
+  test_batch_through_shims ();
   test_crash_limits ();
   test_crash_readonly ();
   test_crash_threads ();
