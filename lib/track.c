@@ -104,6 +104,7 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 #define SEQ_AHEAD           7                    /* see stream_lookahead() */
 #define PREFETCH            16                   /* see prefetch() */
 #define STREAM_MIN          (64u * 1024)         /* see stream_lookahead() */
+#define WR_BLOCK            4096                 /* see write_sectors() */
 /* Extension payload: magic, max, count (u32 each), pad, ext_bits (u32),
  * generation (u64), then max entries (u64 extent indexes). */
 #define LOG_HEADER          24
@@ -688,6 +689,14 @@ hot_prepare (struct rawtrack_image *img, struct track *t, uint64_t e)
   return 0;
 }
 
+static int
+range_cmp (const void *a, const void *b)
+{
+  const struct range *x = a, *y = b;
+
+  return (x->lo > y->lo) - (x->lo < y->lo);
+}
+
 /* Write the sectors every bitmap queued (its wr ranges).  SAFE mode hands
  * them to the backend as ONE batch: the commit is about to wait for the
  * device anyway, and n scattered sectors submitted together cost about
@@ -723,15 +732,37 @@ write_sectors (struct rawtrack_image *img, struct track *t)
     t->cap_vec = n;
   }
   n = 0;
-  for (k = 0; k < t->nr; k++)
-    for (w = 0; w < t->bm[k].nr_wr; w++) {
-      const struct tbm *b = &t->bm[k];
+  for (k = 0; k < t->nr; k++) {
+    struct tbm *b = &t->bm[k];
 
+    /* Whole filesystem blocks: ext4 makes a sub-block direct write wait
+     * for every other one in flight, which would undo the batch.  The
+     * bytes around the sectors are what the disk holds already (disk is
+     * the on-disk image), so a torn wider write is still a superset. */
+    for (w = 0; w < b->nr_wr; w++) {
+      uint64_t lo = ROUND_DOWN (b->data_off + b->wr[w].lo, WR_BLOCK);
+      uint64_t hi = ROUND_UP (b->data_off + b->wr[w].hi, WR_BLOCK);
+
+      b->wr[w].lo = MAX (lo, b->data_off) - b->data_off;
+      b->wr[w].hi = MIN (hi - b->data_off, b->disk_len);
+    }
+    qsort (b->wr, b->nr_wr, sizeof *b->wr, range_cmp);
+    for (w = 0; w < b->nr_wr; w++) {
+      struct rawtrack_io_vec *prev = n ? &t->vec[n - 1] : NULL;
+
+      if (w > 0 && b->data_off + b->wr[w].lo <= prev->offset + prev->count) {
+        uint64_t end = MAX (prev->offset + prev->count,
+                            b->data_off + b->wr[w].hi);
+
+        prev->count = end - prev->offset;
+        continue;
+      }
       t->vec[n].buf = b->disk + b->wr[w].lo;
       t->vec[n].count = b->wr[w].hi - b->wr[w].lo;
       t->vec[n].offset = b->data_off + b->wr[w].lo;
       n++;
     }
+  }
   return io_write_batch (img->file, t->vec, n, "bitmap data");
 }
 
