@@ -346,12 +346,24 @@ one_sector_change (struct rawtrack_image *img, const struct ext_state *a,
                      "cluster: ");
     goto out;
   }
-  for (i = 0; i < cs; i++)
-    if (ba[i] != bb[i]) {
-      if (first == cs)
-        first = i;
-      last = i;
-    }
+  /* Whole blocks with memcmp first: the cluster can be 2 MiB, nearly
+   * all of it the zero tail after the extensions. */
+  for (i = 0; i < cs && memcmp (ba + i, bb + i, MIN (cs - i, 4096)) == 0;
+       i += 4096)
+    ;
+  for (; i < cs && first == cs; i++)
+    if (ba[i] != bb[i])
+      first = i;
+  if (first < cs) {
+    for (i = cs; i > first + 1 &&
+                 memcmp (ba + ROUND_DOWN (i - 1, 4096),
+                         bb + ROUND_DOWN (i - 1, 4096),
+                         i - ROUND_DOWN (i - 1, 4096)) == 0;
+         i = ROUND_DOWN (i - 1, 4096))
+      ;
+    for (last = i - 1; last > first && ba[last] == bb[last]; last--)
+      ;
+  }
   r = first == cs || first / SECTOR == last / SECTOR;
 
  out:
