@@ -14,7 +14,9 @@
  * for two workloads - random 4 KiB writes from 16 threads (a quarter of
  * the disk's blocks), sequential 1 MiB writes (the whole disk) - each in
  * two phases: first touch (every bitmap clean) and steady state
- * (reopened, the same writes again: every bit they need already set).
+ * (reopened, the same writes again, STEADY_PASSES times over: every bit
+ * they need already set; the repeats only make the slices long enough
+ * for the machine's noise to average out).
  * A last row, "64 vs 1", is safe-64's ratio minus safe-1's in points,
  * taken within each run (the two ran side by side) and then the median:
  * a paired difference, steadier than the difference of two medians.
@@ -44,6 +46,7 @@
 #include "rawtrack/rawtrack-bitmap.h"
 
 #define THREADS 16
+#define STEADY_PASSES 4            /* see run_phase's callers */
 #define MAX_REPS 16
 
 static uint64_t disk_size;
@@ -67,7 +70,7 @@ static const struct {
 
 struct job {
   struct rawtrack_image *img;
-  int random;
+  int random, passes;
   uint64_t seed, start, len, ops, done;
   int failed;
 };
@@ -89,8 +92,11 @@ worker (void *arg)
   uint64_t i, s = j->seed;
 
   memset (buf, (int) j->seed, sizeof buf);
-  for (i = 0; i < j->ops; i++) {
+  for (i = 0; i < j->ops * (uint64_t) j->passes; i++) {
     uint64_t off, len;
+
+    if (i % j->ops == 0)
+      s = j->seed;                 /* every pass writes the same blocks */
 
     if (j->random) {
       s ^= s << 13; s ^= s >> 7; s ^= s << 17;
@@ -98,7 +104,7 @@ worker (void *arg)
       len = 4096;
     }
     else {
-      off = j->start + (i << 20);
+      off = j->start + ((i % j->ops) << 20);
       len = 1 << 20;
     }
     if (rawtrack_image_pwrite (j->img, buf, len, off, 0) == -1) {
@@ -168,8 +174,8 @@ open_image (const char *path, int c)
 
 /* Write one slice through img; returns the seconds it took. */
 static double
-run_slice (struct rawtrack_image *img, int random, uint64_t start,
-           uint64_t len, uint64_t seed, uint64_t *bytes)
+run_slice (struct rawtrack_image *img, int random, int passes,
+           uint64_t start, uint64_t len, uint64_t seed, uint64_t *bytes)
 {
   struct job jobs[THREADS];
   pthread_t th[THREADS];
@@ -179,6 +185,7 @@ run_slice (struct rawtrack_image *img, int random, uint64_t start,
   for (i = 0; i < nthreads; i++) {
     jobs[i].img = img;
     jobs[i].random = random;
+    jobs[i].passes = passes;
     jobs[i].seed = seed * 0x9e3779b97f4a7c15ull + (uint64_t) i + 1;
     jobs[i].start = start;
     jobs[i].len = len;
@@ -204,7 +211,7 @@ run_slice (struct rawtrack_image *img, int random, uint64_t start,
  * same seeds), so in the steady phase every write lands in granules the
  * first phase dirtied: "already dirty" exactly. */
 static void
-run_phase (struct rawtrack_image **img, int random, int slices,
+run_phase (struct rawtrack_image **img, int random, int passes, int slices,
            double *mbps)
 {
   double t[NCFG] = { 0 };
@@ -215,8 +222,8 @@ run_phase (struct rawtrack_image **img, int random, int slices,
     for (k = 0; k < NCFG; k++) {
       int c = (s + k) % NCFG;
 
-      t[c] += run_slice (img[c], random, (uint64_t) s * slice, slice,
-                         (uint64_t) s * 131, &bytes[c]);
+      t[c] += run_slice (img[c], random, passes, (uint64_t) s * slice,
+                         slice, (uint64_t) s * 131, &bytes[c]);
     }
   for (k = 0; k < NCFG; k++)
     mbps[k] = bytes[k] / t[k];
@@ -282,7 +289,7 @@ main (int argc, char **argv)
       }
       /* No writeback of earlier runs may be in flight while we measure. */
       sync ();
-      run_phase (img, w == 0, slices, mbps);
+      run_phase (img, w == 0, 1, slices, mbps);
       for (c = 0; c < NCFG; c++)
         res[c][w][0][r] = mbps[c];
       /* Steady state: reopened, so the bitmaps on disk are all dirty. */
@@ -292,7 +299,7 @@ main (int argc, char **argv)
         img[c] = open_image (path[c], c);
       }
       sync ();
-      run_phase (img, w == 0, slices, mbps);
+      run_phase (img, w == 0, STEADY_PASSES, slices, mbps);
       for (c = 0; c < NCFG; c++) {
         res[c][w][1][r] = mbps[c];
         if (rawtrack_image_close (img[c]) == -1)
