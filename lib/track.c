@@ -706,23 +706,12 @@ range_cmp (const void *a, const void *b)
 static int
 write_sectors (struct rawtrack_image *img, struct track *t)
 {
+  bool batch = t->mode == MODE_SAFE;
   size_t n = 0, w;
   uint32_t k;
 
   for (k = 0; k < t->nr; k++)
     n += t->bm[k].nr_wr;
-  if (t->mode != MODE_SAFE || n < 2) {
-    for (k = 0; k < t->nr; k++)
-      for (w = 0; w < t->bm[k].nr_wr; w++) {
-        const struct tbm *b = &t->bm[k];
-
-        if (io_write (img->file, b->disk + b->wr[w].lo,
-                      b->wr[w].hi - b->wr[w].lo, b->data_off + b->wr[w].lo,
-                      "bitmap data") == -1)
-          return -1;
-      }
-    return 0;
-  }
   if (n > t->cap_vec) {
     struct rawtrack_io_vec *v = rt_realloc (t->vec, n * sizeof *v);
 
@@ -735,22 +724,27 @@ write_sectors (struct rawtrack_image *img, struct track *t)
   for (k = 0; k < t->nr; k++) {
     struct tbm *b = &t->bm[k];
 
-    /* Whole filesystem blocks: ext4 makes a sub-block direct write wait
-     * for every other one in flight, which would undo the batch.  The
-     * bytes around the sectors are what the disk holds already (disk is
-     * the on-disk image), so a torn wider write is still a superset. */
-    for (w = 0; w < b->nr_wr; w++) {
-      uint64_t lo = ROUND_DOWN (b->data_off + b->wr[w].lo, WR_BLOCK);
-      uint64_t hi = ROUND_UP (b->data_off + b->wr[w].hi, WR_BLOCK);
+    /* A batch goes in whole filesystem blocks: ext4 makes a sub-block
+     * direct write wait for every other one in flight, which would undo
+     * the batch.  The bytes around the sectors are what the disk holds
+     * already (disk is the on-disk image), so a torn wider write is still
+     * a superset.  Widened ranges may meet: sorted, then merged (only
+     * here: elsewhere the ranges are in no order, and go as they are). */
+    if (batch) {
+      for (w = 0; w < b->nr_wr; w++) {
+        uint64_t lo = ROUND_DOWN (b->data_off + b->wr[w].lo, WR_BLOCK);
+        uint64_t hi = ROUND_UP (b->data_off + b->wr[w].hi, WR_BLOCK);
 
-      b->wr[w].lo = MAX (lo, b->data_off) - b->data_off;
-      b->wr[w].hi = MIN (hi - b->data_off, b->disk_len);
+        b->wr[w].lo = MAX (lo, b->data_off) - b->data_off;
+        b->wr[w].hi = MIN (hi - b->data_off, b->disk_len);
+      }
+      qsort (b->wr, b->nr_wr, sizeof *b->wr, range_cmp);
     }
-    qsort (b->wr, b->nr_wr, sizeof *b->wr, range_cmp);
     for (w = 0; w < b->nr_wr; w++) {
       struct rawtrack_io_vec *prev = n ? &t->vec[n - 1] : NULL;
 
-      if (w > 0 && b->data_off + b->wr[w].lo <= prev->offset + prev->count) {
+      if (batch && w > 0 &&
+          b->data_off + b->wr[w].lo <= prev->offset + prev->count) {
         uint64_t end = MAX (prev->offset + prev->count,
                             b->data_off + b->wr[w].hi);
 
@@ -763,7 +757,13 @@ write_sectors (struct rawtrack_image *img, struct track *t)
       n++;
     }
   }
-  return io_write_batch (img->file, t->vec, n, "bitmap data");
+  if (batch)
+    return io_write_batch (img->file, t->vec, n, "bitmap data");
+  for (w = 0; w < n; w++)
+    if (io_write (img->file, t->vec[w].buf, t->vec[w].count,
+                  t->vec[w].offset, "bitmap data") == -1)
+      return -1;
+  return 0;
 }
 
 /* Pick the oldest hot extent not referenced since the last sweep. */
@@ -989,8 +989,7 @@ queue_stream (struct track *t, uint64_t from, uint64_t to)
 
     if (!queue_ahead (t, k))
       return false;
-    if (was_cold && est_get (t, k) == EXT_PENDING && t->span > 1 &&
-        !queue_riders (t, k))
+    if (was_cold && est_get (t, k) == EXT_PENDING && !queue_riders (t, k))
       return false;
   }
   return true;
@@ -1021,10 +1020,9 @@ covered (struct track *t, uint64_t off, uint64_t len, bool queue,
         *queue_failed = true;
         return false;
       }
-      /* A sequential stream (see stream_lookahead): make the next few
-       * hot in the same commit, so that it pays one sync for all. */
-      if ((t->span > 1 && !queue_riders (t, e)) ||
-          (look && !queue_stream (t, e + 1, e + look))) {
+      /* Its riders, and for a sequential stream (see stream_lookahead)
+       * the next few extents: hot in the same commit, one sync for all. */
+      if (!queue_riders (t, e) || !queue_stream (t, e + 1, e + look)) {
         *queue_failed = true;
         return false;
       }

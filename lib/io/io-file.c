@@ -13,13 +13,13 @@
  * all ranges submitted at once) when the kernel allows it for this file,
  * else one pwrite per range.
  *
- * Locking: none here (io-file-aio.c serialises its own batches; the
- * pointer to it is set once, by compare-and-swap).  Data moves with pread/pwrite on the fd, which several
- * threads may issue at once.  extent uses lseek, which moves the shared
- * file position, but nothing here reads that position.  What the backend
- * learns about the kernel ("this fallocate mode is not supported") lives
- * in bool flags read and cleared with atomics; they only go from true to
- * false, so a race costs one extra ENOTSUP syscall at worst.
+ * Locking: none here (io-file-aio.c serialises its own batches; the pointer
+ * to it is set once, by compare-and-swap).  Data moves with pread/pwrite on
+ * the fd, which several threads may issue at once.  extent uses lseek, which
+ * moves the shared file position, but nothing here reads that position.
+ * What the backend learns about the kernel ("this fallocate mode is not
+ * supported") lives in bool flags read and cleared with atomics; they only
+ * go from true to false, so a race costs one extra ENOTSUP syscall at worst.
  *
  * Invariants:
  *  1. A read-only backend issues no modifying syscall: every write path
