@@ -730,7 +730,7 @@ write_sectors (struct rawtrack_image *img, struct track *t)
      * already (disk is the on-disk image), so a torn wider write is still
      * a superset.  Widened ranges may meet: sorted, then merged (only
      * here: elsewhere the ranges are in no order, and go as they are). */
-    if (batch) {
+    if (batch && b->nr_wr > 0) {     /* (wr is NULL until first used) */
       for (w = 0; w < b->nr_wr; w++) {
         uint64_t lo = ROUND_DOWN (b->data_off + b->wr[w].lo, WR_BLOCK);
         uint64_t hi = ROUND_UP (b->data_off + b->wr[w].hi, WR_BLOCK);
