@@ -123,7 +123,21 @@ struct rawtrack_io_ops {
    * rawtrack_io_pwrite_batch writes them one by one with pwrite. */
   int (*pwrite_batch) (struct rawtrack_io *io,
                        const struct rawtrack_io_vec *v, size_t n);
+  /* Optional (added after pwrite_batch).  Image locking as QEMU does it,
+   * so that QEMU and rawtrack see each other: hold the permissions in
+   * `perm` and deny those in `deny` (RAWTRACK_IO_PERM_*) to every other
+   * opener, until close.  Fails with EBUSY, holding nothing, when another
+   * opener denies one of perm or holds one of deny.  A file system
+   * without the needed locks is not an error: nothing is held then.
+   * Without this op rawtrack_io_lock does nothing. */
+  int (*lock) (struct rawtrack_io *io, unsigned perm, unsigned deny);
 };
+
+/* Permissions for lock, with QEMU's numbering (BLK_PERM_*). */
+#define RAWTRACK_IO_PERM_READ             0x1u  /* consistent read */
+#define RAWTRACK_IO_PERM_WRITE            0x2u
+#define RAWTRACK_IO_PERM_WRITE_UNCHANGED  0x4u
+#define RAWTRACK_IO_PERM_RESIZE           0x8u
 
 /* Base of every backend; embed as the first member. */
 struct rawtrack_io {
@@ -176,6 +190,9 @@ RAWTRACK_API int rawtrack_io_pwrite_batch (struct rawtrack_io *io,
                                            size_t n);
 /* The backend's raw_fd, or -1 when it has none. */
 RAWTRACK_API int rawtrack_io_raw_fd (struct rawtrack_io *io);
+/* The backend's lock, or 0 (nothing held) when it has none. */
+RAWTRACK_API int rawtrack_io_lock (struct rawtrack_io *io, unsigned perm,
+                                   unsigned deny);
 /* NULL-safe. */
 RAWTRACK_API void rawtrack_io_close (struct rawtrack_io *io);
 

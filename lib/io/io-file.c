@@ -9,6 +9,7 @@
  *          -> pwrite from a zero buffer (refused with FAST_ZERO)
  *   trim   PUNCH_HOLE|KEEP_SIZE (regular files), BLKDISCARD (block devices)
  *
+ * lock is io-file-lock.c's (QEMU's lock bytes).
  * pwrite_batch goes to io-file-aio.c (direct I/O on a second descriptor,
  * all ranges submitted at once) when the kernel allows it for this file,
  * else one pwrite per range.
@@ -49,6 +50,7 @@
 #include "internal.h"
 #include "arith.h"
 #include "io-file-aio.h"
+#include "io-file-lock.h"
 
 /* Largest single pread/pwrite (Linux transfers at most 0x7ffff000). */
 #define MAX_IO (UINT64_C (1) << 30)
@@ -615,6 +617,14 @@ file_raw_fd (struct rawtrack_io *io)
   return f->direct ? -1 : f->fd;
 }
 
+static int
+file_lock (struct rawtrack_io *io, unsigned perm, unsigned deny)
+{
+  struct file_io *f = (struct file_io *) io;
+
+  return file_lock_fd (f->fd, perm, deny);
+}
+
 static const struct rawtrack_io_ops file_ops = {
   .struct_size = sizeof (struct rawtrack_io_ops),
   .name = "file",
@@ -631,6 +641,7 @@ static const struct rawtrack_io_ops file_ops = {
   .extent = file_extent,
   .raw_fd = file_raw_fd,
   .pwrite_batch = file_pwrite_batch,
+  .lock = file_lock,
 };
 
 /* Fill in what fstat and the block-device ioctls say about the open fd.

@@ -113,6 +113,14 @@ rawtrack_io_raw_fd (struct rawtrack_io *io)
   return io->ops->raw_fd (io);
 }
 
+RAWTRACK_API int
+rawtrack_io_lock (struct rawtrack_io *io, unsigned perm, unsigned deny)
+{
+  if (!HAS (io, lock))
+    return 0;
+  return io->ops->lock (io, perm, deny);
+}
+
 RAWTRACK_API void
 rawtrack_io_close (struct rawtrack_io *io)
 {

@@ -725,6 +725,57 @@ test_file_batch (void)
   rawtrack_io_close (io);
 }
 
+/* QEMU's image locks (io-file-lock.c): conflicts between two open file
+ * descriptions of one file, in both directions (held against denied,
+ * denied against held), a failed attempt holding nothing, close releasing
+ * everything, and the memory backend having nothing to lock. */
+#define W (RAWTRACK_IO_PERM_READ | RAWTRACK_IO_PERM_WRITE |             \
+           RAWTRACK_IO_PERM_RESIZE)
+#define W_DENY (RAWTRACK_IO_PERM_WRITE | RAWTRACK_IO_PERM_RESIZE)
+
+static void
+test_file_lock (void)
+{
+  char path[4200];
+  struct rawtrack_io *a, *b, *c, *m;
+
+  tmp_path (path, sizeof path, "lock");
+  a = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
+  b = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
+  c = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR);
+  CHECK (a && b && c);
+
+  CHECK (rawtrack_io_lock (a, W, W_DENY) == 0);
+  /* a denies write: b may not have it. */
+  CHECK_ERR (rawtrack_io_lock (b, W, W_DENY), EBUSY);
+  CHECK (strstr (rawtrack_get_error (), "\"write\" permission") != NULL);
+  /* a holds write: b may not deny it (QEMU's locking reader). */
+  CHECK_ERR (rawtrack_io_lock (b, RAWTRACK_IO_PERM_READ, W_DENY), EBUSY);
+  /* What a holds and denies leaves b a plain reader, sharing all. */
+  CHECK (rawtrack_io_lock (b, RAWTRACK_IO_PERM_READ, 0) == 0);
+  /* Holding nothing after a failure: c fails on a alone. */
+  CHECK_ERR (rawtrack_io_lock (c, W, W_DENY), EBUSY);
+  rawtrack_io_close (a);
+  /* a gone, b (a reader sharing everything) does not stand in c's way,
+   * and b's failed attempts left no denial behind. */
+  CHECK (rawtrack_io_lock (c, W, W_DENY) == 0);
+  /* Now c denies what b's next attempt asks for. */
+  CHECK_ERR (rawtrack_io_lock (b, RAWTRACK_IO_PERM_WRITE, 0), EBUSY);
+  rawtrack_io_close (b);
+  rawtrack_io_close (c);
+
+  /* Everything closed: anyone may lock again. */
+  a = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR);
+  CHECK (a != NULL);
+  CHECK (rawtrack_io_lock (a, W, W_DENY) == 0);
+  rawtrack_io_close (a);
+
+  m = rawtrack_io_mem_new (NULL, 4096, 0);
+  CHECK (m != NULL);
+  CHECK (rawtrack_io_lock (m, W, W_DENY) == 0);
+  rawtrack_io_close (m);
+}
+
 static void
 test_file (void)
 {
@@ -758,6 +809,7 @@ test_file (void)
   test_file_holes ();
   test_file_flags ();
   test_file_batch ();
+  test_file_lock ();
 }
 
 int
