@@ -332,6 +332,36 @@ rawtrack_image_open_io (struct rawtrack_io *file, struct rawtrack_io *data,
   return NULL;
 }
 
+/* Image locking, QEMU's way (lib/io/io-file-lock.c): a writer holds
+ * consistent read, write and resize on both files and denies write and
+ * resize on the image file, resize on the data file - what QEMU holds and
+ * denies when it writes such an image - so neither writes while the
+ * other has the image open.  Read-only opens take and test nothing (as
+ * qemu-img -U does): rawtrack's readers never modify, and they work while
+ * a VM runs.  RAWTRACK_OPEN_NO_LOCK or RAWTRACK_NO_LOCK=1 turn it off
+ * (QEMU's locking=off), for file systems whose locks misbehave. */
+#define WRITER_PERM (RAWTRACK_IO_PERM_READ | RAWTRACK_IO_PERM_WRITE | \
+                     RAWTRACK_IO_PERM_RESIZE)
+#define IMAGE_DENY  (RAWTRACK_IO_PERM_WRITE | RAWTRACK_IO_PERM_RESIZE)
+#define DATA_DENY   RAWTRACK_IO_PERM_RESIZE
+
+static int
+lock_file (struct rawtrack_io *io, unsigned flags, unsigned deny,
+           const char *data_path)
+{
+  const char *env = getenv ("RAWTRACK_NO_LOCK");
+
+  if (!(flags & RAWTRACK_OPEN_RDWR) || (flags & RAWTRACK_OPEN_NO_LOCK) ||
+      (env && atoi (env) > 0))
+    return 0;
+  if (rawtrack_io_lock (io, WRITER_PERM, deny) == -1) {
+    if (data_path)                     /* (callers name the image) */
+      rt_prefix_error ("data file %s: ", data_path);
+    return -1;
+  }
+  return 0;
+}
+
 RAWTRACK_API struct rawtrack_image *
 rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
 {
@@ -349,6 +379,11 @@ rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
   file = rawtrack_io_file_open (path, ioflags);
   if (!file)
     return NULL;
+  /* Before open_io, which may already write (autoclear bits). */
+  if (lock_file (file, flags, IMAGE_DENY, NULL) == -1) {
+    rawtrack_io_close (file);
+    return NULL;
+  }
   img = rawtrack_image_open_io (file, NULL,
                                 flags | RAWTRACK_OPEN_NO_DATA_FILE);
   if (!img)
@@ -382,6 +417,8 @@ rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
         rt_prefix_error ("cannot open the data file: ");
         goto fail;
       }
+      if (lock_file (img->data, flags, DATA_DENY, dpath) == -1)
+        goto fail;
       free (dpath);
       dpath = NULL;
     }

@@ -52,11 +52,17 @@ struct rawtrack_image;
                                            * external data file (info) */
 #define RAWTRACK_OPEN_CHECK         0x4u  /* tolerate what check reports:
                                            * corrupt bit, dirty bit */
+#define RAWTRACK_OPEN_NO_LOCK       0x40u /* with RDWR: do not take QEMU's
+                                           * image locks (see below) */
 
 /* Open an image file.  data_file overrides the name stored in the image
  * (NULL: use the stored name, resolved against the image's directory, then
  * the current directory; names that are not plain paths - json: or
- * protocol: prefixes - are refused).  Returns NULL on error. */
+ * protocol: prefixes - are refused).  Returns NULL on error.
+ * A read-write open takes QEMU's image locks on the image and the data
+ * file, and fails with EBUSY while another program (QEMU, or another
+ * read-write rawtrack handle) has either open in a conflicting way; they
+ * go at close.  Read-only opens take none. */
 RAWTRACK_API struct rawtrack_image *rawtrack_image_open (const char *path,
                                                          unsigned flags,
                                                          const char *data_file);
