@@ -94,7 +94,15 @@ usage (FILE *fp)
            "Commands:\n", progname, progname, progname);
   for (i = 0; i < NR_COMMANDS; i++)
     fprintf (fp, "  %-8s %s\n", commands[i].name, commands[i].summary);
-  fprintf (fp, "\nSee 'man rawtrack' or docs/rawtrack.md for details.\n");
+  fprintf (fp,
+           "\n"
+           "Commands that write an image (io, bitmap add/remove/..., check -r,\n"
+           "serve without --read-only) take QEMU's image locks on it and on\n"
+           "its data file: they refuse to start while QEMU or another rawtrack\n"
+           "has the image open for writing (or qemu-img reads it without -U),\n"
+           "and QEMU refuses to open it while they run.  Reading commands take\n"
+           "no lock.  RAWTRACK_NO_LOCK=1 in the environment turns locking off.\n"
+           "\nSee 'man rawtrack' or docs/rawtrack.md for details.\n");
 }
 
 static const struct command *
