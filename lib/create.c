@@ -211,6 +211,22 @@ write_new_file (const char *path, bool force,
     return set_error (EEXIST, "'%s' already exists (use --force to replace "
                       "it)", path);
   }
+  /* Replacing an image that a VM (or rawtrack) has open would leave it
+   * writing a deleted file while the new one is taken for its image. */
+  if (force && stat (path, &st) == 0 && S_ISREG (st.st_mode)) {
+    struct rawtrack_io *old = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
+
+    if (old) {
+      int busy = image_lock_file (old, RAWTRACK_OPEN_RDWR, false, path);
+
+      rawtrack_io_close (old);
+      if (busy == -1) {
+        free (tmp);
+        rt_prefix_error ("not replaced: ");
+        return -1;
+      }
+    }
+  }
   snprintf (tmp, len + 16, "%s.tmp-XXXXXX", path);
   fd = mkstemp (tmp);
   if (fd == -1) {
@@ -414,6 +430,9 @@ rawtrack_image_create (const char *path,
     data = rawtrack_io_file_open (dpath, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
                                   (o.force ? 0 : RAWTRACK_IO_EXCL));
     if (!data)
+      goto out;
+    /* --force truncates it: never under a program that has it open. */
+    if (image_lock_file (data, RAWTRACK_OPEN_RDWR, true, dpath) == -1)
       goto out;
     if (rawtrack_io_truncate (data, p.size) == -1 &&
         !(rawtrack_io_caps (data) & RAWTRACK_IO_IS_BLOCKDEV)) {

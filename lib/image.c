@@ -345,18 +345,18 @@ rawtrack_image_open_io (struct rawtrack_io *file, struct rawtrack_io *data,
 #define IMAGE_DENY  (RAWTRACK_IO_PERM_WRITE | RAWTRACK_IO_PERM_RESIZE)
 #define DATA_DENY   RAWTRACK_IO_PERM_RESIZE
 
-static int
-lock_file (struct rawtrack_io *io, unsigned flags, unsigned deny,
-           const char *data_path)
+int
+image_lock_file (struct rawtrack_io *io, unsigned flags, bool data,
+                 const char *path)
 {
   const char *env = getenv ("RAWTRACK_NO_LOCK");
 
   if (!(flags & RAWTRACK_OPEN_RDWR) || (flags & RAWTRACK_OPEN_NO_LOCK) ||
       (env && atoi (env) > 0))
     return 0;
-  if (rawtrack_io_lock (io, WRITER_PERM, deny) == -1) {
-    if (data_path)                     /* (callers name the image) */
-      rt_prefix_error ("data file %s: ", data_path);
+  if (rawtrack_io_lock (io, WRITER_PERM, data ? DATA_DENY : IMAGE_DENY) == -1) {
+    if (path)                          /* (else the caller names it) */
+      rt_prefix_error ("%s%s: ", data ? "data file " : "", path);
     return -1;
   }
   return 0;
@@ -380,7 +380,7 @@ rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
   if (!file)
     return NULL;
   /* Before open_io, which may already write (autoclear bits). */
-  if (lock_file (file, flags, IMAGE_DENY, NULL) == -1) {
+  if (image_lock_file (file, flags, false, NULL) == -1) {
     rawtrack_io_close (file);
     return NULL;
   }
@@ -417,7 +417,7 @@ rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
         rt_prefix_error ("cannot open the data file: ");
         goto fail;
       }
-      if (lock_file (img->data, flags, DATA_DENY, dpath) == -1)
+      if (image_lock_file (img->data, flags, true, dpath) == -1)
         goto fail;
       free (dpath);
       dpath = NULL;

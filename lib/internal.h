@@ -388,6 +388,13 @@ void normal_map_note (struct rawtrack_image *img, uint64_t offset,
 int64_t raw_run (struct rawtrack_image *img, uint64_t offset, uint64_t count,
                  int *fd);
 
+/* Take QEMU's writer locks on an image file (data false) or a data file
+ * (data true), unless flags lack RAWTRACK_OPEN_RDWR or ask for no locks
+ * (RAWTRACK_OPEN_NO_LOCK, RAWTRACK_NO_LOCK=1); see image.c.  -1 with
+ * EBUSY when another program has the file open in a conflicting way. */
+int image_lock_file (struct rawtrack_io *io, unsigned flags, bool data,
+                     const char *path);
+
 /* ---- qcow2-compress.c ------------------------------------------------- */
 /* Decompress one cluster: src/src_len as stored, dst gets exactly
  * dst_len (the cluster size) bytes.  type: 0 deflate (raw), 1 zstd.

@@ -6,7 +6,8 @@
 # open (qemu-nbd, read-write or read-only) rawtrack's writers are refused,
 # with a message that says why.  Read-only rawtrack commands work through
 # all of it; kill -9 leaves no lock behind; a second rawtrack writer is
-# refused; RAWTRACK_NO_LOCK=1 turns locking off.  Every step that must be
+# refused, and so are attach --force and create --force over an image or
+# data file in use; RAWTRACK_NO_LOCK=1 turns locking off.  Every step that must be
 # refused must also leave the data untouched: checked at the end.
 set -euo pipefail
 source "${SRCDIR:-$(dirname "$0")/../..}/tests/functions.sh"
@@ -68,6 +69,8 @@ expect_ok qemu-img info -U disk.qcow2
 # A second rawtrack writer, and rawtrack's writing commands.
 expect_refused "QEMU's image lock" "$RAWTRACK" io disk.qcow2 -c 'write 0 4k'
 expect_refused "QEMU's image lock" "$RAWTRACK" bitmap add disk.qcow2 r1
+# Replacing the image under a writer would leave it writing a deleted file.
+expect_refused "not replaced" "$RAWTRACK" attach --force disk.raw disk.qcow2
 # Readers take no lock.
 expect_ok "$RAWTRACK" info disk.qcow2
 expect_ok "$RAWTRACK" bitmap list disk.qcow2
@@ -91,6 +94,13 @@ for mode in rw ro; do
   expect_refused "QEMU's image lock" "$RAWTRACK" io disk.qcow2 -c 'write 0 4k'
   expect_refused "QEMU's image lock" "$RAWTRACK" bitmap add disk.qcow2 r2
   expect_ok "$RAWTRACK" info disk.qcow2
+  if [ "$mode" = rw ]; then
+    # create --force would truncate the data file QEMU is using.
+    expect_refused "data file" "$RAWTRACK" create --force \
+      --data-file disk.raw other.qcow2 1M
+    [ ! -e other.qcow2 ] || die "create went ahead"
+    expect_refused "not replaced" "$RAWTRACK" attach --force disk.raw disk.qcow2
+  fi
   if [ "$mode" = ro ]; then
     # Locking off: the writer goes ahead (harmless here: QEMU only reads).
     expect_ok env RAWTRACK_NO_LOCK=1 "$RAWTRACK" io disk.qcow2 \
