@@ -515,6 +515,35 @@ bitmap_mem_set_atomic (struct bitmap_mem *bm, uint64_t offset, uint64_t len)
 }
 
 void
+bitmap_mem_each_dirty_atomic (struct bitmap_mem *bm, uint64_t offset,
+                              uint64_t len, bool take,
+                              void (*fn) (void *opaque, uint64_t start,
+                                          uint64_t len),
+                              void *opaque)
+{
+  uint64_t lo, hi, i;
+
+  if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
+    return;
+  for (i = lo >> 6; i <= (hi - 1) >> 6; i++) {
+    uint64_t m = word_mask (i, lo, hi), x;
+
+    x = take ? __atomic_fetch_and (&bm->words[i], ~m, __ATOMIC_SEQ_CST)
+             : __atomic_load_n (&bm->words[i], __ATOMIC_SEQ_CST);
+    x &= m;
+    while (x) {
+      uint64_t b = (uint64_t) __builtin_ctzll (x), y = x >> b, n, start, end;
+
+      n = ~y ? (uint64_t) __builtin_ctzll (~y) : 64 - b;
+      start = ((i << 6) + b) << bm->gran_bits;
+      end = ((i << 6) + b + n) << bm->gran_bits;
+      fn (opaque, start, (end < bm->size ? end : bm->size) - start);
+      x &= n + b < 64 ? ~0ull << (b + n) : 0;
+    }
+  }
+}
+
+void
 bitmap_mem_clear_atomic (struct bitmap_mem *bm, uint64_t offset,
                          uint64_t len)
 {

@@ -97,5 +97,15 @@ void bitmap_mem_clear_atomic (struct bitmap_mem *bm, uint64_t offset,
 /* true if every bit covering [offset, offset+len) is set (true if empty). */
 bool bitmap_mem_all_set_atomic (const struct bitmap_mem *bm, uint64_t offset,
                                 uint64_t len);
+/* Call fn for the set bits covering [offset, offset+len), as byte ranges
+ * (runs within a word; clipped to the size), reading every word with one
+ * atomic load - or, with take, taking and clearing its bits in one atomic
+ * step, so that a bit set concurrently is either passed to fn or left
+ * set, never lost. */
+void bitmap_mem_each_dirty_atomic (struct bitmap_mem *bm, uint64_t offset,
+                                   uint64_t len, bool take,
+                                   void (*fn) (void *opaque, uint64_t start,
+                                               uint64_t len),
+                                   void *opaque);
 
 #endif /* RAWTRACK_BITMAP_MEM_H */

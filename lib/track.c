@@ -592,23 +592,29 @@ track_start (struct rawtrack_image *img)
 
 /* ---- commit ----------------------------------------------------------- */
 
-/* Fold delta into every base over guest [start, end), then clear it. */
+static void
+fold_run (void *opaque, uint64_t start, uint64_t len)
+{
+  struct track *t = opaque;
+  uint32_t i;
+
+  for (i = 0; i < t->nr; i++)
+    bitmap_mem_set (t->bm[i].base, start, len);
+}
+
+/* Move delta's bits over guest [start, end) into every base.  Writers may
+ * be setting delta bits in that range at this very moment (fast_path sets
+ * them before it checks the extent's state): each word is taken and
+ * cleared in one atomic step, so a concurrent bit is either folded now or
+ * still in delta afterwards, never lost between a read and a clear. */
 static void
 fold_delta (struct rawtrack_image *img, struct track *t, uint64_t start,
             uint64_t end)
 {
-  uint64_t pos = start, s, len;
-  uint32_t i;
-
-  while (pos < end && bitmap_mem_next_dirty_area (t->delta, pos, end, &s,
-                                                  &len)) {
-    for (i = 0; i < t->nr; i++)
-      bitmap_mem_set (t->bm[i].base, s, len);
-    pos = s + len;
-  }
   (void) img;
   if (end > start)
-    bitmap_mem_clear_atomic (t->delta, start, end - start);
+    bitmap_mem_each_dirty_atomic (t->delta, start, end - start, true,
+                                  fold_run, t);
 }
 
 static uint8_t
@@ -1258,15 +1264,20 @@ track_stop (struct rawtrack_image *img)
 
 /* dst |= src over guest [start, end), whatever their granularities. */
 static void
-copy_range (struct bitmap_mem *dst, const struct bitmap_mem *src,
-            uint64_t start, uint64_t end)
+copy_run (void *opaque, uint64_t start, uint64_t len)
 {
-  uint64_t pos = start, s, l;
+  bitmap_mem_set (opaque, start, len);
+}
 
-  while (pos < end && bitmap_mem_next_dirty_area (src, pos, end, &s, &l)) {
-    bitmap_mem_set (dst, s, l);
-    pos = s + l;
-  }
+/* Set in dst what src has set over guest [start, end); src may be delta,
+ * which writers change meanwhile: read atomically. */
+static void
+copy_range (struct bitmap_mem *dst, struct bitmap_mem *src, uint64_t start,
+            uint64_t end)
+{
+  if (end > start)
+    bitmap_mem_each_dirty_atomic (src, start, end - start, false, copy_run,
+                                  dst);
 }
 
 struct bitmap_mem *

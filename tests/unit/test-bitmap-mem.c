@@ -661,6 +661,86 @@ test_atomic (void)
   bitmap_mem_free (bm);
 }
 
+/* each_dirty_atomic: runs as byte ranges (within a word, clipped to the
+ * size and to the range asked), reading or taking; and taking while other
+ * threads set bits loses none: every bit ends up taken or still set. */
+struct runs { struct bitmap_mem *into; uint64_t calls, bytes; };
+
+static void
+run_fn (void *opaque, uint64_t start, uint64_t len)
+{
+  struct runs *r = opaque;
+
+  r->calls++;
+  r->bytes += len;
+  if (r->into)
+    bitmap_mem_set_atomic (r->into, start, len);
+}
+
+struct setter { struct bitmap_mem *bm; unsigned id; };
+
+static void *
+setter_worker (void *arg)
+{
+  struct setter *s = arg;
+  unsigned r, k;
+
+  for (r = 0; r < 50; r++)
+    for (k = s->id; k < 4096; k += 3)
+      bitmap_mem_set_atomic (s->bm, (uint64_t) k * 512, 512);
+  return NULL;
+}
+
+static void
+test_each_dirty_atomic (void)
+{
+  struct bitmap_mem *bm = bitmap_mem_new (1000 * 512 + 100, 512);
+  struct bitmap_mem *got, *src;
+  struct runs r = { NULL, 0, 0 };
+  struct setter st[3];
+  pthread_t th[3];
+  unsigned i, round;
+
+  assert (bm);
+  bitmap_mem_set (bm, 60 * 512, 10 * 512);      /* crosses a word */
+  bitmap_mem_set (bm, 1000 * 512, 100);         /* the short last granule */
+  bitmap_mem_each_dirty_atomic (bm, 0, 1000 * 512 + 100, false, run_fn, &r);
+  assert (r.calls == 3 && r.bytes == 10 * 512 + 100);
+  assert (bitmap_mem_count (bm) == 11);         /* read: nothing taken */
+  r = (struct runs) { NULL, 0, 0 };
+  bitmap_mem_each_dirty_atomic (bm, 62 * 512, 4 * 512, true, run_fn, &r);
+  assert (r.calls == 2 && r.bytes == 4 * 512);  /* 62-63 and 64-65 */
+  assert (bitmap_mem_count (bm) == 7);
+  assert (!bitmap_mem_get (bm, 63 * 512) && bitmap_mem_get (bm, 61 * 512) &&
+          bitmap_mem_get (bm, 66 * 512));
+  r = (struct runs) { NULL, 0, 0 };
+  bitmap_mem_each_dirty_atomic (bm, 0, 0, true, run_fn, &r);
+  bitmap_mem_each_dirty_atomic (bm, 2000 * 512, 512, true, run_fn, &r);
+  assert (r.calls == 0 && bitmap_mem_count (bm) == 7);
+  bitmap_mem_free (bm);
+
+  /* Taking while three threads set every bit, 50 times over. */
+  for (round = 0; round < 20; round++) {
+    src = bitmap_mem_new (4096 * 512, 512);
+    got = bitmap_mem_new (4096 * 512, 512);
+    assert (src && got);
+    r = (struct runs) { got, 0, 0 };
+    for (i = 0; i < 3; i++) {
+      st[i] = (struct setter) { src, i };
+      assert (pthread_create (&th[i], NULL, setter_worker, &st[i]) == 0);
+    }
+    for (i = 0; i < 200; i++)
+      bitmap_mem_each_dirty_atomic (src, 0, 4096 * 512, true, run_fn, &r);
+    for (i = 0; i < 3; i++)
+      pthread_join (th[i], NULL);
+    bitmap_mem_each_dirty_atomic (src, 0, 4096 * 512, true, run_fn, &r);
+    assert (bitmap_mem_count (src) == 0);
+    assert (bitmap_mem_count (got) == 4096);
+    bitmap_mem_free (src);
+    bitmap_mem_free (got);
+  }
+}
+
 int
 main (void)
 {
@@ -674,6 +754,7 @@ main (void)
   test_stream_edges ();
   test_merge_errors ();
   test_atomic ();
+  test_each_dirty_atomic ();
 
   for (seed = 1; seed <= 10; seed++) {
     for (gi = 0; gi < 4; gi++) {
