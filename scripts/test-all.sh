@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build rawtrack twice and run every test suite in both builds.
+# Build rawtrack three times and run the test suites in each build.
 #
 # Usage: ./scripts/test-all.sh          (from anywhere; works in the source root)
 #
-#   build-test  buildtype=debugoptimized, werror=true
+#   build-test  buildtype=debugoptimized, werror=true: every test
 #   build-asan  buildtype=debug, b_sanitize=address,undefined, b_lundef=false
+#   build-tsan  buildtype=debugoptimized, b_sanitize=thread: suite 'tsan'
+#               (the tests with threads); skipped, and counted as one skip,
+#               where the compiler's ThreadSanitizer cannot run a program
 #
 # Existing build directories are reconfigured (or wiped and set up again if
 # that fails).  After `meson test` in each, the results are read back from
@@ -13,13 +16,14 @@
 #   FAIL, TIMEOUT, ERROR, UNEXPECTEDPASS   -> failed
 #   SKIP                                   -> skipped
 # A build that fails to configure or compile counts as one failure.  The last
-# line of output is always `N passed, N failed, N skipped` over both builds.
+# line of output is always `N passed, N failed, N skipped` over all builds.
 # Exit status: non-zero if anything failed or if no test ran at all.
 #
 # Environment:
 #   RAWTRACK_TEST_SETUP   meson test setup to use (default: `full` when the
 #                         project defines one, else meson's default)
-#   RAWTRACK_BUILDS       space-separated subset of "test asan" (default both)
+#   RAWTRACK_BUILDS       space-separated subset of "test asan tsan" (default
+#                         all three)
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -164,8 +168,23 @@ run_build ()
   count "$dir"
 }
 
+# tsan_works: can this compiler build and run a ThreadSanitizer program?
+# (Some kernels' address-space layouts make older runtimes abort at start.)
+tsan_works ()
+{
+  local t
+  t="$(mktemp -d)" || return 1
+  printf 'int main (void) { return 0; }\n' > "$t/t.c"
+  "${CC:-cc}" -fsanitize=thread "$t/t.c" -o "$t/t" >"$t/log" 2>&1 &&
+    "$t/t" >>"$t/log" 2>&1
+  local st=$?
+  [ "$st" -eq 0 ] || sed 's/^/  /' "$t/log" >&2
+  rm -rf "$t"
+  return "$st"
+}
+
 start=$SECONDS
-for b in ${RAWTRACK_BUILDS:-test asan}; do
+for b in ${RAWTRACK_BUILDS:-test asan tsan}; do
   case "$b" in
     test)
       # Everything, at full size.
@@ -180,6 +199,22 @@ for b in ${RAWTRACK_BUILDS:-test asan}; do
         --suite unit --suite fuzz --suite crash --suite asan \
         -- --buildtype=debug \
         -Db_sanitize=address,undefined -Db_lundef=false ;;
+    tsan)
+      # ThreadSanitizer over the tests with threads (suite 'tsan'): the
+      # tracker under concurrent writers, the I/O backends, the server.
+      # Any report fails the test (exit 66).  -Wno-tsan: it warns that it
+      # does not model fences, which the tracker's fast path uses.
+      if tsan_works; then
+        run_build build-tsan \
+          TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1" \
+          --suite tsan \
+          -- --buildtype=debugoptimized -Db_sanitize=thread -Dc_args=-Wno-tsan
+      else
+        echo "SKIP build-tsan: ${CC:-cc} cannot run a -fsanitize=thread" \
+             "program here (see above)" >&2
+        total_skip=$((total_skip + 1))
+        summary+=("build-tsan: skipped: ThreadSanitizer cannot run here")
+      fi ;;
     *)
       echo "test-all: unknown build '$b'" >&2
       total_fail=$((total_fail + 1)) ;;
