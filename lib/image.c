@@ -7,8 +7,12 @@
  * Locking: img->lock is taken by every public entry point that touches
  * metadata; the internal qcow2_* functions expect it held.  Data-file
  * reads happen outside the lock (the mapping is resolved under it).
+ * Between processes: a read-write open by path holds QEMU's image locks
+ * on both files until close (image_lock_file).
  *
  * Open sequence (each step validates what it reads, nothing is trusted):
+ *   0. on a read-write open, take the image file's locks (before anything
+ *      could be written);
  *   1. read cluster 0 and parse the header (qcow2-header.c);
  *   2. refuse what we cannot handle safely: encryption, unknown
  *      incompatible features, the corrupt bit or dirty refcounts on a
@@ -17,7 +21,8 @@
  *   3. read the L1 table (bounded by QEMU's 32 MiB limit) and the
  *      refcount table (8 MiB limit);
  *   4. read the bitmap directory when autoclear bit 0 vouches for it;
- *   5. open the external data file (unless RAWTRACK_OPEN_NO_DATA_FILE);
+ *   5. open the external data file (unless RAWTRACK_OPEN_NO_DATA_FILE),
+ *      and lock it too on a read-write open;
  *   6. on a writable open, clear autoclear bits we do not implement (the
  *      rule every qcow2 writer must follow) and write the header.
  */
