@@ -91,7 +91,7 @@ unlock_all (int fd)
 int
 file_lock_fd (int fd, unsigned perm, unsigned deny)
 {
-  int i, r, saved;
+  int i, d, r, saved;
 
   for (i = 0; i < NPERM; i++) {
     r = 0;
@@ -106,26 +106,24 @@ file_lock_fd (int fd, unsigned perm, unsigned deny)
     if (r == -1)
       goto error;
   }
-  for (i = 0; i < NPERM; i++) {
-    if ((perm & (1u << i)) && (r = byte_taken (fd, DENY_BASE + i)) != 0) {
+  /* Per permission, QEMU's order: is what we hold denied, is what we
+   * deny held? */
+  for (i = 0; i < NPERM; i++)
+    for (d = 0; d < 2; d++) {
+      if (!((d ? deny : perm) & (1u << i)))
+        continue;
+      r = byte_taken (fd, (d ? PERM_BASE : DENY_BASE) + i);
+      if (r == 0)
+        continue;
       if (r == -1)
         goto error;
       unlock_all (fd);
-      return set_error (EBUSY, "another program has the file open and does "
-                        "not let others have the \"%s\" permission (QEMU's "
-                        "image lock: is a VM, qemu-nbd or another rawtrack "
-                        "using it?)", perm_name[i]);
-    }
-    if ((deny & (1u << i)) && (r = byte_taken (fd, PERM_BASE + i)) != 0) {
-      if (r == -1)
-        goto error;
-      unlock_all (fd);
-      return set_error (EBUSY, "another program has the file open with the "
+      return set_error (EBUSY, "another program has the file open %s the "
                         "\"%s\" permission (QEMU's image lock: is a VM, "
                         "qemu-nbd or another rawtrack using it?)",
+                        d ? "with" : "and does not let others have",
                         perm_name[i]);
     }
-  }
   return 0;
 
  error:
