@@ -608,10 +608,8 @@ fold_run (void *opaque, uint64_t start, uint64_t len)
  * cleared in one atomic step, so a concurrent bit is either folded now or
  * still in delta afterwards, never lost between a read and a clear. */
 static void
-fold_delta (struct rawtrack_image *img, struct track *t, uint64_t start,
-            uint64_t end)
+fold_delta (struct track *t, uint64_t start, uint64_t end)
 {
-  (void) img;
   if (end > start)
     bitmap_mem_each_dirty_atomic (t->delta, start, end - start, true,
                                   fold_run, t);
@@ -643,7 +641,7 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v)
   uint32_t i;
 
   extent_range (img, t, v, &start, &end);
-  fold_delta (img, t, start, end);
+  fold_delta (t, start, end);
   bitmap_mem_set_atomic (t->summary, start, end - start);
   for (i = 0; i < t->nr; i++) {
     struct tbm *b = &t->bm[i];
@@ -1208,7 +1206,7 @@ track_stop (struct rawtrack_image *img)
      * directory transaction; the old tables and data are freed after. */
     struct bitmap_update u;
 
-    fold_delta (img, t, 0, img->virtual_size);
+    fold_delta (t, 0, img->virtual_size);
     pthread_mutex_lock (&img->lock);
     if (bitmap_update_begin (img, &u, 0) == -1) {
       pthread_mutex_unlock (&img->lock);
@@ -1245,7 +1243,7 @@ track_stop (struct rawtrack_image *img)
     if (cool_prepare (img, t, v) == -1)
       r = -1;
   }
-  fold_delta (img, t, 0, img->virtual_size);
+  fold_delta (t, 0, img->virtual_size);
   pthread_mutex_lock (&img->lock);
   if (r == 0)
     r = write_sectors (img, t);
@@ -1262,15 +1260,14 @@ track_stop (struct rawtrack_image *img)
   return r;
 }
 
-/* dst |= src over guest [start, end), whatever their granularities. */
 static void
 copy_run (void *opaque, uint64_t start, uint64_t len)
 {
   bitmap_mem_set (opaque, start, len);
 }
 
-/* Set in dst what src has set over guest [start, end); src may be delta,
- * which writers change meanwhile: read atomically. */
+/* dst |= src over guest [start, end), whatever their granularities; src
+ * may be delta, which writers change meanwhile: read atomically. */
 static void
 copy_range (struct bitmap_mem *dst, struct bitmap_mem *src, uint64_t start,
             uint64_t end)
