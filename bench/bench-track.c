@@ -58,9 +58,16 @@
 #define STEADY_PASSES 4            /* see run_phase's callers */
 #define MAX_REPS 16
 #define MAX_SLICES 64
-#define ROUND_DOWN_MIB(x) ((x) & ~((uint64_t) (1 << 20) - 1))
 
 static uint64_t disk_size;
+
+/* Bytes per slice: whole MiB, so a few MiB at the disk's end may go
+ * unused. */
+static uint64_t
+slice_size (int slices)
+{
+  return (disk_size / (uint64_t) slices) & ~((uint64_t) (1 << 20) - 1);
+}
 static int durable;                /* FLUSH=1: see the usage note */
 static char raw[512];
 
@@ -252,7 +259,7 @@ run_phase (struct rawtrack_image **img, int random, int passes, int slices,
 {
   double t[NCFG] = { 0 };
   uint64_t bytes[NCFG] = { 0 };
-  uint64_t slice = ROUND_DOWN_MIB (disk_size / (uint64_t) slices);
+  uint64_t slice = slice_size (slices);
   int s, k;
 
   for (s = 0; s < slices; s++)
@@ -467,8 +474,7 @@ main (int argc, char **argv)
     make_image (path[SAFE1], SAFE1);
     make_image (path[SAFE64], SAFE64);
     commit_latency (path, ms);
-    pass = ROUND_DOWN_MIB (disk_size / (uint64_t) slices) * slices /
-           res[0][1][0][reps / 2] * 1e3;
+    pass = slice_size (slices) * slices / res[0][1][0][reps / 2] * 1e3;
     printf ("\nA write that waits for a commit (median of %d): %.2f ms with "
             "1 bitmap, %.2f ms with 64.\nThe sequential first-touch pass "
             "(%.0f ms untracked) waits for one: a floor of %+.1f points for "
