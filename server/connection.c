@@ -141,8 +141,8 @@ now_ns (void)
 
 /* Wait until the socket is readable.  CONN_OK, CONN_QUIT or CONN_ERROR
  * (deadline passed, poll failure). */
-static int
-wait_readable (struct connection *c)
+int
+conn_wait_readable (struct connection *c)
 {
   struct pollfd fds[2];
   int timeout, r;
@@ -190,7 +190,8 @@ recv_all (struct connection *c, void *buf, size_t n, bool whole)
   int flags = whole && !c->deadline_ns ? MSG_WAITALL : MSG_DONTWAIT;
 
   while (got < n) {
-    ssize_t r = recv (c->fd, p + got, n - got, flags);
+    ssize_t r = c->tls ? tls_recv (c, p + got, n - got)
+                       : recv (c->fd, p + got, n - got, flags);
 
     if (r > 0) {
       got += (size_t) r;
@@ -205,7 +206,7 @@ recv_all (struct connection *c, void *buf, size_t n, bool whole)
     if (errno == EINTR)
       continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      int w = wait_readable (c);
+      int w = conn_wait_readable (c);
 
       if (w != CONN_OK)
         return w;
@@ -251,6 +252,8 @@ conn_skip (struct connection *c, uint64_t n)
 static int
 sendv_flags (struct connection *c, struct iovec *iov, int iovcnt, int flags)
 {
+  if (c->tls)
+    return tls_sendv (c, iov, iovcnt);
   while (iovcnt > 0) {
     struct msghdr msg;
     ssize_t r;
@@ -408,7 +411,7 @@ conn_splice_payload (struct connection *c, struct worker_buf *wb, int fd,
       if (errno == EINTR)
         continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        int w = wait_readable (c);     /* receive timeout: shutdown? */
+        int w = conn_wait_readable (c);     /* receive timeout: shutdown? */
 
         if (w != CONN_OK)
           return w;
@@ -535,6 +538,7 @@ conn_handle (struct nbd_server *srv, int fd, unsigned id)
 
  out:
   nbd_debug ("connection %u: closed", id);
+  tls_close (&c);
   close (fd);
   free (c.meta);
   pthread_mutex_destroy (&c.read_lock);

@@ -21,7 +21,16 @@
  *    report errors);
  *  - SET_META_CONTEXT replaces the selection even when it fails; it needs
  *    structured replies (or extended headers) first;
- *  - the export answers to its name and to the empty name.
+ *  - the export answers to its name and to the empty name;
+ *  - STARTTLS (nbd-facts.md §6.1): with --tls=off it is refused with
+ *    ERR_POLICY; otherwise ACK, then the TLS handshake on the same socket
+ *    (a failure ends the connection: no downgrade), after which every
+ *    option is encrypted and the state negotiated before it (structured
+ *    replies, extended headers, meta contexts) is forgotten.  A second
+ *    STARTTLS gets ERR_INVALID.  With --tls=require, before TLS every
+ *    option but STARTTLS and ABORT gets ERR_TLS_REQD (after its payload
+ *    was read) and EXPORT_NAME, which cannot carry an error, ends the
+ *    connection.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -496,6 +505,19 @@ handshake_run (struct connection *c)
       continue;
     }
 
+    if (c->srv->tls_mode == TLS_REQUIRE && !c->tls &&
+        option != NBD_OPT_STARTTLS && option != NBD_OPT_ABORT) {
+      if (option == NBD_OPT_EXPORT_NAME) {
+        nbd_error ("connection %u: EXPORT_NAME without TLS, which is "
+                   "required: disconnecting", c->id);
+        goto out;
+      }
+      if (send_error (c, option, NBD_REP_ERR_TLS_REQD,
+                      "TLS is required: send NBD_OPT_STARTTLS first") == -1)
+        goto out;
+      continue;
+    }
+
     switch (option) {
     case NBD_OPT_EXPORT_NAME:
       if (opt_export_name (c, payload, len) == 1)
@@ -513,8 +535,28 @@ handshake_run (struct connection *c)
       break;
 
     case NBD_OPT_STARTTLS:
-      if (send_error (c, option, len ? NBD_REP_ERR_INVALID : NBD_REP_ERR_POLICY,
-                      "TLS not configured") == -1)
+      if (c->srv->tls_mode == TLS_OFF)
+        r = send_error (c, option, len ? NBD_REP_ERR_INVALID
+                                       : NBD_REP_ERR_POLICY,
+                        "TLS not configured");
+      else if (len)
+        r = send_error (c, option, NBD_REP_ERR_INVALID,
+                        "NBD_OPT_STARTTLS takes no payload");
+      else if (c->tls)
+        r = send_error (c, option, NBD_REP_ERR_INVALID,
+                        "TLS already negotiated");
+      else {
+        if (send_reply (c, option, NBD_REP_ACK, NULL, 0) == -1 ||
+            tls_handshake (c) == -1)
+          goto out;
+        /* Forget what was negotiated in the clear. */
+        c->structured = c->extended = false;
+        free (c->meta);
+        c->meta = NULL;
+        c->nr_meta = 0;
+        r = 0;
+      }
+      if (r == -1)
         goto out;
       break;
 

@@ -356,7 +356,7 @@ recv_write_direct (struct connection *c, struct request *req,
   int64_t n;
   int fd, r, werr;
 
-  if (req->count < WRITE_DIRECT_MIN || !worker_buf_pipe (wb))
+  if (req->count < WRITE_DIRECT_MIN || c->tls || !worker_buf_pipe (wb))
     return NOT_DIRECT;
   n = rawtrack_image_write_target (c->exp->img, req->offset, req->count, fl,
                                    &fd, &foff);
@@ -519,7 +519,7 @@ read_part (struct connection *c, uint8_t *buf, uint64_t offset, uint64_t len,
   uint64_t foff;
   int fd;
 
-  if (c->srv->sendfile &&
+  if (c->srv->sendfile && !c->tls &&
       rawtrack_image_read_source (img, offset, len, &fd, &foff) ==
       (int64_t) len) {
     part->buf = NULL;

@@ -66,6 +66,8 @@ help (void)
           "                      [--export NAME] [--description TEXT] [--read-only]\n"
           "                      [--bitmap NAME]... [--connections N] [--threads N]\n"
           "                      [--pidfile FILE] [--run CMD] [--data-file PATH]\n"
+          "                      [--tls=off|on|require (--tls-certificates DIR |\n"
+          "                       --tls-psk FILE) [--tls-verify-peer]]\n"
           "\n"
           "Export IMAGE (qcow2, usually a metadata container around a raw disk) over\n"
           "the NBD protocol, with its persistent dirty bitmaps, to NBD clients such as\n"
@@ -105,6 +107,30 @@ help (void)
           "  Metadata contexts offered: base:allocation, qemu:allocation-depth and\n"
           "  qemu:dirty-bitmap:NAME for each exported bitmap.  A bitmap context shows\n"
           "  the bitmap's current bits, including writes made through this server.\n"
+          "\n"
+          "TLS (GnuTLS; clients start it with NBD_OPT_STARTTLS):\n"
+          "      --tls=off|on|require\n"
+          "                          off (default): STARTTLS is refused.  on: clients\n"
+          "                          may use TLS or not.  require: a client must start\n"
+          "                          TLS before anything else (other options get\n"
+          "                          NBD_REP_ERR_TLS_REQD).  Use require whenever\n"
+          "                          TLS matters: with on, a man in the middle can\n"
+          "                          strip it.  on and require need credentials:\n"
+          "      --tls-certificates DIR\n"
+          "                          X.509 files in DIR, laid out as for QEMU's\n"
+          "                          tls-creds-x509 and nbdkit: server-cert.pem,\n"
+          "                          server-key.pem, ca-cert.pem (needed with\n"
+          "                          --tls-verify-peer), optional ca-crl.pem\n"
+          "      --tls-psk FILE      pre-shared keys instead: `username:hexkey` lines\n"
+          "                          (nbdkit's format, as `psktool -u NAME -p FILE`\n"
+          "                          writes it)\n"
+          "      --tls-verify-peer   X.509 only: require a client certificate signed\n"
+          "                          by ca-cert.pem (clients put client-cert.pem and\n"
+          "                          client-key.pem in their certificate directory)\n"
+          "  With TLS, --sendfile and zero-copy writes are not used for TLS\n"
+          "  connections.  Clients: nbdinfo 'nbds+unix:///?socket=S&tls-certificates=\n"
+          "  DIR', nbdinfo 'nbds://alice@HOST/?tls-psk-file=FILE', qemu-img\n"
+          "  --object tls-creds-x509,id=t0,endpoint=client,dir=DIR and tls-creds=t0.\n"
           "\n"
           "Server:\n"
           "  -c, --connections N     at most N clients at once (default 16); more are\n"
@@ -579,7 +605,7 @@ int
 cmd_serve (int argc, char **argv)
 {
   enum { OPT_RUN = 256, OPT_DATA_FILE, OPT_TRACK, OPT_HANDSHAKE,
-         OPT_SENDFILE };
+         OPT_SENDFILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY };
   static const struct option opts[] = {
     { "socket", required_argument, NULL, 's' },
     { "listen", optional_argument, NULL, 'l' },
@@ -597,6 +623,10 @@ cmd_serve (int argc, char **argv)
     { "track", required_argument, NULL, OPT_TRACK },
     { "sendfile", no_argument, NULL, OPT_SENDFILE },
     { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
+    { "tls", required_argument, NULL, OPT_TLS },
+    { "tls-certificates", required_argument, NULL, OPT_TLS_CERTS },
+    { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+    { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -608,7 +638,10 @@ cmd_serve (int argc, char **argv)
   char **wanted = NULL;
   size_t nwanted = 0, nls = 0, i;
   unsigned max_conn = 16, threads = 0, hs_timeout = 10, track = 0;
-  bool use_sendfile = false;
+  bool use_sendfile = false, tls_verify = false;
+  const char *tls_certs = NULL, *tls_psk = NULL;
+  enum tls_mode tls_mode = TLS_OFF;
+  struct tls_config *tls = NULL;
   unsigned next_id = 0, tcp_port = 0;
   char tmpdir[] = "/tmp/rawtrack-serve.XXXXXX", sockbuf[PATH_MAX];
   char uri_host[INET6_ADDRSTRLEN + 8] = "localhost";
@@ -667,6 +700,18 @@ cmd_serve (int argc, char **argv)
       if (parse_uint (optarg, 0, 86400, &hs_timeout) == -1)
         return usage_error ("serve", "--handshake-timeout must be 0..86400");
       break;
+    case OPT_TLS:
+      if (strcmp (optarg, "off") == 0) tls_mode = TLS_OFF;
+      else if (strcmp (optarg, "on") == 0) tls_mode = TLS_ON;
+      else if (strcmp (optarg, "require") == 0) tls_mode = TLS_REQUIRE;
+      else {
+        free (wanted);
+        return usage_error ("serve", "--tls must be off, on or require");
+      }
+      break;
+    case OPT_TLS_CERTS: tls_certs = optarg; break;
+    case OPT_TLS_PSK: tls_psk = optarg; break;
+    case OPT_TLS_VERIFY: tls_verify = true; break;
     case 'v': nbd_verbose = true; break;
     case 'h': help (); free (wanted); return 0;
     default:
@@ -688,6 +733,22 @@ cmd_serve (int argc, char **argv)
     free (wanted);
     return usage_error ("serve", "export name and description are limited "
                         "to %d bytes", NBD_MAX_STRING);
+  }
+  if (tls_mode != TLS_OFF && !tls_certs == !tls_psk) {
+    free (wanted);
+    return usage_error ("serve", "--tls=%s needs exactly one of "
+                        "--tls-certificates DIR and --tls-psk FILE",
+                        tls_mode == TLS_ON ? "on" : "require");
+  }
+  if (tls_mode == TLS_OFF && (tls_certs || tls_psk || tls_verify)) {
+    free (wanted);
+    return usage_error ("serve", "TLS credentials given but --tls=on or "
+                        "--tls=require is missing");
+  }
+  if (tls_verify && tls_psk) {
+    free (wanted);
+    return usage_error ("serve", "--tls-verify-peer is for X.509 "
+                        "certificates, not --tls-psk");
   }
   if (sock && sock[0] != '/') {
     /* Keep $uri usable from any directory. */
@@ -719,12 +780,22 @@ cmd_serve (int argc, char **argv)
                         "--listen[=ADDR[:PORT]]");
   }
 
+  if (tls_mode != TLS_OFF) {
+    char err[8400];
+
+    tls = tls_config_new (tls_certs, tls_psk, tls_verify, err, sizeof err);
+    if (!tls) {
+      free (wanted);
+      return fail ("%s", err);
+    }
+  }
   memset (&exp, 0, sizeof exp);
   exp.img = rawtrack_image_open (argv[optind],
                                  (readonly ? 0 : RAWTRACK_OPEN_RDWR) | track,
                                  data_file);
   if (!exp.img) {
     free (wanted);
+    tls_config_free (tls);
     return fail_lib ("%s", argv[optind]);
   }
   exp.name = exportname;
@@ -801,6 +872,8 @@ cmd_serve (int argc, char **argv)
   srv.threads = threads;
   srv.sendfile = use_sendfile;
   srv.handshake_ms = hs_timeout * 1000;
+  srv.tls_mode = tls_mode;
+  srv.tls = tls;
   srv.max_options = 64;
 
   if (pidfile) {
@@ -913,5 +986,6 @@ cmd_serve (int argc, char **argv)
     close (quit_pipe[0]);
     close (quit_pipe[1]);
   }
+  tls_config_free (tls);
   return status;
 }

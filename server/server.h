@@ -8,7 +8,8 @@
  *        |
  *   connection.c    struct connection: socket I/O, the worker pool
  *        |
- *   handshake.c     fixed newstyle option negotiation
+ *   handshake.c     fixed newstyle option negotiation, STARTTLS
+ *   tls.c           GnuTLS credentials and sessions (--tls)
  *   protocol.c      transmission: requests, replies, errno mapping
  *   meta-context.c  base:allocation, qemu:allocation-depth,
  *                   qemu:dirty-bitmap:NAME (names, queries, extents)
@@ -53,6 +54,11 @@ struct nbd_export {
 };
 
 /* ---- the server (shared by every connection) ----------------------------- */
+/* --tls: off (STARTTLS refused), on (offered), require (nothing but
+ * STARTTLS and ABORT before it). */
+enum tls_mode { TLS_OFF = 0, TLS_ON, TLS_REQUIRE };
+struct tls_config;
+
 struct nbd_server {
   struct nbd_export *exp;
   int quit_fd;                     /* readable once the server shuts down */
@@ -60,6 +66,8 @@ struct nbd_server {
   bool sendfile;                   /* READ data with sendfile(2) */
   unsigned handshake_ms;           /* whole-handshake limit; 0: none */
   unsigned max_options;            /* options per handshake */
+  enum tls_mode tls_mode;
+  struct tls_config *tls;          /* credentials; NULL with TLS_OFF */
 };
 
 /* Logging (connection.c).  nbd_verbose enables debug messages; nbd_quiet
@@ -97,6 +105,9 @@ struct connection {
                                     * indexes); the index is also the id */
   size_t nr_meta;
   int64_t deadline_ns;             /* CLOCK_MONOTONIC; 0: none */
+  /* After STARTTLS every byte goes through this GnuTLS session (tls.c);
+   * sendfile and splice are not used then. */
+  struct gnutls_session_int *tls;
 };
 
 /* Serve one accepted socket to the end: negotiate, then run the worker
@@ -141,6 +152,10 @@ struct send_part {
 int conn_send_parts (struct connection *c, const struct send_part *p,
                      int n);
 
+/* Wait until the socket is readable: CONN_OK, CONN_QUIT, or CONN_ERROR
+ * (the deadline passed: ETIMEDOUT). */
+int conn_wait_readable (struct connection *c);
+
 int conn_get_status (struct connection *c);
 /* Lower the status (never raise it): 0 to close after the requests in
  * flight, -1 on a fatal error. */
@@ -150,6 +165,27 @@ void conn_set_status (struct connection *c, int status);
 /* Greeting and option haggling.  0: enter transmission; -1: close (the
  * reason is logged). */
 int handshake_run (struct connection *c);
+
+/* ---- tls.c -------------------------------------------------------------- */
+/* Load the credentials: certdir (ca-cert.pem, server-cert.pem,
+ * server-key.pem, optional ca-crl.pem) or pskfile (username:hexkey
+ * lines).  verify_peer: require a client certificate signed by the CA.
+ * NULL with a message in err on failure. */
+struct tls_config *tls_config_new (const char *certdir, const char *pskfile,
+                                   bool verify_peer, char *err,
+                                   size_t errlen);
+void tls_config_free (struct tls_config *t);
+/* Run the server side of the TLS handshake on c->fd (after the ACK to
+ * STARTTLS), bounded by c->deadline_ns.  Sets c->tls (also on failure:
+ * tls_close frees it).  0 or -1 (logged). */
+int tls_handshake (struct connection *c);
+/* Receive up to n bytes: > 0, 0 at end of stream, -1 with errno (EAGAIN:
+ * nothing there yet, poll and call again). */
+ssize_t tls_recv (struct connection *c, void *buf, size_t n);
+/* Send everything.  0 or -1 with errno. */
+int tls_sendv (struct connection *c, const struct iovec *iov, int iovcnt);
+/* Close notify (best effort) and free the session.  NULL-safe. */
+void tls_close (struct connection *c);
 
 /* ---- protocol.c -------------------------------------------------------- */
 struct request {
