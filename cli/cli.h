@@ -33,6 +33,12 @@ int usage_error (const char *cmd, const char *fmt, ...)
  * "b"/"B".  "0x" hex accepted without suffix.  Returns 0, or -1 with *err
  * set to a static string saying what is wrong. */
 int parse_size (const char *s, uint64_t *out, const char **err);
+/* The tracking mode, as `io` and `serve` take it (--track MODE): "safe"
+ * (0: crash-safe, the default), "process" (RAWTRACK_OPEN_TRACK_PROCESS) or
+ * "lazy" (RAWTRACK_OPEN_TRACK_LAZY).  Replaces the tracking bits of
+ * *flags and returns 0, or returns -1 and leaves *flags alone. */
+int parse_track_mode (const char *s, unsigned *flags);
+#define TRACK_MODE_ERROR "--track must be safe, process or lazy"
 /* Format bytes in human form like qemu-img ("64 KiB", "1 GiB", "1.5 MiB"). */
 void human_size (uint64_t bytes, char *buf, size_t len);
 
@@ -59,7 +65,7 @@ int cmd_create (int argc, char **argv);
 int cmd_info (int argc, char **argv);
 int cmd_check (int argc, char **argv);
 int cmd_cat (int argc, char **argv);
-int cmd_serve (int argc, char **argv);     /* server/serve.c */
+int cmd_serve (int argc, char **argv);
 int cmd_io (int argc, char **argv);
 int cmd_bitmap (int argc, char **argv);
 

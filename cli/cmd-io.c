@@ -20,7 +20,7 @@
 static void
 help (void)
 {
-  printf ("Usage: %s io IMAGE [-c CMD]... [-f FILE] [--mode safe|process|lazy]\n"
+  printf ("Usage: %s io IMAGE [-c CMD]... [-f FILE] [--track safe|process|lazy]\n"
           "                 [--data-file PATH] [--read-only]\n"
           "\n"
           "Run guest I/O commands against IMAGE through rawtrack's tracked I/O\n"
@@ -44,9 +44,11 @@ help (void)
           "Options:\n"
           "  -c, --cmd CMD       run CMD (repeatable)\n"
           "  -f, --file FILE     read commands from FILE ('-': stdin)\n"
-          "  --mode MODE         tracking: safe (default; survives kill -9 and\n"
+          "  --track MODE        tracking: safe (default; survives kill -9 and\n"
           "                      power loss), process (survives kill -9 only),\n"
-          "                      lazy (QEMU's: in-use while open)\n"
+          "                      lazy (QEMU's: in-use while open); the same\n"
+          "                      option as `serve --track`.  --mode MODE is\n"
+          "                      accepted as an older spelling\n"
           "  --read-only         open read-only (reads only)\n"
           "  --data-file PATH    use PATH as the external data file\n"
           "  -h, --help          this help\n"
@@ -199,7 +201,8 @@ cmd_io (int argc, char **argv)
   static const struct option opts[] = {
     { "cmd", required_argument, NULL, 'c' },
     { "file", required_argument, NULL, 'f' },
-    { "mode", required_argument, NULL, 'm' },
+    { "track", required_argument, NULL, 'm' },
+    { "mode", required_argument, NULL, 'm' },       /* the old spelling */
     { "read-only", no_argument, NULL, 'r' },
     { "data-file", required_argument, NULL, 'd' },
     { "help", no_argument, NULL, 'h' },
@@ -232,14 +235,9 @@ cmd_io (int argc, char **argv)
       break;
     case 'f': file = optarg; break;
     case 'm':
-      flags &= ~(RAWTRACK_OPEN_TRACK_LAZY | RAWTRACK_OPEN_TRACK_PROCESS);
-      if (strcmp (optarg, "lazy") == 0)
-        flags |= RAWTRACK_OPEN_TRACK_LAZY;
-      else if (strcmp (optarg, "process") == 0)
-        flags |= RAWTRACK_OPEN_TRACK_PROCESS;
-      else if (strcmp (optarg, "safe") != 0) {
+      if (parse_track_mode (optarg, &flags) == -1) {
         free (cmds);
-        return usage_error ("io", "--mode must be safe, process or lazy");
+        return usage_error ("io", TRACK_MODE_ERROR);
       }
       break;
     case 'r': flags &= ~RAWTRACK_OPEN_RDWR; break;

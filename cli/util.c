@@ -1,9 +1,10 @@
 /* rawtrack - size parsing and printing for the command-line tool.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * Owns: parse_size (command-line sizes, close to QEMU's qemu_strtosz) and
+ * Owns: parse_size (command-line sizes, close to QEMU's qemu_strtosz),
+ * parse_track_mode (the --track MODE of `io` and `serve`) and
  * human_size (QEMU's size_to_str, as printed by qemu-img info).
- * Locking: none; both functions are pure and reentrant.
+ * Locking: none; the functions are pure and reentrant.
  *
  * Accepted sizes:
  *   [ws] digits [. digits] [K|M|G|T|P|E [iB|B]]   (1024-based, any case)
@@ -216,6 +217,24 @@ parse_size (const char *s, uint64_t *out, const char **err)
     return -1;
   }
   *out = total + fpart;
+  return 0;
+}
+
+int
+parse_track_mode (const char *s, unsigned *flags)
+{
+  unsigned mode;
+
+  if (strcmp (s, "safe") == 0)
+    mode = 0;
+  else if (strcmp (s, "process") == 0)
+    mode = RAWTRACK_OPEN_TRACK_PROCESS;
+  else if (strcmp (s, "lazy") == 0)
+    mode = RAWTRACK_OPEN_TRACK_LAZY;
+  else
+    return -1;
+  *flags = (*flags & ~(unsigned) (RAWTRACK_OPEN_TRACK_PROCESS |
+                                  RAWTRACK_OPEN_TRACK_LAZY)) | mode;
   return 0;
 }
 

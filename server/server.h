@@ -3,8 +3,12 @@
  *
  * One section per .c file in server/.  The server exports one image:
  *
- *   serve.c         `rawtrack serve`: options, the export, listening
- *                   sockets, signals, --run; one thread per connection
+ *   cli/cmd-serve.c `rawtrack serve` (in the command, not here): options,
+ *                   the export, --pidfile, --run captive mode
+ *        |
+ *   sockets.c       listening sockets: Unix, TCP, socket activation
+ *   accept-loop.c   signals, accept loop (one thread per connection),
+ *                   the drain at shutdown
  *        |
  *   connection.c    struct connection: socket I/O, the worker pool
  *        |
@@ -15,6 +19,9 @@
  *                   qemu:dirty-bitmap:NAME (names, queries, extents)
  *        |
  *   librawtrack     rawtrack_image_* (thread-safe on one handle)
+ *
+ * Built as a static library (server/meson.build) that the command and
+ * the NBD fuzz target (tests/fuzz/fuzz-nbd.c) link.
  *
  * Threads: the accept loop runs in the main thread; each connection runs
  * in its own thread, which negotiates and then becomes one of the
@@ -34,6 +41,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <pthread.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "rawtrack/rawtrack.h"
@@ -68,7 +76,54 @@ struct nbd_server {
   unsigned max_options;            /* options per handshake */
   enum tls_mode tls_mode;
   struct tls_config *tls;          /* credentials; NULL with TLS_OFF */
+  unsigned max_conn;               /* connections at once (accept loop) */
 };
+
+/* ---- sockets.c ---------------------------------------------------------- */
+#define NBD_MAX_LISTENERS 16
+#define NBD_DEFAULT_PORT "10809"
+
+struct nbd_listener {
+  int fd;
+  bool tcp;                        /* TCP_NODELAY on accepted sockets */
+};
+
+struct nbd_listeners {
+  struct nbd_listener l[NBD_MAX_LISTENERS];
+  size_t n;
+  char uri_host[64];               /* TCP: the first bound address, for
+                                    * URIs ("localhost" until then) */
+  unsigned tcp_port;               /* TCP: the bound port (0: none yet) */
+  char err[512];                   /* why the last call failed */
+};
+
+void nbd_listeners_init (struct nbd_listeners *ls);
+/* Close every listener (the caller unlinks a Unix socket's path). */
+void nbd_listeners_close (struct nbd_listeners *ls);
+/* Does s (the word after a bare --listen) look like ADDR[:PORT]? */
+bool nbd_looks_like_address (const char *s);
+/* Listen on the Unix socket path (a stale socket there is replaced).
+ * 0, or -1 with ls->err set. */
+int nbd_listen_unix (struct nbd_listeners *ls, const char *path);
+/* Listen on ADDR[:PORT] (NULL or "": loopback, port 10809; "*": every
+ * address).  0, or -1 with ls->err set. */
+int nbd_listen_tcp (struct nbd_listeners *ls, const char *addr);
+/* Take the sockets of systemd socket activation if LISTEN_PID is this
+ * process; returns how many (0: not activated). */
+size_t nbd_listen_activated (struct nbd_listeners *ls);
+
+/* ---- accept-loop.c ------------------------------------------------------ */
+/* SIGPIPE ignored; SIGINT, SIGTERM, SIGHUP and SIGCHLD wake the accept
+ * loop.  0, or -1 with errno. */
+int nbd_signals_init (void);
+/* Accept connections until a stop signal, or until the child *child (if
+ * > 0) exits: then *child becomes -1 and *child_status its exit status
+ * (128 + N if killed by signal N).  Call nbd_signals_init first. */
+void nbd_accept_loop (struct nbd_server *srv, const struct nbd_listeners *ls,
+                      pid_t *child, int *child_status);
+/* Wake every connection (write to quit_wfd, the other end of
+ * srv->quit_fd) and wait until every connection thread has finished. */
+void nbd_drain (int quit_wfd);
 
 /* Logging (connection.c).  nbd_verbose enables debug messages; nbd_quiet
  * silences errors too (the fuzzer). */

@@ -156,4 +156,24 @@ expect_ok "$RAWTRACK" info good.qcow2 --json
 expect_ok "$RAWTRACK" check good.qcow2
 [ "$("$RAWTRACK" cat good.qcow2 | wc -c)" -eq 1048576 ] || die "cat of a 1 MiB disk"
 
+# The tracking mode: one option, --track, for io and serve; io's older
+# --mode stays an accepted spelling (and serve takes it too).
+for o in --track --mode; do
+  for m in safe process lazy; do
+    expect_ok "$RAWTRACK" io good.qcow2 "$o" "$m" -c 'write 0 4k'
+    expect_ok "$RAWTRACK" serve good.qcow2 "$o" "$m" --run true
+  done
+  for c in io serve; do
+    must_fail_cleanly "$c $o bogus" "$RAWTRACK" "$c" good.qcow2 "$o" bogus \
+      -c 'write 0 4k' --run true
+    grep -qF -- "--track must be safe, process or lazy" err.txt ||
+      die "$c $o bogus: unexpected message: $(cat err.txt)"
+  done
+done
+for c in io serve; do
+  run_capture "$RAWTRACK" "$c" --help
+  grep -q -- "--track MODE" out.txt || die "$c --help does not mention --track"
+done
+qcheck good.qcow2
+
 echo "$progname: OK"

@@ -1,9 +1,9 @@
 /* rawtrack - unit test for cli/util.c and cli/json.c.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * parse_size against tables of good and bad inputs, human_size against
- * the strings qemu-img prints, and the JSON writer's exact output in
- * pretty and compact mode (captured with open_memstream).
+ * parse_size and parse_track_mode against tables of good and bad inputs,
+ * human_size against the strings qemu-img prints, and the JSON writer's
+ * exact output in pretty and compact mode (captured with open_memstream).
  */
 #undef NDEBUG
 #include <assert.h>
@@ -370,10 +370,49 @@ test_json_misc (void)
   json_end (NULL);
 }
 
+/* parse_track_mode: the one parser of `io --track` and `serve --track`. */
+static void
+test_track_mode (void)
+{
+  static const struct { const char *s; unsigned want; } good[] = {
+    { "safe", 0 },
+    { "process", RAWTRACK_OPEN_TRACK_PROCESS },
+    { "lazy", RAWTRACK_OPEN_TRACK_LAZY },
+  };
+  static const char *const bad[] = { "", "Safe", "lazy ", "fast", "0" };
+  const unsigned other = RAWTRACK_OPEN_RDWR;
+  size_t i, j;
+
+  for (i = 0; i < sizeof good / sizeof good[0]; i++)
+    for (j = 0; j < sizeof good / sizeof good[0]; j++) {
+      /* From any earlier mode: the new one replaces it, other bits stay. */
+      unsigned flags = other | good[j].want;
+
+      if (parse_track_mode (good[i].s, &flags) != 0 ||
+          flags != (other | good[i].want)) {
+        fprintf (stderr, "parse_track_mode \"%s\" after \"%s\": "
+                 "flags 0x%x, want 0x%x\n", good[i].s, good[j].s, flags,
+                 other | good[i].want);
+        failures++;
+      }
+    }
+  for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    unsigned flags = other | RAWTRACK_OPEN_TRACK_LAZY;
+
+    if (parse_track_mode (bad[i], &flags) != -1 ||
+        flags != (other | RAWTRACK_OPEN_TRACK_LAZY)) {
+      fprintf (stderr, "parse_track_mode \"%s\": accepted or changed the "
+               "flags (0x%x)\n", bad[i], flags);
+      failures++;
+    }
+  }
+}
+
 int
 main (void)
 {
   test_parse_size ();
+  test_track_mode ();
   test_human_size ();
   test_json_doc ();
   test_json_misc ();

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# fuzz-nbd-seeds.py DIR: write seed inputs for fuzz-nbd (server/fuzz-nbd.c).
+# fuzz-nbd-seeds.py DIR: write seed inputs for fuzz-nbd (tests/fuzz/fuzz-nbd.c).
 #
 # Each seed is the byte stream of one well-formed client session (client
 # flags, options, requests with payloads, DISC) in compact or extended

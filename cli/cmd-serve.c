@@ -1,0 +1,692 @@
+/* rawtrack - `rawtrack serve`: export an image over NBD.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Owns: the command line (parse_options), the export built from the
+ * opened image (open_export: which bitmaps are offered), where to listen
+ * (open_listeners, on server/sockets.c), --pidfile and the --run captive
+ * mode; the accept loop and the drain are the server library's
+ * (server/accept-loop.c).  The order of a run and of its shutdown:
+ *
+ *   options -> listening sockets of socket activation -> open the image
+ *     -> Unix/TCP listeners -> signals -> pidfile -> --run -> accept loop
+ *   SIGINT/SIGTERM, or the --run command exits
+ *     -> stop accepting, close and unlink the listening sockets
+ *     -> nbd_drain: idle readers and handshakes stop, requests already
+ *        read complete and are answered, every connection thread ends
+ *     -> rawtrack_image_close (writes back tracking state, flushes)
+ *     -> exit 0 (or the --run command's status; 1 if closing failed)
+ *
+ * Locking: none of its own; runs in the main thread.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <netdb.h>
+#include <limits.h>
+#include <inttypes.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+
+#include "cli.h"
+#include "server.h"
+#include "nbd-protocol.h"
+
+static void
+help (void)
+{
+  printf ("Usage: %s serve IMAGE [--socket PATH | --listen[=ADDR[:PORT]]]\n"
+          "                      [--export NAME] [--description TEXT] [--read-only]\n"
+          "                      [--bitmap NAME]... [--connections N] [--threads N]\n"
+          "                      [--pidfile FILE] [--run CMD] [--data-file PATH]\n"
+          "                      [--tls=off|on|require (--tls-certificates DIR |\n"
+          "                       --tls-psk FILE) [--tls-verify-peer]]\n"
+          "\n"
+          "Export IMAGE (qcow2, usually a metadata container around a raw disk) over\n"
+          "the NBD protocol, with its persistent dirty bitmaps, to NBD clients such as\n"
+          "qemu-img, qemu-io, nbdinfo, nbdcopy, fio and backup tools.  The server runs\n"
+          "in the foreground until SIGINT or SIGTERM, then lets the requests in flight\n"
+          "finish, flushes, closes the image cleanly and exits 0.\n"
+          "\n"
+          "Writes through the export are tracked: every enabled bitmap records them,\n"
+          "crash-safely, exactly as other librawtrack writers do.\n"
+          "\n"
+          "Where to listen (one is required, unless --run or socket activation):\n"
+          "  -s, --socket PATH       a Unix domain socket (a stale socket at PATH is\n"
+          "                          replaced; it is removed at exit)\n"
+          "  -l, --listen[=ADDR[:PORT]]\n"
+          "                          TCP.  Without ADDR: loopback only (127.0.0.1 and\n"
+          "                          ::1); PORT defaults to 10809.  Other addresses\n"
+          "                          (0.0.0.0, ::, a host name, [v6]:port) are used\n"
+          "                          only when given explicitly.  NBD has no\n"
+          "                          authentication: do not expose it carelessly.\n"
+          "  Socket activation: when started with LISTEN_PID/LISTEN_FDS (systemd,\n"
+          "  `nbdinfo -- [ rawtrack serve IMAGE ]`), the inherited sockets are used.\n"
+          "\n"
+          "The export:\n"
+          "  -e, --export NAME       export name (default \"\"); the export also\n"
+          "                          answers to the empty name\n"
+          "  -D, --description TEXT  description shown by `nbdinfo --list`\n"
+          "  -r, --read-only         open the image read-only; writes fail with EPERM\n"
+          "  -B, --bitmap NAME       offer only these bitmaps as\n"
+          "                          qemu:dirty-bitmap:NAME (repeatable; default:\n"
+          "                          every consistent bitmap of the image)\n"
+          "      --data-file PATH    the external data file (overrides the name\n"
+          "                          stored in the image)\n"
+          "      --track MODE        write tracking: safe (default; survives power\n"
+          "                          loss), process (survives process crashes) or\n"
+          "                          lazy (QEMU's scheme); as `io --track`.\n"
+          "                          --mode MODE is the same\n"
+          "\n"
+          "  Metadata contexts offered: base:allocation, qemu:allocation-depth and\n"
+          "  qemu:dirty-bitmap:NAME for each exported bitmap.  A bitmap context shows\n"
+          "  the bitmap's current bits, including writes made through this server.\n"
+          "\n"
+          "TLS (GnuTLS; clients start it with NBD_OPT_STARTTLS):\n"
+          "      --tls=off|on|require\n"
+          "                          off (default): STARTTLS is refused.  on: clients\n"
+          "                          may use TLS or not.  require: a client must start\n"
+          "                          TLS before anything else (other options get\n"
+          "                          NBD_REP_ERR_TLS_REQD).  Use require whenever\n"
+          "                          TLS matters: with on, a man in the middle can\n"
+          "                          strip it.  on and require need credentials:\n"
+          "      --tls-certificates DIR\n"
+          "                          X.509 files in DIR, laid out as for QEMU's\n"
+          "                          tls-creds-x509 and nbdkit: server-cert.pem,\n"
+          "                          server-key.pem, ca-cert.pem (needed with\n"
+          "                          --tls-verify-peer), optional ca-crl.pem\n"
+          "      --tls-psk FILE      pre-shared keys instead: `username:hexkey` lines\n"
+          "                          (nbdkit's format, as `psktool -u NAME -p FILE`\n"
+          "                          writes it)\n"
+          "      --tls-verify-peer   X.509 only: require a client certificate signed\n"
+          "                          by ca-cert.pem (clients put client-cert.pem and\n"
+          "                          client-key.pem in their certificate directory)\n"
+          "  With TLS, --sendfile and zero-copy writes are not used for TLS\n"
+          "  connections.  Clients: nbdinfo 'nbds+unix:///?socket=S&tls-certificates=\n"
+          "  DIR', nbdinfo 'nbds://alice@HOST/?tls-psk-file=FILE', qemu-img\n"
+          "  --object tls-creds-x509,id=t0,endpoint=client,dir=DIR and tls-creds=t0.\n"
+          "\n"
+          "Server:\n"
+          "  -c, --connections N     at most N clients at once (default 16); more are\n"
+          "                          closed at once\n"
+          "  -t, --threads N         requests in flight per connection (default: 4 per\n"
+          "                          CPU, at least 4, at most 16)\n"
+          "      --sendfile          send read data with sendfile(2): less CPU in the\n"
+          "                          server, but clients on the same machine copy from\n"
+          "                          the page cache themselves and may go slower; for\n"
+          "                          remote (TCP) clients\n"
+          "      --handshake-timeout S\n"
+          "                          drop clients that have not finished negotiating\n"
+          "                          after S seconds (default 10, 0: never)\n"
+          "  -P, --pidfile FILE      write the process id to FILE once ready\n"
+          "      --run CMD           captive mode: once ready, run CMD with /bin/sh -c;\n"
+          "                          in its environment $uri is the NBD URI, $nbd the\n"
+          "                          qemu-style address, $unixsocket the socket path\n"
+          "                          (or $port), $exportname the name.  Without\n"
+          "                          --socket/--listen a private socket is made.  The\n"
+          "                          server stops when CMD exits and exits with CMD's\n"
+          "                          status (128+N if killed by signal N).\n"
+          "  -v, --verbose           debug messages on stderr\n"
+          "  -h, --help              this help\n"
+          "\n"
+          "Protocol: fixed newstyle handshake with structured replies, extended\n"
+          "headers, LIST/INFO/GO, meta contexts; READ (sparse replies), WRITE,\n"
+          "FLUSH, TRIM, WRITE_ZEROES (FAST_ZERO), CACHE, BLOCK_STATUS; multi-conn.\n"
+          "\n"
+          "Examples:\n"
+          "  %s serve disk.qcow2 --socket /tmp/nbd.sock --read-only --bitmap b1\n"
+          "  nbdinfo --map=qemu:dirty-bitmap:b1 'nbd+unix:///?socket=/tmp/nbd.sock'\n"
+          "  %s serve disk.qcow2 --run 'nbdcopy \"$uri\" backup.raw'\n"
+          "\n"
+          "Exit status: 0 after a clean shutdown; the command's status with --run;\n"
+          "1 on errors (bad options, the image cannot be opened or closed cleanly).\n",
+          progname, progname, progname);
+}
+
+static int
+parse_uint (const char *s, unsigned min, unsigned max, unsigned *out)
+{
+  char *end;
+  unsigned long v;
+
+  errno = 0;
+  v = strtoul (s, &end, 10);
+  if (errno || end == s || *end || s[0] == '-' || v < min || v > max)
+    return -1;
+  *out = (unsigned) v;
+  return 0;
+}
+
+/* Percent-encode s for a URI path or query value. */
+static void
+uri_encode (const char *s, char *out, size_t len)
+{
+  static const char hex[] = "0123456789ABCDEF";
+  size_t j = 0;
+
+  for (; *s && j + 4 < len; s++) {
+    unsigned char ch = (unsigned char) *s;
+
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+        (ch >= '0' && ch <= '9') || strchr ("-._~/", ch))
+      out[j++] = (char) ch;
+    else {
+      out[j++] = '%';
+      out[j++] = hex[ch >> 4];
+      out[j++] = hex[ch & 15];
+    }
+  }
+  out[j] = '\0';
+}
+
+/* Fork and exec CMD with the URI variables set.  Returns the pid or -1. */
+static pid_t
+run_command (const char *cmd, const char *sock, const char *tcp_host,
+             unsigned port, const char *exportname)
+{
+  size_t ulen = 3 * (PATH_MAX + NBD_MAX_STRING) + 64;
+  char *uri = malloc (ulen), *nbd = malloc (ulen);
+  char *ename = malloc (3 * NBD_MAX_STRING + 8), *spath = malloc (3 * PATH_MAX);
+  char portstr[16];
+  pid_t pid;
+
+  if (!uri || !nbd || !ename || !spath) {
+    free (uri);
+    free (nbd);
+    free (ename);
+    free (spath);
+    fail ("out of memory");
+    return -1;
+  }
+  uri_encode (exportname, ename, 3 * NBD_MAX_STRING + 8);
+  if (sock) {
+    uri_encode (sock, spath, 3 * PATH_MAX);
+    snprintf (uri, ulen, "nbd+unix:///%s?socket=%s", ename, spath);
+    if (*exportname)
+      snprintf (nbd, ulen, "nbd:unix:%s:exportname=%s", sock, exportname);
+    else
+      snprintf (nbd, ulen, "nbd:unix:%s", sock);
+  }
+  else {
+    snprintf (uri, ulen, "nbd://%s:%u/%s", tcp_host, port, ename);
+    if (*exportname)
+      snprintf (nbd, ulen, "nbd:%s:%u:exportname=%s", tcp_host, port,
+                exportname);
+    else
+      snprintf (nbd, ulen, "nbd:%s:%u", tcp_host, port);
+  }
+  snprintf (portstr, sizeof portstr, "%u", port);
+
+  fflush (NULL);
+  pid = fork ();
+  if (pid == 0) {
+    setenv ("uri", uri, 1);
+    setenv ("nbd", nbd, 1);
+    setenv ("exportname", exportname, 1);
+    if (sock)
+      setenv ("unixsocket", sock, 1);
+    else
+      setenv ("port", portstr, 1);
+    signal (SIGPIPE, SIG_DFL);
+    signal (SIGINT, SIG_DFL);
+    signal (SIGTERM, SIG_DFL);
+    signal (SIGCHLD, SIG_DFL);
+    signal (SIGHUP, SIG_DFL);
+    execl ("/bin/sh", "sh", "-c", cmd, (char *) NULL);
+    _exit (127);
+  }
+  if (pid == -1)
+    fail ("fork: %s", strerror (errno));
+  free (uri);
+  free (nbd);
+  free (ename);
+  free (spath);
+  return pid;
+}
+
+/* Choose the bitmaps to export. */
+static int
+choose_bitmaps (struct nbd_export *exp, char **wanted, size_t nwanted)
+{
+  struct rawtrack_image *img = exp->img;
+  int i, n = rawtrack_image_bitmap_count (img);
+  size_t k;
+
+  exp->bitmaps = calloc ((size_t) (n > 0 ? n : 1) + nwanted, sizeof (char *));
+  if (!exp->bitmaps)
+    return fail ("out of memory");
+  if (nwanted) {
+    for (k = 0; k < nwanted; k++) {
+      size_t j;
+
+      i = rawtrack_bitmap_find (img, wanted[k]);
+      if (i < 0)
+        return fail ("--bitmap %s: the image has no bitmap of that name",
+                     wanted[k]);
+      if (rawtrack_image_bitmap_flags (img, i) & RAWTRACK_BITMAP_IN_USE)
+        return fail ("--bitmap %s: the bitmap is inconsistent (in-use): it "
+                     "cannot be exported", wanted[k]);
+      for (j = 0; j < exp->nr_bitmaps; j++)
+        if (strcmp (exp->bitmaps[j], wanted[k]) == 0)
+          break;
+      if (j == exp->nr_bitmaps &&
+          !(exp->bitmaps[exp->nr_bitmaps++] = strdup (wanted[k])))
+        return fail ("out of memory");
+    }
+    return 0;
+  }
+  for (i = 0; i < n; i++) {
+    const char *name = rawtrack_image_bitmap_name (img, i);
+
+    if (rawtrack_image_bitmap_flags (img, i) & RAWTRACK_BITMAP_IN_USE) {
+      fprintf (stderr, "%s serve: warning: bitmap %s is inconsistent "
+               "(in-use) and is not exported\n", progname, name);
+      continue;
+    }
+    /* A copy: the handle's directory may be rewritten while serving. */
+    if (!(exp->bitmaps[exp->nr_bitmaps++] = strdup (name)))
+      return fail ("out of memory");
+  }
+  return 0;
+}
+
+/* What the command line asks for. */
+struct serve_options {
+  const char *image;
+  const char *sock, *listen_addr, *exportname, *description;
+  const char *pidfile, *run, *data_file;
+  bool use_tcp, readonly, use_sendfile, tls_verify;
+  const char *tls_certs, *tls_psk;
+  enum tls_mode tls_mode;
+  char **wanted;                   /* --bitmap names */
+  size_t nwanted;
+  unsigned max_conn, threads, hs_timeout, track;
+  char sockbuf[PATH_MAX];          /* an absolute --socket */
+  bool bound_unix;                 /* sock is ours to unlink at exit */
+};
+
+/* Parse argv into *o.  0: go on; otherwise the exit status (1 on usage
+ * errors, 0 after --help); o->wanted is freed then. */
+static int
+parse_options (int argc, char **argv, struct serve_options *o)
+{
+  enum { OPT_RUN = 256, OPT_DATA_FILE, OPT_TRACK, OPT_HANDSHAKE,
+         OPT_SENDFILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY };
+  static const struct option opts[] = {
+    { "socket", required_argument, NULL, 's' },
+    { "listen", optional_argument, NULL, 'l' },
+    { "export", required_argument, NULL, 'e' },
+    { "export-name", required_argument, NULL, 'e' },
+    { "description", required_argument, NULL, 'D' },
+    { "read-only", no_argument, NULL, 'r' },
+    { "readonly", no_argument, NULL, 'r' },
+    { "bitmap", required_argument, NULL, 'B' },
+    { "connections", required_argument, NULL, 'c' },
+    { "threads", required_argument, NULL, 't' },
+    { "pidfile", required_argument, NULL, 'P' },
+    { "run", required_argument, NULL, OPT_RUN },
+    { "data-file", required_argument, NULL, OPT_DATA_FILE },
+    { "track", required_argument, NULL, OPT_TRACK },
+    { "mode", required_argument, NULL, OPT_TRACK },  /* io's old spelling */
+    { "sendfile", no_argument, NULL, OPT_SENDFILE },
+    { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE },
+    { "tls", required_argument, NULL, OPT_TLS },
+    { "tls-certificates", required_argument, NULL, OPT_TLS_CERTS },
+    { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+    { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  int c, r;
+
+  memset (o, 0, sizeof *o);
+  o->exportname = "";
+  o->max_conn = 16;
+  o->hs_timeout = 10;
+  optind = 1;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, "s:l::e:D:rB:c:t:P:vh", opts,
+                           NULL)) != -1) {
+    switch (c) {
+    case 's': o->sock = optarg; break;
+    case 'l':
+      o->use_tcp = true;
+      o->listen_addr = optarg;
+      if (!o->listen_addr && optind < argc &&
+          nbd_looks_like_address (argv[optind]))
+        o->listen_addr = argv[optind++];
+      break;
+    case 'e': o->exportname = optarg; break;
+    case 'D': o->description = optarg; break;
+    case 'r': o->readonly = true; break;
+    case 'B': {
+      char **w = realloc (o->wanted, (o->nwanted + 1) * sizeof *w);
+
+      if (!w) {
+        r = fail ("out of memory");
+        goto err;
+      }
+      o->wanted = w;
+      o->wanted[o->nwanted++] = optarg;
+      break;
+    }
+    case 'c':
+      if (parse_uint (optarg, 1, 4096, &o->max_conn) == -1) {
+        r = usage_error ("serve", "--connections must be 1..4096");
+        goto err;
+      }
+      break;
+    case 't':
+      if (parse_uint (optarg, 1, 1024, &o->threads) == -1) {
+        r = usage_error ("serve", "--threads must be 1..1024");
+        goto err;
+      }
+      break;
+    case 'P': o->pidfile = optarg; break;
+    case OPT_RUN: o->run = optarg; break;
+    case OPT_DATA_FILE: o->data_file = optarg; break;
+    case OPT_SENDFILE: o->use_sendfile = true; break;
+    case OPT_TRACK:
+      if (parse_track_mode (optarg, &o->track) == -1) {
+        r = usage_error ("serve", TRACK_MODE_ERROR);
+        goto err;
+      }
+      break;
+    case OPT_HANDSHAKE:
+      if (parse_uint (optarg, 0, 86400, &o->hs_timeout) == -1) {
+        r = usage_error ("serve", "--handshake-timeout must be 0..86400");
+        goto err;
+      }
+      break;
+    case OPT_TLS:
+      if (strcmp (optarg, "off") == 0) o->tls_mode = TLS_OFF;
+      else if (strcmp (optarg, "on") == 0) o->tls_mode = TLS_ON;
+      else if (strcmp (optarg, "require") == 0) o->tls_mode = TLS_REQUIRE;
+      else {
+        r = usage_error ("serve", "--tls must be off, on or require");
+        goto err;
+      }
+      break;
+    case OPT_TLS_CERTS: o->tls_certs = optarg; break;
+    case OPT_TLS_PSK: o->tls_psk = optarg; break;
+    case OPT_TLS_VERIFY: o->tls_verify = true; break;
+    case 'v': nbd_verbose = true; break;
+    case 'h':
+      help ();
+      r = 0;
+      goto err;
+    default:
+      r = usage_error ("serve", "invalid option or missing argument: '%s'",
+                       argv[optind - 1]);
+      goto err;
+    }
+  }
+  r = 1;
+  if (argc - optind != 1) {
+    usage_error ("serve", "expected exactly one IMAGE");
+    goto err;
+  }
+  o->image = argv[optind];
+  if (o->sock && o->use_tcp) {
+    usage_error ("serve", "--socket and --listen cannot be combined");
+    goto err;
+  }
+  if (strlen (o->exportname) > NBD_MAX_STRING ||
+      (o->description && strlen (o->description) > NBD_MAX_STRING)) {
+    usage_error ("serve", "export name and description are limited "
+                 "to %d bytes", NBD_MAX_STRING);
+    goto err;
+  }
+  if (o->tls_mode != TLS_OFF && !o->tls_certs == !o->tls_psk) {
+    usage_error ("serve", "--tls=%s needs exactly one of "
+                 "--tls-certificates DIR and --tls-psk FILE",
+                 o->tls_mode == TLS_ON ? "on" : "require");
+    goto err;
+  }
+  if (o->tls_mode == TLS_OFF && (o->tls_certs || o->tls_psk ||
+                                 o->tls_verify)) {
+    usage_error ("serve", "TLS credentials given but --tls=on or "
+                 "--tls=require is missing");
+    goto err;
+  }
+  if (o->tls_verify && o->tls_psk) {
+    usage_error ("serve", "--tls-verify-peer is for X.509 "
+                 "certificates, not --tls-psk");
+    goto err;
+  }
+  if (o->sock && o->sock[0] != '/') {
+    /* Keep $uri usable from any directory. */
+    if (!getcwd (o->sockbuf, sizeof o->sockbuf) ||
+        strlen (o->sockbuf) + 1 + strlen (o->sock) >= sizeof o->sockbuf) {
+      fail ("cannot make the socket path absolute");
+      goto err;
+    }
+    strcat (o->sockbuf, "/");
+    strcat (o->sockbuf, o->sock);
+    o->sock = o->sockbuf;
+  }
+  return 0;
+
+ err:
+  free (o->wanted);
+  o->wanted = NULL;
+  return r;
+}
+
+/* Open the image and describe the export.  0, or 1 after reporting. */
+static int
+open_export (const struct serve_options *o, struct nbd_export *exp)
+{
+  memset (exp, 0, sizeof *exp);
+  exp->img = rawtrack_image_open (o->image,
+                                  (o->readonly ? 0 : RAWTRACK_OPEN_RDWR) |
+                                  o->track, o->data_file);
+  if (!exp->img)
+    return fail_lib ("%s", o->image);
+  exp->name = o->exportname;
+  exp->description = o->description;
+  exp->size = rawtrack_image_virtual_size (exp->img);
+  exp->readonly = o->readonly;
+  exp->all_local = rawtrack_image_data_file_raw (exp->img) != 0;
+  exp->eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH |
+                NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_CACHE |
+                NBD_FLAG_CAN_MULTI_CONN;
+  if (o->readonly)
+    exp->eflags |= NBD_FLAG_READ_ONLY;
+  else
+    exp->eflags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+                   NBD_FLAG_SEND_FAST_ZERO;
+  exp->min_block = 1;
+  exp->pref_block = 4096;
+  exp->max_block = NBD_MAX_PAYLOAD;
+  return choose_bitmaps (exp, o->wanted, o->nwanted) != 0;
+}
+
+static void
+close_export (struct nbd_export *exp)
+{
+  size_t i;
+
+  for (i = 0; i < exp->nr_bitmaps; i++)
+    free (exp->bitmaps[i]);
+  free (exp->bitmaps);
+}
+
+/* Listen where o says (socket activation was looked at before).  With
+ * --run and nowhere to listen, a private socket in a new directory
+ * *tmpdir (then *made_sock).  0, or 1 after reporting. */
+static int
+open_listeners (struct serve_options *o, struct nbd_listeners *ls,
+                char *tmpdir, bool *made_sock)
+{
+  if (ls->n == 0 && o->sock) {
+    if (nbd_listen_unix (ls, o->sock) != 0)
+      return fail ("%s", ls->err);
+    o->bound_unix = true;
+  }
+  if (ls->n == 0 && o->use_tcp && nbd_listen_tcp (ls, o->listen_addr) != 0)
+    return fail ("%s", ls->err);
+  if (ls->n == 0 && o->run) {
+    if (!mkdtemp (tmpdir))
+      return fail ("mkdtemp: %s", strerror (errno));
+    snprintf (o->sockbuf, sizeof o->sockbuf, "%s/nbd.sock", tmpdir);
+    o->sock = o->sockbuf;
+    *made_sock = true;
+    if (nbd_listen_unix (ls, o->sock) != 0)
+      return fail ("%s", ls->err);
+    o->bound_unix = true;
+  }
+  return 0;
+}
+
+int
+cmd_serve (int argc, char **argv)
+{
+  struct serve_options o;
+  char tmpdir[] = "/tmp/rawtrack-serve.XXXXXX";
+  bool made_sock = false;
+  struct nbd_listeners ls;
+  struct nbd_export exp;
+  struct nbd_server srv;
+  int quit_pipe[2] = { -1, -1 };
+  struct tls_config *tls = NULL;
+  pid_t run_pid = -1;
+  int status;
+
+  status = parse_options (argc, argv, &o);
+  if (status != 0 || !o.image)
+    return status;
+
+  /* Listening sockets first: activation needs nothing else. */
+  nbd_listeners_init (&ls);
+  nbd_listen_activated (&ls);
+  if (ls.n > 0 && o.run)
+    status = usage_error ("serve", "--run cannot be used with socket "
+                          "activation");
+  else if (ls.n > 0 && (o.sock || o.use_tcp))
+    status = usage_error ("serve", "--socket/--listen cannot be used with "
+                          "socket activation");
+  else if (ls.n == 0 && !o.sock && !o.use_tcp && !o.run)
+    status = usage_error ("serve", "say where to listen: --socket PATH or "
+                          "--listen[=ADDR[:PORT]]");
+  if (status != 0) {
+    free (o.wanted);
+    return status;
+  }
+
+  if (o.tls_mode != TLS_OFF) {
+    char err[8400];
+
+    tls = tls_config_new (o.tls_certs, o.tls_psk, o.tls_verify, err,
+                          sizeof err);
+    if (!tls) {
+      free (o.wanted);
+      return fail ("%s", err);
+    }
+  }
+  if (open_export (&o, &exp) != 0) {
+    status = 1;
+    if (exp.img)
+      goto out_image;
+    free (o.wanted);
+    tls_config_free (tls);
+    return status;
+  }
+  if (open_listeners (&o, &ls, tmpdir, &made_sock) != 0) {
+    status = 1;
+    goto out_listen;
+  }
+  if (nbd_signals_init () == -1 || pipe2 (quit_pipe, O_CLOEXEC) == -1) {
+    status = fail ("pipe: %s", strerror (errno));
+    goto out_listen;
+  }
+
+  memset (&srv, 0, sizeof srv);
+  srv.exp = &exp;
+  srv.quit_fd = quit_pipe[0];
+  if (o.threads == 0) {
+    /* Measured (bench/bench-nbd.sh): past a few workers per CPU they
+     * only contend for the socket; 16 is nbdkit's fixed number. */
+    long ncpu = sysconf (_SC_NPROCESSORS_ONLN);
+
+    o.threads = ncpu <= 0 || ncpu >= 4 ? 16 : 4 * (unsigned) ncpu;
+  }
+  srv.threads = o.threads;
+  srv.sendfile = o.use_sendfile;
+  srv.handshake_ms = o.hs_timeout * 1000;
+  srv.max_options = 64;
+  srv.max_conn = o.max_conn;
+  srv.tls_mode = o.tls_mode;
+  srv.tls = tls;
+
+  if (o.pidfile) {
+    FILE *fp = fopen (o.pidfile, "w");
+
+    if (!fp || fprintf (fp, "%ld\n", (long) getpid ()) < 0 ||
+        fclose (fp) != 0) {
+      status = fail ("--pidfile %s: %s", o.pidfile, strerror (errno));
+      goto out_listen;
+    }
+  }
+  nbd_debug ("serving %s (%" PRIu64 " bytes, %zu bitmaps) on %zu socket(s)",
+             o.image, exp.size, exp.nr_bitmaps, ls.n);
+  if (o.run) {
+    run_pid = run_command (o.run, o.sock, ls.uri_host, ls.tcp_port,
+                           o.exportname);
+    if (run_pid == -1) {
+      status = 1;
+      goto out_listen;
+    }
+  }
+
+  nbd_accept_loop (&srv, &ls, &run_pid, &status);
+
+  /* Shutdown: no new connections, wake every reader, wait for them. */
+  nbd_listeners_close (&ls);
+  if (o.bound_unix)
+    unlink (o.sock);
+  nbd_drain (quit_pipe[1]);
+  if (run_pid > 0) {
+    int st;
+
+    /* We were told to stop while the command still runs. */
+    kill (run_pid, SIGTERM);
+    if (waitpid (run_pid, &st, 0) == run_pid)
+      status = WIFEXITED (st) ? WEXITSTATUS (st) : 128 + WTERMSIG (st);
+  }
+
+ out_listen:
+  nbd_listeners_close (&ls);
+  if (o.bound_unix)
+    unlink (o.sock);
+  if (made_sock)
+    rmdir (tmpdir);
+  if (o.pidfile)
+    unlink (o.pidfile);
+ out_image:
+  if (rawtrack_image_close (exp.img) == -1) {
+    fail_lib ("closing %s", o.image);
+    if (status == 0)
+      status = 1;
+  }
+  close_export (&exp);
+  free (o.wanted);
+  if (quit_pipe[0] >= 0) {
+    close (quit_pipe[0]);
+    close (quit_pipe[1]);
+  }
+  tls_config_free (tls);
+  return status;
+}
