@@ -17,6 +17,7 @@ static void
 help (void)
 {
   printf ("Usage: %s cat IMAGE [--offset O] [--length L] [--data-file PATH]\n"
+          "                    [--allow-device]\n"
           "\n"
           "Write the disk as the guest sees it to standard output: data from\n"
           "the external data file (or the image's own clusters), zeros for\n"
@@ -26,6 +27,8 @@ help (void)
           "  --offset O        start at byte O (suffixes k, M, G, T)\n"
           "  --length L        write L bytes (default: to the end)\n"
           "  --data-file PATH  use PATH as the external data file\n"
+          "  --allow-device    the data file may be a block device named by the\n"
+          "                    image (without this only --data-file can name one)\n"
           "  -h, --help        this help\n",
           progname);
 }
@@ -37,6 +40,7 @@ cmd_cat (int argc, char **argv)
     { "offset", required_argument, NULL, 'o' },
     { "length", required_argument, NULL, 'l' },
     { "data-file", required_argument, NULL, 'd' },
+    { "allow-device", no_argument, NULL, 'A' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
@@ -45,6 +49,7 @@ cmd_cat (int argc, char **argv)
   uint64_t offset = 0, length = 0, size;
   bool have_length = false;
   char *buf;
+  unsigned flags = 0;
   int c, r = 0;
 
   optind = 1;
@@ -61,6 +66,7 @@ cmd_cat (int argc, char **argv)
       have_length = true;
       break;
     case 'd': data_file = optarg; break;
+    case 'A': flags |= RAWTRACK_OPEN_ALLOW_DEVICE; break;
     case 'h': help (); return 0;
     default: return usage_error ("cat", "invalid option or missing argument: '%s'", argv[optind - 1]);
     }
@@ -68,7 +74,7 @@ cmd_cat (int argc, char **argv)
   if (argc - optind != 1)
     return usage_error ("cat", "expected exactly one IMAGE");
 
-  img = rawtrack_image_open (argv[optind], 0, data_file);
+  img = rawtrack_image_open (argv[optind], flags, data_file);
   if (!img)
     return fail_lib ("%s", argv[optind]);
   size = rawtrack_image_virtual_size (img);

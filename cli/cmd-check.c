@@ -56,6 +56,8 @@ help (void)
           "                    does; --output=human is the default\n"
           "  --data-file PATH  use PATH as the external data file instead of the\n"
           "                    name stored in the image\n"
+          "  --allow-device    the data file may be a block device named by the\n"
+          "                    image (without this only --data-file can name one)\n"
           "  -f qcow2          accepted for compatibility with qemu-img\n"
           "  -q, --quiet       print nothing on stdout (findings still go to\n"
           "                    stderr)\n"
@@ -169,6 +171,7 @@ cmd_check (int argc, char **argv)
     { "json", no_argument, NULL, 'j' },
     { "output", required_argument, NULL, 'o' },
     { "data-file", required_argument, NULL, 'd' },
+    { "allow-device", no_argument, NULL, 'A' },
     { "format", required_argument, NULL, 'f' },
     { "quiet", no_argument, NULL, 'q' },
     { "help", no_argument, NULL, 'h' },
@@ -177,7 +180,7 @@ cmd_check (int argc, char **argv)
   struct rawtrack_check_result res;
   struct rawtrack_image *img;
   const char *data_file = NULL, *filename;
-  unsigned repair = 0;
+  unsigned repair = 0, allow = 0;
   bool json = false, quiet = false;
   int c, st;
 
@@ -204,6 +207,7 @@ cmd_check (int argc, char **argv)
       else return usage_error ("check", "--output must be 'json' or 'human'");
       break;
     case 'd': data_file = optarg; break;
+    case 'A': allow = RAWTRACK_OPEN_ALLOW_DEVICE; break;
     case 'f':
       if (strcmp (optarg, "qcow2") != 0)
         return usage_error ("check", "only the qcow2 format is supported, "
@@ -220,7 +224,7 @@ cmd_check (int argc, char **argv)
     return usage_error ("check", "expected exactly one IMAGE");
   filename = argv[optind];
 
-  img = rawtrack_image_open (filename, RAWTRACK_OPEN_CHECK |
+  img = rawtrack_image_open (filename, RAWTRACK_OPEN_CHECK | allow |
                              (repair ? RAWTRACK_OPEN_RDWR : 0), data_file);
   if (!img)
     return fail_lib ("%s", filename);

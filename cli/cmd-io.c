@@ -21,7 +21,7 @@ static void
 help (void)
 {
   printf ("Usage: %s io IMAGE [-c CMD]... [-f FILE] [--track safe|process|lazy]\n"
-          "                 [--data-file PATH] [--read-only]\n"
+          "                 [--data-file PATH] [--allow-device] [--read-only]\n"
           "\n"
           "Run guest I/O commands against IMAGE through rawtrack's tracked I/O\n"
           "path: every write, write-zeroes and discard marks every enabled\n"
@@ -51,6 +51,8 @@ help (void)
           "                      accepted as an older spelling\n"
           "  --read-only         open read-only (reads only)\n"
           "  --data-file PATH    use PATH as the external data file\n"
+          "  --allow-device      the data file may be a block device named by the\n"
+          "                      image (without this only --data-file can name one)\n"
           "  -h, --help          this help\n"
           "\n"
           "Exit status: 0 if every command succeeded, 1 otherwise (processing\n"
@@ -205,6 +207,7 @@ cmd_io (int argc, char **argv)
     { "mode", required_argument, NULL, 'm' },       /* the old spelling */
     { "read-only", no_argument, NULL, 'r' },
     { "data-file", required_argument, NULL, 'd' },
+    { "allow-device", no_argument, NULL, 'A' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
@@ -242,6 +245,7 @@ cmd_io (int argc, char **argv)
       break;
     case 'r': flags &= ~RAWTRACK_OPEN_RDWR; break;
     case 'd': data_file = optarg; break;
+    case 'A': flags |= RAWTRACK_OPEN_ALLOW_DEVICE; break;
     case 'h': help (); free (cmds); return 0;
     default:
       free (cmds);

@@ -50,6 +50,7 @@ help (void)
           "                      [--export NAME] [--description TEXT] [--read-only]\n"
           "                      [--bitmap NAME]... [--connections N] [--threads N]\n"
           "                      [--pidfile FILE] [--run CMD] [--data-file PATH]\n"
+          "                      [--allow-device]\n"
           "                      [--tls=off|on|require (--tls-certificates DIR |\n"
           "                       --tls-psk FILE) [--tls-verify-peer]]\n"
           "\n"
@@ -84,6 +85,9 @@ help (void)
           "                          every consistent bitmap of the image)\n"
           "      --data-file PATH    the external data file (overrides the name\n"
           "                          stored in the image)\n"
+          "      --allow-device      the data file may be a block device named by\n"
+          "                          the image (without this only --data-file can\n"
+          "                          name one)\n"
           "      --track MODE        write tracking: safe (default; survives power\n"
           "                          loss), process (survives process crashes) or\n"
           "                          lazy (QEMU's scheme); as `io --track`.\n"
@@ -312,6 +316,7 @@ struct serve_options {
   char **wanted;                   /* --bitmap names */
   size_t nwanted;
   unsigned max_conn, threads, hs_timeout, track;
+  unsigned allow_device;           /* 0 or RAWTRACK_OPEN_ALLOW_DEVICE */
   char sockbuf[PATH_MAX];          /* an absolute --socket */
   bool bound_unix;                 /* sock is ours to unlink at exit */
 };
@@ -321,7 +326,7 @@ struct serve_options {
 static int
 parse_options (int argc, char **argv, struct serve_options *o)
 {
-  enum { OPT_RUN = 256, OPT_DATA_FILE, OPT_TRACK, OPT_HANDSHAKE,
+  enum { OPT_RUN = 256, OPT_DATA_FILE, OPT_ALLOW_DEVICE, OPT_TRACK, OPT_HANDSHAKE,
          OPT_SENDFILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY };
   static const struct option opts[] = {
     { "socket", required_argument, NULL, 's' },
@@ -337,6 +342,7 @@ parse_options (int argc, char **argv, struct serve_options *o)
     { "pidfile", required_argument, NULL, 'P' },
     { "run", required_argument, NULL, OPT_RUN },
     { "data-file", required_argument, NULL, OPT_DATA_FILE },
+    { "allow-device", no_argument, NULL, OPT_ALLOW_DEVICE },
     { "track", required_argument, NULL, OPT_TRACK },
     { "mode", required_argument, NULL, OPT_TRACK },  /* io's old spelling */
     { "sendfile", no_argument, NULL, OPT_SENDFILE },
@@ -397,6 +403,7 @@ parse_options (int argc, char **argv, struct serve_options *o)
     case 'P': o->pidfile = optarg; break;
     case OPT_RUN: o->run = optarg; break;
     case OPT_DATA_FILE: o->data_file = optarg; break;
+    case OPT_ALLOW_DEVICE: o->allow_device = RAWTRACK_OPEN_ALLOW_DEVICE; break;
     case OPT_SENDFILE: o->use_sendfile = true; break;
     case OPT_TRACK:
       if (parse_track_mode (optarg, &o->track) == -1) {
@@ -492,7 +499,7 @@ open_export (const struct serve_options *o, struct nbd_export *exp)
   memset (exp, 0, sizeof *exp);
   exp->img = rawtrack_image_open (o->image,
                                   (o->readonly ? 0 : RAWTRACK_OPEN_RDWR) |
-                                  o->track, o->data_file);
+                                  o->track | o->allow_device, o->data_file);
   if (!exp->img)
     return fail_lib ("%s", o->image);
   exp->name = o->exportname;

@@ -102,6 +102,11 @@ usage (FILE *fp)
            "has the image open for writing (or qemu-img reads it without -U),\n"
            "and QEMU refuses to open it while they run.  Reading commands take\n"
            "no lock.  RAWTRACK_NO_LOCK=1 in the environment turns locking off.\n"
+           "\n"
+           "A data file must be a regular file or a block device; one named only\n"
+           "by the image (not by --data-file) may not be a block device unless\n"
+           "--allow-device is given.  FIFOs, sockets, character devices and files\n"
+           "on pseudo file systems (/proc, /sys, ...) are always refused.\n"
            "\nSee 'man rawtrack' or docs/rawtrack.md for details.\n");
 }
 

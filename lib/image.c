@@ -339,16 +339,20 @@ rawtrack_image_open_io (struct rawtrack_io *file, struct rawtrack_io *data,
 
 /* Image locking, QEMU's way (lib/io/io-file-lock.c): a writer holds
  * consistent read, write and resize on both files and denies write and
- * resize on the image file, resize on the data file - what QEMU holds and
- * denies when it writes such an image - so neither writes while the
- * other has the image open.  Read-only opens take and test nothing (as
+ * resize on both - what a VM writing such an image holds and denies - so
+ * neither writes while the other has the image open, and nothing else
+ * (qemu-io -f raw, qemu-img convert -n, qemu-nbd -f raw) writes the raw
+ * disk behind the tracking.  (QEMU's data child shares what its user
+ * shares, less resize: a guest device without share-rw shares no write,
+ * so a VM denies write on the data file - bytes 201 and 203 - while
+ * qemu-io and qemu-nbd, which share write at the top, hold only 203.)  Read-only opens take and test nothing (as
  * qemu-img -U does): rawtrack's readers never modify, and they work while
  * a VM runs.  RAWTRACK_OPEN_NO_LOCK or RAWTRACK_NO_LOCK=1 turn it off
  * (QEMU's locking=off), for file systems whose locks misbehave. */
 #define WRITER_PERM (RAWTRACK_IO_PERM_READ | RAWTRACK_IO_PERM_WRITE | \
                      RAWTRACK_IO_PERM_RESIZE)
 #define IMAGE_DENY  (RAWTRACK_IO_PERM_WRITE | RAWTRACK_IO_PERM_RESIZE)
-#define DATA_DENY   RAWTRACK_IO_PERM_RESIZE
+#define DATA_DENY   (RAWTRACK_IO_PERM_WRITE | RAWTRACK_IO_PERM_RESIZE)
 
 int
 image_lock_file (struct rawtrack_io *io, unsigned flags, bool data,
@@ -417,7 +421,12 @@ rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
       }
       if (!dpath)
         goto fail;
-      img->data = rawtrack_io_file_open (dpath, ioflags);
+      /* A block device is taken only from the caller, never from the
+       * (untrusted) image alone. */
+      img->data = rawtrack_io_file_open (dpath, ioflags |
+                                         (data_file ||
+                                          (flags & RAWTRACK_OPEN_ALLOW_DEVICE)
+                                          ? 0 : RAWTRACK_IO_NO_DEVICE));
       if (!img->data) {
         rt_prefix_error ("cannot open the data file: ");
         goto fail;

@@ -151,10 +151,19 @@ struct rawtrack_io {
 #define RAWTRACK_IO_EXCL    0x4u   /* with CREATE: fail if it exists */
 #define RAWTRACK_IO_DIRECT  0x8u   /* O_DIRECT where supported */
 #define RAWTRACK_IO_DSYNC   0x10u  /* O_DSYNC: every write is durable */
+#define RAWTRACK_IO_NO_DEVICE 0x20u /* refuse block devices too (for names
+                                     * that come from an untrusted image) */
 
 /* A regular file or a block device (detected with fstat).  Returns NULL
  * and sets the rawtrack error on failure.  Caller closes with
- * rawtrack_io_close. */
+ * rawtrack_io_close.
+ * Refused, always, before anything is opened for I/O: FIFOs, sockets,
+ * character devices and directories (opening a FIFO would block, opening
+ * a device may have side effects), and any file on a pseudo file system
+ * whose files are views of kernel or process state rather than stored
+ * data (proc, sysfs, debugfs, tracefs, cgroup, securityfs, ... - the list
+ * is in lib/io/io-file.c).  With RAWTRACK_IO_NO_DEVICE block devices are
+ * refused as well. */
 RAWTRACK_API struct rawtrack_io *rawtrack_io_file_open (const char *path,
                                                         unsigned flags);
 

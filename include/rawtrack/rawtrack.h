@@ -52,6 +52,10 @@ struct rawtrack_image;
                                            * external data file (info) */
 #define RAWTRACK_OPEN_CHECK         0x4u  /* tolerate what check reports:
                                            * corrupt bit, dirty bit */
+#define RAWTRACK_OPEN_ALLOW_DEVICE  0x100u /* open a block device named
+                                           * by the image itself (without
+                                           * it, only a data_file argument
+                                           * may name a block device) */
 #define RAWTRACK_OPEN_NO_LOCK       0x40u /* with RDWR: do not take QEMU's
                                            * image locks (see below) */
 
@@ -59,6 +63,11 @@ struct rawtrack_image;
  * (NULL: use the stored name, resolved against the image's directory, then
  * the current directory; names that are not plain paths - json: or
  * protocol: prefixes - are refused).  Returns NULL on error.
+ * The data file must be a regular file, or a block device named by the
+ * data_file argument (or, with RAWTRACK_OPEN_ALLOW_DEVICE, by the image);
+ * FIFOs, sockets, character devices and files on pseudo file systems
+ * (procfs, sysfs, ...) are refused without being opened for I/O (see
+ * rawtrack_io_file_open).
  * A read-write open takes QEMU's image locks on the image and the data
  * file, and fails with EBUSY while another program (QEMU, or another
  * read-write rawtrack handle) has either open in a conflicting way; they

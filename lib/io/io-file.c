@@ -10,6 +10,19 @@
  *   trim   PUNCH_HOLE|KEEP_SIZE (regular files), BLKDISCARD (block devices)
  *
  * lock is io-file-lock.c's (QEMU's lock bytes).
+ *
+ * What may be opened (file_admit): a regular file or a block device, not
+ * on a pseudo file system (pseudo_fs below: procfs, sysfs and the other
+ * file systems whose "files" are kernel or process state - /proc/self/mem
+ * reads and writes our own memory).  The rule is a deny list of f_type
+ * values, not an allow list, so that every storage file system (local,
+ * network, FUSE, tmpfs) keeps working.  Open sequence, so that nothing is
+ * opened for I/O before it is vetted: open the name with O_PATH (no
+ * side effects: a FIFO does not block, a device driver's open is not
+ * called), fstat and fstatfs that; then open it for I/O with O_NONBLOCK |
+ * O_NOCTTY, check that the same inode was opened (else the name changed
+ * under us: refused), and clear O_NONBLOCK.  RAWTRACK_IO_NO_DEVICE
+ * refuses block devices as well (data-file names read from an image).
  * pwrite_batch goes to io-file-aio.c (direct I/O on a second descriptor,
  * all ranges submitted at once) when the kernel allows it for this file,
  * else one pwrite per range.
@@ -45,7 +58,9 @@
 #include <sys/types.h>
 #include <sys/stat.h>
 #include <sys/ioctl.h>
+#include <sys/vfs.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 
 #include "internal.h"
 #include "arith.h"
@@ -59,7 +74,7 @@
 
 #define KNOWN_FLAGS (RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE | \
                      RAWTRACK_IO_EXCL | RAWTRACK_IO_DIRECT | \
-                     RAWTRACK_IO_DSYNC)
+                     RAWTRACK_IO_DSYNC | RAWTRACK_IO_NO_DEVICE)
 
 /* Never written: .bss rather than 64 KiB of .rodata. */
 static uint8_t zero_buf[ZERO_BUF_SIZE] __attribute__ ((aligned (4096)));
@@ -680,13 +695,108 @@ probe (struct file_io *f, const struct stat *st)
   return 0;
 }
 
+/* Pseudo file systems: their files are views of kernel or process state,
+ * never a disk.  (Some magic numbers are missing from older headers.) */
+static const struct {
+  unsigned long magic;
+  const char *name;
+} pseudo_fs[] = {
+  { 0x9fa0, "proc" },                   /* PROC_SUPER_MAGIC */
+  { 0x62656572, "sysfs" },              /* SYSFS_MAGIC */
+  { 0x64626720, "debugfs" },            /* DEBUGFS_MAGIC */
+  { 0x74726163, "tracefs" },            /* TRACEFS_MAGIC */
+  { 0x27e0eb, "cgroup" },               /* CGROUP_SUPER_MAGIC */
+  { 0x63677270, "cgroup2" },            /* CGROUP2_SUPER_MAGIC */
+  { 0x73636673, "securityfs" },         /* SECURITYFS_MAGIC */
+  { 0xf97cff8c, "selinuxfs" },          /* SELINUX_MAGIC */
+  { 0x43415d53, "smackfs" },            /* SMACK_MAGIC */
+  { 0x6165676c, "pstore" },             /* PSTOREFS_MAGIC */
+  { 0xde5e81e4, "efivarfs" },           /* EFIVARFS_MAGIC */
+  { 0xcafe4a11, "bpf" },                /* BPF_FS_MAGIC */
+  { 0x62656570, "configfs" },           /* CONFIGFS_MAGIC */
+  { 0x65735543, "fusectl" },            /* FUSE_CTL_SUPER_MAGIC */
+  { 0x1cd1, "devpts" },                 /* DEVPTS_SUPER_MAGIC */
+  { 0x42494e4d, "binfmt_misc" },        /* BINFMTFS_MAGIC */
+  { 0x6e736673, "nsfs" },               /* NSFS_MAGIC */
+  { 0x09041934, "anon_inodefs" },       /* ANON_INODE_FS_MAGIC */
+  { 0x50495045, "pipefs" },             /* PIPEFS_MAGIC */
+  { 0x534f434b, "sockfs" },             /* SOCKFS_MAGIC */
+  { 0x19800202, "mqueue" },             /* MQUEUE_MAGIC */
+  { 0x67596969, "rpc_pipefs" },         /* RPCAUTH_GSSMAGIC */
+  { 0x6e667364, "nfsd" },               /* NFSD_MAGIC */
+  { 0x9fa2, "usbdevfs" },               /* USBDEVICE_SUPER_MAGIC */
+  { 0x62646576, "bdev" },               /* BDEVFS_MAGIC */
+};
+
+static const char *
+file_type_name (mode_t mode)
+{
+  if (S_ISDIR (mode)) return "a directory";
+  if (S_ISFIFO (mode)) return "a FIFO (named pipe)";
+  if (S_ISSOCK (mode)) return "a socket";
+  if (S_ISCHR (mode)) return "a character device";
+  if (S_ISLNK (mode)) return "a symbolic link";
+  return "not a regular file or block device";
+}
+
+/* May this be opened as a disk?  fd may be an O_PATH descriptor.  Returns
+ * 0, or -1 with the rawtrack error set. */
+static int
+file_admit (int fd, const struct stat *st, const char *path, unsigned flags)
+{
+  struct statfs sfs;
+  size_t i;
+
+  if (!S_ISREG (st->st_mode) && !S_ISBLK (st->st_mode))
+    return set_error (S_ISDIR (st->st_mode) ? EISDIR : EINVAL,
+                      "%s: %s: refusing it (only a regular file or a block "
+                      "device can hold a disk)", path,
+                      file_type_name (st->st_mode));
+  if (S_ISBLK (st->st_mode) && (flags & RAWTRACK_IO_NO_DEVICE))
+    return set_error (EPERM, "%s: a block device named by the image, not "
+                      "by you: refusing it (name it yourself with "
+                      "--data-file, or allow it with --allow-device)", path);
+  if (fstatfs (fd, &sfs) == -1)
+    return set_error (errno, "%s: fstatfs: %s", path, strerror (errno));
+  for (i = 0; i < sizeof pseudo_fs / sizeof pseudo_fs[0]; i++)
+    if ((unsigned long) sfs.f_type == pseudo_fs[i].magic)
+      return set_error (EPERM, "%s: on the %s pseudo file system (kernel or "
+                        "process state, not storage): refusing it", path,
+                        pseudo_fs[i].name);
+  return 0;
+}
+
+/* The O_PATH stage of the open sequence (see the note at the top):
+ * 0 vetted (*st filled), 1 does not exist and may be created, -1 error. */
+static int
+file_vet_name (const char *path, unsigned flags, struct stat *st)
+{
+  int pfd, r;
+
+  do
+    pfd = open (path, O_PATH | O_CLOEXEC);
+  while (pfd == -1 && errno == EINTR);
+  if (pfd == -1) {
+    if (errno == ENOENT && (flags & RAWTRACK_IO_CREATE))
+      return 1;
+    return set_error (errno, "%s: %s", path, strerror (errno));
+  }
+  if (fstat (pfd, st) == -1)
+    r = set_error (errno, "%s: %s", path, strerror (errno));
+  else
+    r = file_admit (pfd, st, path, flags);
+  close (pfd);
+  return r;
+}
+
 RAWTRACK_API struct rawtrack_io *
 rawtrack_io_file_open (const char *path, unsigned flags)
 {
   struct file_io *f;
   struct stat st;
-  int oflags = O_CLOEXEC;
-  int fd, saved;
+  struct stat vetted;
+  int oflags = O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+  int fd, saved, v;
 
   if (path == NULL) {
     rt_set_error (EINVAL, "rawtrack_io_file_open: path is NULL");
@@ -709,6 +819,9 @@ rawtrack_io_file_open (const char *path, unsigned flags)
   if (flags & RAWTRACK_IO_DSYNC)
     oflags |= O_DSYNC;
 
+  v = file_vet_name (path, flags, &vetted);
+  if (v == -1)
+    return NULL;
   do
     fd = open (path, oflags, 0644);
   while (fd == -1 && errno == EINTR);
@@ -720,11 +833,19 @@ rawtrack_io_file_open (const char *path, unsigned flags)
     saved = errno;
     goto fail;
   }
-  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
-    saved = S_ISDIR (st.st_mode) ? EISDIR : EINVAL;
-    rt_set_error (saved, "%s: not a regular file or block device", path);
+  if ((v == 0 && (st.st_dev != vetted.st_dev || st.st_ino != vetted.st_ino))) {
+    rt_set_error (EAGAIN, "%s: the name changed while it was being opened; "
+                  "refusing it", path);
     close (fd);
     return NULL;
+  }
+  if (file_admit (fd, &st, path, flags) == -1) {
+    close (fd);
+    return NULL;
+  }
+  if (fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK) == -1) {
+    saved = errno;
+    goto fail;
   }
 
   f = rt_calloc (1, sizeof *f);
