@@ -284,9 +284,24 @@ if [ -n "$loopdev" ] && [ -b "$loopdev" ]; then
   loop_md5="$(md5of "$loopdev")"
   expect_ok "$RAWTRACK" attach "$loopdev" loop.qcow2
   assert_eq "$loop_md5" "$(md5of "$loopdev")" "md5 of $loopdev after attach"
+  # The header now names a block device: opening it needs --allow-device
+  # (or --data-file), since an image alone may not point at a device.
+  st=0
+  "$RAWTRACK" cat loop.qcow2 >/dev/null 2>err.txt || st=$?
+  [ "$st" = 1 ] && grep -q "named by the image, not by you" err.txt ||
+    die "a block device named by the header was not refused"
+  "$RAWTRACK" cat loop.qcow2 --data-file "$loopdev" | cmp - loop.raw ||
+    die "rawtrack cat loop.qcow2 --data-file $loopdev"
+  real_rawtrack="$RAWTRACK"
+  printf '%s\n' '#!/bin/sh' 'cmd="$1"; shift' 'case "$cmd" in' \
+    "  cat|check|io|serve) exec \"$real_rawtrack\" \"\$cmd\" --allow-device \"\$@\" ;;" \
+    'esac' "exec \"$real_rawtrack\" \"\$cmd\" \"\$@\"" >rt-allow
+  chmod +x rt-allow
+  RAWTRACK="$PWD/rt-allow"
   verify_attached "$loopdev" loop.qcow2 $((2 * MiB)) "$loopdev"
   read_patterns loop.qcow2 $((8 * MiB))
   "$RAWTRACK" cat loop.qcow2 | cmp - loop.raw || die "rawtrack cat loop.qcow2"
+  RAWTRACK="$real_rawtrack"
   detach_loop
   assert_eq "$loop_md5" "$(md5of loop.raw)" "md5 of loop.raw"
 else
