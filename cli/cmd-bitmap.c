@@ -2,7 +2,8 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * Owns: the bitmap subcommands (add, remove, clear, enable, disable, merge,
- * list, dump), their option parsing, help and output formats.  Every
+ * list, dump, map), their option parsing, help and output formats (map's
+ * drawing is bitmap-map.c's).  Every
  * change goes through the library's crash-atomic operations
  * (lib/bitmap-ops.c); this file only opens, calls and prints.
  *
@@ -24,8 +25,10 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <sys/stat.h>
+#include <errno.h>
 
 #include "cli.h"
+#include "bitmap-map.h"
 
 static void
 help_main (FILE *fp)
@@ -39,6 +42,7 @@ help_main (FILE *fp)
 "       %s bitmap merge IMAGE SOURCE TARGET [--source-image OTHER]\n"
 "       %s bitmap list IMAGE [--json]\n"
 "       %s bitmap dump IMAGE NAME [--json] [--all] [--offset O] [--length L]\n"
+"       %s bitmap map IMAGE NAME [--width N] [--ascii] [--json] [--svg FILE]\n"
 "       %s bitmap SUBCOMMAND --help\n"
 "\n"
 "Manage the persistent dirty bitmaps of a qcow2 (version 3) image, the\n"
@@ -56,6 +60,7 @@ help_main (FILE *fp)
 "  merge    TARGET |= SOURCE (SOURCE may come from another image)\n"
 "  list     names, granularities, flags and dirty byte counts\n"
 "  dump     the dirty extents of a bitmap\n"
+"  map      draw where the disk is dirty (terminal strip, SVG, JSON)\n"
 "\n"
 "Every change is crash-atomic: it is written to new clusters and switched\n"
 "in by one header update, so a crash leaves the old or the new bitmaps\n"
@@ -68,7 +73,7 @@ help_main (FILE *fp)
 "\n"
 "Exit status: 0 on success, 1 on any error (the message says why).\n",
            progname, progname, progname, progname, progname, progname,
-           progname, progname, progname);
+           progname, progname, progname, progname);
 }
 
 static void
@@ -168,6 +173,49 @@ help_sub (const char *sub)
             "  -o, --offset O          start of the range (suffixes k, M, G, T)\n"
             "  -l, --length L          length of the range\n"
             "  -h, --help              this help\n", progname);
+  else if (strcmp (sub, "map") == 0)
+    printf ("Usage: %s bitmap map IMAGE NAME [--width N] [--ascii] [--json]\n"
+            "                          [--svg FILE]\n"
+            "\n"
+            "Draw where the bitmap NAME says the disk is dirty.  The disk is\n"
+            "cut into N slices (cells) of equal size, a whole number of\n"
+            "granules each (the last one may be shorter), and each cell is\n"
+            "shaded by the share of its bytes that are dirty:\n"
+            "\n"
+            "  ' ' clean, '\u2591' up to 1/3, '\u2592' up to 2/3, '\u2593' more,"
+            " '\u2588' all\n"
+            "  (ASCII: ' ', '.', 'o', 'O', '#')\n"
+            "\n"
+            "Any dirty byte shows: one 64 KiB write in a 200 GiB cell is a\n"
+            "light shade, not a blank.  The strip is wrapped at the terminal\n"
+            "width, each row labelled with the offset it starts at; a line\n"
+            "above gives the disk size, the cell size and the dirty bytes.\n"
+            "The cost is that of 'bitmap dump': one walk over the dirty\n"
+            "extents, however large the disk.\n"
+            "\n"
+            "  -w, --width N           at most N cells, 1 to 1000000 (default:\n"
+            "                          the terminal's width, or $COLUMNS, or\n"
+            "                          80, less the labels; %d with --svg).\n"
+            "                          Cells are whole granules, so there may\n"
+            "                          be fewer\n"
+            "  --ascii                 ASCII shades (also when the locale is\n"
+            "                          not UTF-8)\n"
+            "  --json, --output=json   print, instead of the strip, an object\n"
+            "                          with image, bitmap, virtual-size,\n"
+            "                          granularity, slice-size, dirty-bytes,\n"
+            "                          dirty-extents and slices: an array of\n"
+            "                          {start, length, dirty-bytes,\n"
+            "                          dirty-fraction}, one per cell\n"
+            "  --svg FILE              write an SVG picture to FILE ('-':\n"
+            "                          standard output) instead of the strip:\n"
+            "                          a grid of %d cells a row, shaded from\n"
+            "                          pale (a little dirty) to dark red (all\n"
+            "                          dirty), offsets on both axes, a title,\n"
+            "                          a legend and a tooltip per cell\n"
+            "  -h, --help              this help\n"
+            "\n"
+            "Exit status: 0 on success, 1 on any error.\n", progname,
+            MAP_SVG_DEFAULT_CELLS, MAP_SVG_COLUMNS);
   else
     help_main (stdout);
 }
@@ -304,7 +352,7 @@ dump_extent (void *opaque, uint64_t start, uint64_t length, int dirty)
 
 /* ---- the command ------------------------------------------------------ */
 
-enum sub { ADD, REMOVE, CLEAR, ENABLE, DISABLE, MERGE, LIST, DUMP };
+enum sub { ADD, REMOVE, CLEAR, ENABLE, DISABLE, MERGE, LIST, DUMP, MAP };
 
 static const struct {
   const char *name;
@@ -313,7 +361,7 @@ static const struct {
 } subs[] = {
   { "add", ADD, 2 }, { "remove", REMOVE, 2 }, { "clear", CLEAR, 2 },
   { "enable", ENABLE, 2 }, { "disable", DISABLE, 2 }, { "merge", MERGE, 3 },
-  { "list", LIST, 1 }, { "dump", DUMP, 2 },
+  { "list", LIST, 1 }, { "dump", DUMP, 2 }, { "map", MAP, 2 },
 };
 
 int
@@ -329,6 +377,9 @@ cmd_bitmap (int argc, char **argv)
     { "all", no_argument, NULL, 'a' },
     { "offset", required_argument, NULL, 'o' },
     { "length", required_argument, NULL, 'l' },
+    { "width", required_argument, NULL, 'w' },
+    { "ascii", no_argument, NULL, 'A' },
+    { "svg", required_argument, NULL, 'S' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
@@ -337,6 +388,8 @@ cmd_bitmap (int argc, char **argv)
   uint64_t granularity = 0, offset = 0, length = UINT64_MAX;
   bool disabled = false, json = false, all = false;
   bool have_g = false, have_b = false, have_range = false;
+  struct map_options mo = { 0 };
+  bool have_map = false;
   char ctx[64];
   size_t k;
   enum sub sub;
@@ -344,7 +397,7 @@ cmd_bitmap (int argc, char **argv)
 
   if (argc < 2)
     return usage_error ("bitmap", "expected a subcommand (add, remove, "
-                        "clear, enable, disable, merge, list, dump)");
+                        "clear, enable, disable, merge, list, dump, map)");
   subname = argv[1];
   if (strcmp (subname, "--help") == 0 || strcmp (subname, "-h") == 0 ||
       strcmp (subname, "help") == 0) {
@@ -362,7 +415,7 @@ cmd_bitmap (int argc, char **argv)
 
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long (argc - 1, argv + 1, "g:b:ao:l:h", opts, NULL))
+  while ((c = getopt_long (argc - 1, argv + 1, "g:b:ao:l:w:h", opts, NULL))
          != -1) {
     switch (c) {
     case 'g':
@@ -389,6 +442,20 @@ cmd_bitmap (int argc, char **argv)
         return usage_error (ctx, "--length '%s': %s", optarg, err);
       have_range = true;
       break;
+    case 'w': {
+      char *end;
+
+      errno = 0;
+      mo.cells = strtoull (optarg, &end, 10);
+      if (errno || end == optarg || *end || optarg[0] == '-' || mo.cells == 0
+          || mo.cells > MAP_MAX_CELLS)
+        return usage_error (ctx, "--width '%s': expected a number of cells "
+                            "from 1 to %d", optarg, MAP_MAX_CELLS);
+      have_map = true;
+      break;
+    }
+    case 'A': mo.ascii = true; have_map = true; break;
+    case 'S': mo.svg = optarg; have_map = true; break;
     case 'h': help_sub (subname); return 0;
     default:
       return usage_error (ctx, "invalid option or missing argument: '%s'",
@@ -402,8 +469,15 @@ cmd_bitmap (int argc, char **argv)
     return usage_error (ctx, "--granularity must not be 0");
   if (have_b && sub != MERGE)
     return usage_error (ctx, "--source-image is only valid with 'merge'");
-  if (json && sub != LIST && sub != DUMP)
-    return usage_error (ctx, "--json is only valid with 'list' and 'dump'");
+  if (json && sub != LIST && sub != DUMP && sub != MAP)
+    return usage_error (ctx, "--json is only valid with 'list', 'dump' and "
+                        "'map'");
+  if (have_map && sub != MAP)
+    return usage_error (ctx, "--width, --ascii and --svg are only valid with "
+                        "'map'");
+  if (json && mo.svg && strcmp (mo.svg, "-") == 0)
+    return usage_error (ctx, "--json and --svg - would both write to "
+                        "standard output");
   if ((all || have_range) && sub != DUMP)
     return usage_error (ctx, "--all, --offset and --length are only valid "
                         "with 'dump'");
@@ -416,7 +490,7 @@ cmd_bitmap (int argc, char **argv)
     name = argv[2 + optind];
 
   img = rawtrack_image_open (image, RAWTRACK_OPEN_NO_DATA_FILE |
-                             (sub == LIST || sub == DUMP
+                             (sub == LIST || sub == DUMP || sub == MAP
                               ? 0 : RAWTRACK_OPEN_RDWR), NULL);
   if (!img)
     return fail_lib ("%s", image);
@@ -478,6 +552,20 @@ cmd_bitmap (int argc, char **argv)
     if (json)
       printf (d.n ? "]\n" : "[]\n");
     r = finish_stdout ();
+    break;
+  }
+  case MAP: {
+    int i = rawtrack_bitmap_find (img, name);
+
+    if (i < 0) {
+      r = fail ("%s: no bitmap '%s'", image, name);
+      break;
+    }
+    mo.image = image;
+    mo.name = name;
+    mo.granularity = rawtrack_image_bitmap_granularity (img, i);
+    mo.json = json;
+    r = bitmap_map (img, &mo);
     break;
   }
   }

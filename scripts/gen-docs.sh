@@ -23,7 +23,7 @@ out=docs/rawtrack.md
     "$R" "$cmd" --help
     echo '```'
     if [ "$cmd" = bitmap ]; then
-      for sub in add remove clear enable disable merge list dump; do
+      for sub in add remove clear enable disable merge list dump map; do
         echo
         echo "### rawtrack bitmap $sub"
         echo
