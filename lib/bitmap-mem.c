@@ -5,29 +5,43 @@
  * semantics of QEMU's HBitmap-backed dirty bitmaps (set and clear both
  * round outwards to whole granules, ranges clamp to the disk size), and
  * the conversion to and from the qcow2 on-disk bit stream.  Reading and
- * writing bitmap clusters is bitmap-table's job, not this file's.
+ * writing bitmap clusters is bitmap-store.c's job, not this file's.
  *
- * Locking: none.  A bitmap belongs to an image and callers hold the image
- * lock (or own the bitmap privately, as during load and tests).
+ * Locking: none for the plain functions.  A bitmap belongs to an image
+ * and callers hold the image lock (or own the bitmap privately, as
+ * during load and tests).  The *_atomic functions may run concurrently
+ * with each other (see "concurrent access" below).
  *
- * Representation: a flat array of uint64_t words; bit k lives in word k/64
- * at bit k%64.  No hierarchy as in HBitmap: at the largest bitmap QEMU
- * accepts (512 MiB of bits) a linear ctz scan is fast enough for the
- * callers we have (one pass per backup or store).
+ * Representation: SPARSE, so that memory follows what was touched, not
+ * the disk size.  The bits are cut into chunks of CHUNK_BITS bits (4 KiB,
+ * 2 GiB of disk at 64 KiB granularity); a directory of nchunks pointers
+ * holds, per chunk, NULL (all clean: costs nothing), ONES (every bit
+ * dirty: the shared read-only ones_chunk, costs nothing) or a private
+ * 512-word array (bit k of the chunk in word k/64 at bit k%64).  Chunks
+ * are allocated on the first bit set (or cleared in a ONES chunk); the
+ * plain functions turn chunks that become wholly clean or dirty back
+ * into NULL / ONES where a whole chunk is written, the atomic ones never
+ * free a chunk (another thread may be reading it).  Only a full chunk is
+ * ever ONES: the last, partial one is always stored.  A chunk allocation
+ * failing aborts the process with a message: every caller's bitmap
+ * update is a void operation that must not lose bits, and a 4 KiB
+ * allocation failing leaves nothing sensible to do.
  *
  * Invariants:
- *   1. nbits = ceil(size / granularity), nwords = ceil(nbits / 64), and the
- *      serialized stream (ceil(nbits / 8) bytes) is <= BME_MAX_PHYS_SIZE.
- *   2. Bits at index >= nbits in the last word are always zero.  store
+ *   1. nbits = ceil(size / granularity), nchunks = ceil(nbits /
+ *      CHUNK_BITS), and the serialized stream (ceil(nbits / 8) bytes) is
+ *      <= BME_MAX_PHYS_SIZE (so nchunks <= 2^17).
+ *   2. Bits at index >= nbits in the last chunk are always zero.  store
  *      relies on it to produce zero tail bits; count and the scanners rely
  *      on it to need no tail masking.
- *   3. On a little-endian host the memory image of the word array *is* the
- *      qcow2 stream (bit k in byte k/8 at bit k%8), so store/load are
- *      memcpy; a portable byte loop serves big-endian hosts (and can be
- *      forced with -DBITMAP_MEM_PORTABLE to test it).
+ *   3. On a little-endian host the memory image of a chunk *is* its part
+ *      of the qcow2 stream (bit k in byte k/8 at bit k%8), so store/load
+ *      are memcpy; a portable byte loop serves big-endian hosts (and can
+ *      be forced with -DBITMAP_MEM_PORTABLE to test it).
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,14 +55,112 @@
 #define WORDS_ARE_STREAM 0
 #endif
 
+#define CHUNK_SHIFT  15                          /* bits per chunk: 2^15 */
+#define CHUNK_BITS   (1ull << CHUNK_SHIFT)
+#define CHUNK_WORDS  (CHUNK_BITS / 64)
+#define CHUNK_BYTES  (CHUNK_BITS / 8)
+
+static const uint64_t ones_chunk[CHUNK_WORDS] = {
+  [0 ... CHUNK_WORDS - 1] = ~0ull
+};
+static const uint64_t zero_chunk[CHUNK_WORDS];
+#define ONES ((uint64_t *) ones_chunk)
+
 struct bitmap_mem {
   uint64_t size;                   /* virtual disk size in bytes */
   uint64_t nbits;                  /* ceil(size / granularity) */
-  uint64_t nwords;                 /* ceil(nbits / 64) */
+  uint64_t nchunks;                /* ceil(nbits / CHUNK_BITS) */
   uint32_t granularity;            /* bytes per bit, power of two */
   uint32_t gran_bits;              /* log2 (granularity) */
-  uint64_t *words;                 /* nwords words, tail bits zero */
+  uint64_t **chunks;               /* NULL, ONES or CHUNK_WORDS words */
+  uint64_t allocated;              /* chunks allocated (atomic) */
 };
+
+/* ---- chunks ----------------------------------------------------------- */
+
+/* Valid bits of chunk c (CHUNK_BITS except in a partial last chunk). */
+static uint64_t
+chunk_nbits (const struct bitmap_mem *bm, uint64_t c)
+{
+  uint64_t left = bm->nbits - (c << CHUNK_SHIFT);
+
+  return left < CHUNK_BITS ? left : CHUNK_BITS;
+}
+
+static bool
+is_private (const uint64_t *p)
+{
+  return p != NULL && p != ONES;
+}
+
+static uint64_t *
+chunk_alloc (struct bitmap_mem *bm, bool ones)
+{
+  uint64_t *p = malloc (CHUNK_BYTES);
+
+  if (!p) {
+    fprintf (stderr, "rawtrack: out of memory for a %u-byte dirty bitmap "
+             "chunk; aborting rather than losing dirty bits\n",
+             (unsigned) CHUNK_BYTES);
+    abort ();
+  }
+  memset (p, ones ? 0xff : 0, CHUNK_BYTES);
+  __atomic_add_fetch (&bm->allocated, 1, __ATOMIC_RELAXED);
+  return p;
+}
+
+static void
+chunk_release (struct bitmap_mem *bm, uint64_t *p)
+{
+  if (is_private (p)) {
+    free (p);
+    __atomic_sub_fetch (&bm->allocated, 1, __ATOMIC_RELAXED);
+  }
+}
+
+/* Words of chunk c for reading (plain access). */
+static const uint64_t *
+chunk_rd (const struct bitmap_mem *bm, uint64_t c)
+{
+  return bm->chunks[c] ? bm->chunks[c] : zero_chunk;
+}
+
+/* Words of chunk c for writing (plain access): allocated if needed. */
+static uint64_t *
+chunk_wr (struct bitmap_mem *bm, uint64_t c)
+{
+  uint64_t *p = bm->chunks[c];
+
+  if (!is_private (p))
+    p = bm->chunks[c] = chunk_alloc (bm, p == ONES);
+  return p;
+}
+
+/* Replace chunk c by NULL or ONES (plain access). */
+static void
+chunk_put (struct bitmap_mem *bm, uint64_t c, uint64_t *v)
+{
+  chunk_release (bm, bm->chunks[c]);
+  bm->chunks[c] = v;
+}
+
+/* Words of chunk c for writing by concurrent threads: a chunk allocated
+ * by two threads at once is installed once, the loser's copy freed. */
+static uint64_t *
+chunk_wr_atomic (struct bitmap_mem *bm, uint64_t c)
+{
+  uint64_t *p = __atomic_load_n (&bm->chunks[c], __ATOMIC_ACQUIRE);
+
+  while (!is_private (p)) {
+    uint64_t *n = chunk_alloc (bm, p == ONES);
+
+    if (__atomic_compare_exchange_n (&bm->chunks[c], &p, n, false,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE))
+      return n;
+    chunk_release (bm, n);
+  }
+  return p;
+}
 
 struct bitmap_mem *
 bitmap_mem_new (uint64_t size, uint32_t granularity)
@@ -78,16 +190,16 @@ bitmap_mem_new (uint64_t size, uint32_t granularity)
     return NULL;
   }
 
-  bm = rt_malloc (sizeof *bm);
+  bm = rt_calloc (1, sizeof *bm);
   if (!bm)
     return NULL;
   bm->size = size;
   bm->nbits = nbits;
-  bm->nwords = (nbits + 63) >> 6;
+  bm->nchunks = (nbits + CHUNK_BITS - 1) >> CHUNK_SHIFT;
   bm->granularity = granularity;
   bm->gran_bits = gb;
-  bm->words = rt_calloc (bm->nwords, sizeof (uint64_t));
-  if (!bm->words) {
+  bm->chunks = rt_calloc (bm->nchunks ? bm->nchunks : 1, sizeof *bm->chunks);
+  if (!bm->chunks) {
     free (bm);
     return NULL;
   }
@@ -97,10 +209,14 @@ bitmap_mem_new (uint64_t size, uint32_t granularity)
 void
 bitmap_mem_free (struct bitmap_mem *bm)
 {
-  if (bm) {
-    free (bm->words);
-    free (bm);
-  }
+  uint64_t c;
+
+  if (!bm)
+    return;
+  for (c = 0; c < bm->nchunks; c++)
+    chunk_release (bm, bm->chunks[c]);
+  free (bm->chunks);
+  free (bm);
 }
 
 uint64_t
@@ -121,10 +237,17 @@ bitmap_mem_nbits (const struct bitmap_mem *bm)
   return bm->nbits;
 }
 
-/* ---- bit-range primitives (bits [lo, hi), lo < hi <= nbits) ----------- */
+uint64_t
+bitmap_mem_memory (const struct bitmap_mem *bm)
+{
+  return sizeof *bm + bm->nchunks * sizeof *bm->chunks +
+         __atomic_load_n (&bm->allocated, __ATOMIC_RELAXED) * CHUNK_BYTES;
+}
+
+/* ---- word-range primitives (bits [lo, hi) of one chunk, lo < hi) ------ */
 
 static void
-set_bits (uint64_t *w, uint64_t lo, uint64_t hi)
+words_set (uint64_t *w, uint64_t lo, uint64_t hi)
 {
   uint64_t i = lo >> 6, last = (hi - 1) >> 6;
   uint64_t first_mask = ~0ull << (lo & 63);
@@ -141,7 +264,7 @@ set_bits (uint64_t *w, uint64_t lo, uint64_t hi)
 }
 
 static void
-clear_bits (uint64_t *w, uint64_t lo, uint64_t hi)
+words_clear (uint64_t *w, uint64_t lo, uint64_t hi)
 {
   uint64_t i = lo >> 6, last = (hi - 1) >> 6;
   uint64_t first_mask = ~0ull << (lo & 63);
@@ -157,11 +280,10 @@ clear_bits (uint64_t *w, uint64_t lo, uint64_t hi)
   w[last] &= ~last_mask;
 }
 
-/* The first set bit in [lo, hi) when invert is 0, the first clear bit
- * when invert is ~0; hi when there is none.  hi <= nbits, so the zero
- * tail (invariant 2) never shows up as a clear bit. */
+/* First set (invert 0) or clear (invert ~0) bit of w in [lo, hi); hi if
+ * none. */
 static uint64_t
-find_bit (const uint64_t *w, uint64_t lo, uint64_t hi, uint64_t invert)
+words_find (const uint64_t *w, uint64_t lo, uint64_t hi, uint64_t invert)
 {
   uint64_t i, last, x, bit;
 
@@ -177,6 +299,65 @@ find_bit (const uint64_t *w, uint64_t lo, uint64_t hi, uint64_t invert)
   }
   bit = (i << 6) + (uint64_t) __builtin_ctzll (x);
   return bit < hi ? bit : hi;
+}
+
+/* ---- bit-range primitives (bits [lo, hi), lo < hi <= nbits) ----------- *
+ * Each walks the chunks the range meets; c0/clo/chi name chunk c's first
+ * bit and the range's part of it, relative to c0. */
+
+#define FOR_CHUNKS(bm, lo, hi, c, clo, chi)                                  \
+  for (uint64_t c = (lo) >> CHUNK_SHIFT, c0_, clo, chi;                      \
+       c <= ((hi) - 1) >> CHUNK_SHIFT &&                                     \
+         (c0_ = c << CHUNK_SHIFT,                                            \
+          clo = (lo) > c0_ ? (lo) - c0_ : 0,                                 \
+          chi = (hi) - c0_ < CHUNK_BITS ? (hi) - c0_ : CHUNK_BITS, true);    \
+       c++)
+
+static void
+set_bits (struct bitmap_mem *bm, uint64_t lo, uint64_t hi)
+{
+  FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
+    if (clo == 0 && chi == CHUNK_BITS)
+      chunk_put (bm, c, ONES);
+    else if (bm->chunks[c] != ONES)
+      words_set (chunk_wr (bm, c), clo, chi);
+  }
+}
+
+static void
+clear_bits (struct bitmap_mem *bm, uint64_t lo, uint64_t hi)
+{
+  FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
+    if (clo == 0 && chi >= chunk_nbits (bm, c))
+      chunk_put (bm, c, NULL);
+    else if (bm->chunks[c] != NULL)
+      words_clear (chunk_wr (bm, c), clo, chi);
+  }
+}
+
+/* The first set bit in [lo, hi) when invert is 0, the first clear bit
+ * when invert is ~0; hi when there is none.  hi <= nbits, so the zero
+ * tail (invariant 2) never shows up as a clear bit. */
+static uint64_t
+find_bit (const struct bitmap_mem *bm, uint64_t lo, uint64_t hi,
+          uint64_t invert)
+{
+  if (lo >= hi)
+    return hi;
+  FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
+    const uint64_t *p = bm->chunks[c];
+    uint64_t b;
+
+    if (p == NULL || p == ONES) {
+      if ((p == ONES) == (invert == 0))
+        return (c << CHUNK_SHIFT) + clo;
+      continue;
+    }
+    b = words_find (p, clo, chi, invert);
+    if (b < chi)
+      return (c << CHUNK_SHIFT) + b;
+  }
+  return hi;
 }
 
 /* Bits touched by the guest range [offset, offset+len) clamped to the
@@ -202,7 +383,7 @@ bitmap_mem_set (struct bitmap_mem *bm, uint64_t offset, uint64_t len)
   uint64_t lo, hi;
 
   if (byte_range_to_bits (bm, offset, len, &lo, &hi))
-    set_bits (bm->words, lo, hi);
+    set_bits (bm, lo, hi);
 }
 
 void
@@ -211,20 +392,23 @@ bitmap_mem_clear (struct bitmap_mem *bm, uint64_t offset, uint64_t len)
   uint64_t lo, hi;
 
   if (byte_range_to_bits (bm, offset, len, &lo, &hi))
-    clear_bits (bm->words, lo, hi);
+    clear_bits (bm, lo, hi);
 }
 
 void
 bitmap_mem_set_all (struct bitmap_mem *bm)
 {
   if (bm->nbits)
-    set_bits (bm->words, 0, bm->nbits);
+    set_bits (bm, 0, bm->nbits);
 }
 
 void
 bitmap_mem_clear_all (struct bitmap_mem *bm)
 {
-  memset (bm->words, 0, bm->nwords * sizeof *bm->words);
+  uint64_t c;
+
+  for (c = 0; c < bm->nchunks; c++)
+    chunk_put (bm, c, NULL);
 }
 
 bool
@@ -235,7 +419,8 @@ bitmap_mem_get (const struct bitmap_mem *bm, uint64_t offset)
   if (offset >= bm->size)
     return false;
   k = offset >> bm->gran_bits;
-  return (bm->words[k >> 6] >> (k & 63)) & 1;
+  return (chunk_rd (bm, k >> CHUNK_SHIFT)[(k & (CHUNK_BITS - 1)) >> 6]
+          >> (k & 63)) & 1;
 }
 
 static int64_t
@@ -247,7 +432,7 @@ next_with (const struct bitmap_mem *bm, uint64_t offset, uint64_t end,
   if (end <= offset || !byte_range_to_bits (bm, offset, end - offset,
                                             &lo, &hi))
     return -1;
-  bit = find_bit (bm->words, lo, hi, invert);
+  bit = find_bit (bm, lo, hi, invert);
   if (bit == hi)
     return -1;
   /* offset < size <= nbits * granularity <= 2^63 (invariant 1), so both
@@ -283,7 +468,7 @@ bitmap_mem_next_dirty_area (const struct bitmap_mem *bm,
     return false;
   /* [offset, end) is non-empty and below the size, since s was found. */
   byte_range_to_bits (bm, offset, end - offset, &lo, &hi);
-  z = find_bit (bm->words, (uint64_t) s >> bm->gran_bits, hi, ~0ull);
+  z = find_bit (bm, (uint64_t) s >> bm->gran_bits, hi, ~0ull);
   if (z == hi)
     stop = end < bm->size ? end : bm->size;
   else
@@ -321,7 +506,14 @@ popcount_words (const uint64_t *w, uint64_t n)
 uint64_t
 bitmap_mem_count (const struct bitmap_mem *bm)
 {
-  return popcount_words (bm->words, bm->nwords);
+  uint64_t c, n = 0;
+
+  for (c = 0; c < bm->nchunks; c++)
+    if (bm->chunks[c] == ONES)
+      n += CHUNK_BITS;
+    else if (bm->chunks[c])
+      n += popcount_words (bm->chunks[c], CHUNK_WORDS);
+  return n;
 }
 
 uint64_t
@@ -334,7 +526,7 @@ bitmap_mem_dirty_bytes (const struct bitmap_mem *bm)
 int
 bitmap_mem_merge (struct bitmap_mem *dst, const struct bitmap_mem *src)
 {
-  uint64_t a, b, i, sg;
+  uint64_t a, b, c, i, sg;
 
   if (dst->size != src->size)
     return set_error (EINVAL, "bitmaps are of different sizes "
@@ -342,8 +534,20 @@ bitmap_mem_merge (struct bitmap_mem *dst, const struct bitmap_mem *src)
                       dst->size, src->size);
 
   if (dst->granularity == src->granularity) {
-    for (i = 0; i < dst->nwords; i++)
-      dst->words[i] |= src->words[i];
+    for (c = 0; c < dst->nchunks; c++) {
+      const uint64_t *s = src->chunks[c];
+      uint64_t *d;
+
+      if (s == NULL || dst->chunks[c] == ONES)
+        continue;
+      if (s == ONES) {
+        chunk_put (dst, c, ONES);
+        continue;
+      }
+      d = chunk_wr (dst, c);
+      for (i = 0; i < CHUNK_WORDS; i++)
+        d[i] |= s[i];
+    }
     return 0;
   }
 
@@ -352,11 +556,11 @@ bitmap_mem_merge (struct bitmap_mem *dst, const struct bitmap_mem *src)
    * size, so a coarse src tail granule does not spill past it into a
    * finer dst's (nonexistent) bits. */
   sg = src->gran_bits;
-  a = find_bit (src->words, 0, src->nbits, 0);
+  a = find_bit (src, 0, src->nbits, 0);
   while (a < src->nbits) {
-    b = find_bit (src->words, a, src->nbits, ~0ull);
+    b = find_bit (src, a, src->nbits, ~0ull);
     bitmap_mem_set (dst, a << sg, (b - a) << sg);
-    a = find_bit (src->words, b, src->nbits, 0);
+    a = find_bit (src, b, src->nbits, 0);
   }
   return 0;
 }
@@ -381,53 +585,93 @@ stream_clip (const struct bitmap_mem *bm, uint64_t start_byte, uint64_t n)
   return n < len - start_byte ? n : len - start_byte;
 }
 
-/* Re-establish invariant 2 after a whole-byte write into the last word. */
+/* Re-establish invariant 2 after a whole-byte write into the last chunk. */
 static void
 mask_tail (struct bitmap_mem *bm)
 {
-  if (bm->nbits & 63)
-    bm->words[bm->nwords - 1] &= ~0ull >> (64 - (bm->nbits & 63));
+  uint64_t c = bm->nchunks - 1, v = chunk_nbits (bm, c);
+
+  if (v < CHUNK_BITS && is_private (bm->chunks[c]))
+    words_clear (bm->chunks[c], v, CHUNK_BITS);
 }
+
+static bool
+all_bytes (const uint8_t *p, uint64_t n, uint8_t v)
+{
+  uint64_t i;
+
+  for (i = 0; i < n; i++)
+    if (p[i] != v)
+      return false;
+  return true;
+}
+
+/* Stream bytes [j, j+m) of chunk c: FOR_STREAM walks the chunks that
+ * stream bytes [start, start+len) meet, with k the first stream byte in
+ * chunk c and m the count. */
+#define FOR_STREAM(start, len, c, k, m)                                      \
+  for (uint64_t k = (start), m, c;                                           \
+       k < (start) + (len) &&                                                \
+         (c = k / CHUNK_BYTES,                                               \
+          m = (c + 1) * CHUNK_BYTES - k < (start) + (len) - k                \
+              ? (c + 1) * CHUNK_BYTES - k : (start) + (len) - k, true);      \
+       k += m)
 
 void
 bitmap_mem_store (const struct bitmap_mem *bm, uint64_t start_byte,
                   uint64_t n, uint8_t *buf)
 {
-  uint64_t m = stream_clip (bm, start_byte, n), j;
+  uint64_t mm = stream_clip (bm, start_byte, n);
+  uint8_t *out = buf;
 
   if (n == 0)
     return;
-  if (WORDS_ARE_STREAM)
-    memcpy (buf, (const uint8_t *) bm->words + start_byte, m);
-  else {
-    for (j = 0; j < m; j++) {
-      uint64_t k = start_byte + j;
-      buf[j] = (uint8_t) (bm->words[k >> 3] >> ((k & 7) << 3));
-    }
+  FOR_STREAM (start_byte, mm, c, k, m) {
+    const uint64_t *w = chunk_rd (bm, c);
+    uint64_t in = k % CHUNK_BYTES, j;
+
+    if (WORDS_ARE_STREAM)
+      memcpy (out, (const uint8_t *) w + in, m);
+    else
+      for (j = 0; j < m; j++)
+        out[j] = (uint8_t) (w[(in + j) >> 3] >> (((in + j) & 7) << 3));
+    out += m;
   }
-  memset (buf + m, 0, n - m);
+  memset (buf + mm, 0, n - mm);
 }
 
 void
 bitmap_mem_load (struct bitmap_mem *bm, uint64_t start_byte, uint64_t n,
                  const uint8_t *buf)
 {
-  uint64_t m = stream_clip (bm, start_byte, n), j;
+  uint64_t mm = stream_clip (bm, start_byte, n);
+  const uint8_t *src = buf;
 
-  if (m == 0)
+  if (mm == 0)
     return;
-  if (WORDS_ARE_STREAM)
-    memcpy ((uint8_t *) bm->words + start_byte, buf, m);
-  else {
-    for (j = 0; j < m; j++) {
-      uint64_t k = start_byte + j;
-      unsigned shift = (unsigned) (k & 7) << 3;
-      uint64_t *w = &bm->words[k >> 3];
+  FOR_STREAM (start_byte, mm, c, k, m) {
+    uint64_t in = k % CHUNK_BYTES, j, *w;
 
-      *w = (*w & ~(0xffull << shift)) | ((uint64_t) buf[j] << shift);
+    if (m == CHUNK_BYTES && all_bytes (src, m, 0))
+      chunk_put (bm, c, NULL);
+    else if (m == CHUNK_BYTES && all_bytes (src, m, 0xff))
+      chunk_put (bm, c, ONES);
+    else if (!(bm->chunks[c] == NULL && all_bytes (src, m, 0)) &&
+             !(bm->chunks[c] == ONES && all_bytes (src, m, 0xff))) {
+      w = chunk_wr (bm, c);
+      if (WORDS_ARE_STREAM)
+        memcpy ((uint8_t *) w + in, src, m);
+      else
+        for (j = 0; j < m; j++) {
+          unsigned shift = (unsigned) ((in + j) & 7) << 3;
+          uint64_t *x = &w[(in + j) >> 3];
+
+          *x = (*x & ~(0xffull << shift)) | ((uint64_t) src[j] << shift);
+        }
     }
+    src += m;
   }
-  if (start_byte + m == bitmap_mem_stream_bytes (bm))
+  if (start_byte + mm == bitmap_mem_stream_bytes (bm))
     mask_tail (bm);
 }
 
@@ -456,9 +700,9 @@ bitmap_mem_fill (struct bitmap_mem *bm, uint64_t start_byte, uint64_t n,
   if (!stream_to_bits (bm, start_byte, n, &lo, &hi))
     return;
   if (ones)
-    set_bits (bm->words, lo, hi);
+    set_bits (bm, lo, hi);
   else
-    clear_bits (bm->words, lo, hi);
+    clear_bits (bm, lo, hi);
 }
 
 int
@@ -469,18 +713,21 @@ bitmap_mem_stream_range_state (const struct bitmap_mem *bm,
 
   if (!stream_to_bits (bm, start_byte, n, &lo, &hi))
     return 0;
-  if (find_bit (bm->words, lo, hi, 0) == hi)
+  if (find_bit (bm, lo, hi, 0) == hi)
     return 0;
-  if (find_bit (bm->words, lo, hi, ~0ull) == hi)
+  if (find_bit (bm, lo, hi, ~0ull) == hi)
     return 1;
   return -1;
 }
 
 /* ---- concurrent access ------------------------------------------------ *
  * For bitmaps shared between threads without a lock (track.c's delta and
- * summary): every word is read and modified with atomic operations, so a
- * set or clear by one thread never loses a bit set concurrently by another
- * in the same word.  Sets and clears are sequentially consistent. */
+ * summary): chunk pointers are read with acquire loads and installed with
+ * one compare-and-swap (chunk_wr_atomic), every word is read and modified
+ * with atomic operations, so a set or clear by one thread never loses a
+ * bit set concurrently by another in the same word.  Sets and clears are
+ * sequentially consistent.  No chunk is freed here: a ONES chunk taken
+ * whole becomes NULL, every other taken chunk stays allocated. */
 
 /* The bits of word i that lie in [lo, hi). */
 static uint64_t
@@ -495,6 +742,12 @@ word_mask (uint64_t i, uint64_t lo, uint64_t hi)
   return m;
 }
 
+static uint64_t *
+chunk_load (const struct bitmap_mem *bm, uint64_t c)
+{
+  return __atomic_load_n (&bm->chunks[c], __ATOMIC_ACQUIRE);
+}
+
 void
 bitmap_mem_set_atomic (struct bitmap_mem *bm, uint64_t offset, uint64_t len)
 {
@@ -502,15 +755,44 @@ bitmap_mem_set_atomic (struct bitmap_mem *bm, uint64_t offset, uint64_t len)
 
   if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
     return;
-  for (i = lo >> 6; i <= (hi - 1) >> 6; i++) {
-    uint64_t m = word_mask (i, lo, hi);
+  FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
+    uint64_t *w = chunk_load (bm, c);
 
-    /* Already set: no write (a cleared bit was folded into every base
-     * first, see track.c), but keep the ordering of an RMW. */
-    if ((__atomic_load_n (&bm->words[i], __ATOMIC_RELAXED) & m) != m)
-      __atomic_fetch_or (&bm->words[i], m, __ATOMIC_SEQ_CST);
-    else
+    if (w == ONES) {
       __atomic_thread_fence (__ATOMIC_SEQ_CST);
+      continue;
+    }
+    if (w == NULL)
+      w = chunk_wr_atomic (bm, c);
+    for (i = clo >> 6; i <= (chi - 1) >> 6; i++) {
+      uint64_t m = word_mask (i, clo, chi);
+
+      /* Already set: no write (a cleared bit was folded into every base
+       * first, see track.c), but keep the ordering of an RMW. */
+      if ((__atomic_load_n (&w[i], __ATOMIC_RELAXED) & m) != m)
+        __atomic_fetch_or (&w[i], m, __ATOMIC_SEQ_CST);
+      else
+        __atomic_thread_fence (__ATOMIC_SEQ_CST);
+    }
+  }
+}
+
+/* Report the dirty runs of word x (already masked) of chunk c, word i. */
+static void
+report_word (const struct bitmap_mem *bm, uint64_t c, uint64_t i, uint64_t x,
+             void (*fn) (void *opaque, uint64_t start, uint64_t len),
+             void *opaque)
+{
+  uint64_t base = (c << CHUNK_SHIFT) + (i << 6);
+
+  while (x) {
+    uint64_t b = (uint64_t) __builtin_ctzll (x), y = x >> b, n, start, end;
+
+    n = ~y ? (uint64_t) __builtin_ctzll (~y) : 64 - b;
+    start = (base + b) << bm->gran_bits;
+    end = (base + b + n) << bm->gran_bits;
+    fn (opaque, start, (end < bm->size ? end : bm->size) - start);
+    x &= n + b < 64 ? ~0ull << (b + n) : 0;
   }
 }
 
@@ -525,20 +807,33 @@ bitmap_mem_each_dirty_atomic (struct bitmap_mem *bm, uint64_t offset,
 
   if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
     return;
-  for (i = lo >> 6; i <= (hi - 1) >> 6; i++) {
-    uint64_t m = word_mask (i, lo, hi), x;
+  FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
+    uint64_t *w = chunk_load (bm, c);
 
-    x = take ? __atomic_fetch_and (&bm->words[i], ~m, __ATOMIC_SEQ_CST)
-             : __atomic_load_n (&bm->words[i], __ATOMIC_SEQ_CST);
-    x &= m;
-    while (x) {
-      uint64_t b = (uint64_t) __builtin_ctzll (x), y = x >> b, n, start, end;
+    if (w == NULL)
+      continue;
+    if (w == ONES) {
+      uint64_t start = ((c << CHUNK_SHIFT) + clo) << bm->gran_bits;
+      uint64_t end = ((c << CHUNK_SHIFT) + chi) << bm->gran_bits;
 
-      n = ~y ? (uint64_t) __builtin_ctzll (~y) : 64 - b;
-      start = ((i << 6) + b) << bm->gran_bits;
-      end = ((i << 6) + b + n) << bm->gran_bits;
-      fn (opaque, start, (end < bm->size ? end : bm->size) - start);
-      x &= n + b < 64 ? ~0ull << (b + n) : 0;
+      if (!take ||
+          (clo == 0 && chi == CHUNK_BITS &&
+           __atomic_compare_exchange_n (&bm->chunks[c], &w, NULL, false,
+                                        __ATOMIC_SEQ_CST,
+                                        __ATOMIC_ACQUIRE))) {
+        fn (opaque, start, (end < bm->size ? end : bm->size) - start);
+        continue;
+      }
+      w = chunk_wr_atomic (bm, c);
+    }
+    for (i = clo >> 6; i <= (chi - 1) >> 6; i++) {
+      uint64_t m = word_mask (i, clo, chi), x;
+
+      x = __atomic_load_n (&w[i], __ATOMIC_SEQ_CST) & m;
+      if (x && take)
+        x = __atomic_fetch_and (&w[i], ~m, __ATOMIC_SEQ_CST) & m;
+      if (x)
+        report_word (bm, c, i, x, fn, opaque);
     }
   }
 }
@@ -551,9 +846,18 @@ bitmap_mem_clear_atomic (struct bitmap_mem *bm, uint64_t offset,
 
   if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
     return;
-  for (i = lo >> 6; i <= (hi - 1) >> 6; i++)
-    __atomic_fetch_and (&bm->words[i], ~word_mask (i, lo, hi),
-                        __ATOMIC_SEQ_CST);
+  FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
+    uint64_t *w = chunk_load (bm, c);
+
+    if (w == NULL) {
+      __atomic_thread_fence (__ATOMIC_SEQ_CST);
+      continue;
+    }
+    if (w == ONES)
+      w = chunk_wr_atomic (bm, c);
+    for (i = clo >> 6; i <= (chi - 1) >> 6; i++)
+      __atomic_fetch_and (&w[i], ~word_mask (i, clo, chi), __ATOMIC_SEQ_CST);
+  }
 }
 
 bool
@@ -564,11 +868,19 @@ bitmap_mem_all_set_atomic (const struct bitmap_mem *bm, uint64_t offset,
 
   if (!byte_range_to_bits (bm, offset, len, &lo, &hi))
     return true;
-  for (i = lo >> 6; i <= (hi - 1) >> 6; i++) {
-    uint64_t m = word_mask (i, lo, hi);
+  FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
+    const uint64_t *w = chunk_load (bm, c);
 
-    if ((__atomic_load_n (&bm->words[i], __ATOMIC_ACQUIRE) & m) != m)
+    if (w == ONES)
+      continue;
+    if (w == NULL)
       return false;
+    for (i = clo >> 6; i <= (chi - 1) >> 6; i++) {
+      uint64_t m = word_mask (i, clo, chi);
+
+      if ((__atomic_load_n (&w[i], __ATOMIC_ACQUIRE) & m) != m)
+        return false;
+    }
   }
   return true;
 }

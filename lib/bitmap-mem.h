@@ -10,6 +10,7 @@
  * All offsets and lengths are guest bytes unless the name ends in _byte
  * (a byte of the serialized qcow2 bit stream, qcow2-facts.md §5.5).
  *
+ * Sparse: memory follows the chunks that were touched (bitmap-mem.c).
  * Not internally locked: callers hold the image lock (or own the bitmap).
  */
 #ifndef RAWTRACK_BITMAP_MEM_H
@@ -32,6 +33,10 @@ void bitmap_mem_free (struct bitmap_mem *bm);
 uint64_t bitmap_mem_size (const struct bitmap_mem *bm);
 uint32_t bitmap_mem_granularity (const struct bitmap_mem *bm);
 uint64_t bitmap_mem_nbits (const struct bitmap_mem *bm);
+/* Bytes of memory the bitmap holds now (directory and chunks): it grows
+ * with the chunks that hold a mix of clean and dirty bits, never with the
+ * disk size alone beyond one pointer per chunk (bitmap-mem.c). */
+uint64_t bitmap_mem_memory (const struct bitmap_mem *bm);
 
 /* Mark dirty / clean every granule that [offset, offset+len) touches. */
 void bitmap_mem_set (struct bitmap_mem *bm, uint64_t offset, uint64_t len);

@@ -175,7 +175,11 @@ rnd_offset (const struct model *m)
   uint64_t span = m->size + 2 * m->g, wordb = 64 * m->g;
   uint64_t base, k;
 
-  switch (rnd () % 6) {
+  switch (rnd () % 7) {
+  case 6:                          /* chunk boundary (32768 bits) +- 1 */
+    k = rnd_below (m->nbits / 32768 + 2);
+    base = k * 32768 * m->g;
+    return base + (rnd () % 3) - (base ? 1 : 0);
   case 0:                          /* anywhere, byte precision */
     return rnd_below (span + 1);
   case 1:                          /* granule boundary +- 1 */
@@ -210,6 +214,7 @@ rnd_len (const struct model *m)
   case 2: return UINT64_MAX - rnd_below (3);   /* clamp with overflow */
   case 3: return m->g * (1 + rnd_below (3)) - rnd_below (2);
   case 4: return 64 * m->g + rnd_below (3) * m->g;
+  case 7: return (32768 + rnd_below (3) - 1) * m->g * (1 + rnd_below (2));
   case 5: return rnd_below (m->size + 1);
   default: return rnd_below (m->size / 8 + m->g + 1);
   }
@@ -741,6 +746,80 @@ test_each_dirty_atomic (void)
   }
 }
 
+/* Memory follows what was touched: a 15 TiB bitmap at 64 KiB (30 MiB of
+ * bits) costs its chunk directory plus one chunk per chunk holding a mix;
+ * all-dirty chunks cost nothing; scans skip clean chunks.  Concurrent
+ * setters that race to allocate one chunk lose no bit. */
+static void
+test_sparse (void)
+{
+  uint64_t size = UINT64_C (15) << 40, m0;
+  struct bitmap_mem *bm = bitmap_mem_new (size, 65536);
+  struct bitmap_mem *src;
+  struct setter st[3];
+  pthread_t th[3];
+  uint8_t *buf;
+  unsigned i;
+
+  assert (bm);
+  m0 = bitmap_mem_memory (bm);
+  assert (m0 < 128 * 1024);
+  bitmap_mem_set (bm, UINT64_C (1) << 30, 65536);
+  bitmap_mem_set (bm, UINT64_C (9) << 40, 4096);
+  assert (bitmap_mem_memory (bm) == m0 + 2 * 4096);
+  assert (bitmap_mem_count (bm) == 2);
+  /* 1 TiB dirty: 512 whole chunks, none allocated. */
+  bitmap_mem_set (bm, UINT64_C (2) << 40, UINT64_C (1) << 40);
+  assert (bitmap_mem_memory (bm) == m0 + 2 * 4096);
+  assert (bitmap_mem_count (bm) == 2 + (UINT64_C (1) << 24));
+  assert (bitmap_mem_all_set_atomic (bm, UINT64_C (2) << 40,
+                                     UINT64_C (1) << 40));
+  /* Clearing inside an all-dirty chunk allocates that one chunk. */
+  bitmap_mem_clear_atomic (bm, (UINT64_C (2) << 40) + 65536, 1);
+  assert (bitmap_mem_memory (bm) == m0 + 3 * 4096);
+  assert (bitmap_mem_next_clean (bm, UINT64_C (2) << 40, size) ==
+          (int64_t) ((UINT64_C (2) << 40) + 65536));
+  assert (bitmap_mem_next_dirty (bm, (UINT64_C (1) << 30) + 65536, size) ==
+          (int64_t) (UINT64_C (2) << 40));
+  /* A whole chunk loaded as zeros or ones is given back. */
+  buf = calloc (1, 4096);
+  assert (buf);
+  bitmap_mem_load (bm, 0, 4096, buf);       /* chunk 0 held the 1 GiB bit */
+  assert (bitmap_mem_memory (bm) == m0 + 2 * 4096);
+  bitmap_mem_clear (bm, 0, size);
+  assert (bitmap_mem_memory (bm) == m0 && bitmap_mem_count (bm) == 0);
+  assert (bitmap_mem_stream_range_state (bm, 0, bitmap_mem_stream_bytes (bm))
+          == 0);
+  memset (buf, 0xff, 4096);
+  bitmap_mem_load (bm, 8192, 4096, buf);
+  assert (bitmap_mem_memory (bm) == m0 && bitmap_mem_count (bm) == 32768);
+  /* Taking an all-dirty chunk whole leaves it clean at no cost. */
+  {
+    struct runs r = { NULL, 0, 0 };
+    bitmap_mem_each_dirty_atomic (bm, 0, size, true, run_fn, &r);
+    assert (r.calls == 1 && r.bytes == (UINT64_C (32768) << 16));
+    assert (bitmap_mem_count (bm) == 0);
+  }
+  free (buf);
+  bitmap_mem_free (bm);
+
+  /* Racing first sets of one chunk (many rounds, fresh bitmap each). */
+  for (i = 0; i < 30; i++) {
+    unsigned k;
+
+    src = bitmap_mem_new (4096 * 512, 512);
+    assert (src);
+    for (k = 0; k < 3; k++) {
+      st[k] = (struct setter) { src, k };
+      assert (pthread_create (&th[k], NULL, setter_worker, &st[k]) == 0);
+    }
+    for (k = 0; k < 3; k++)
+      pthread_join (th[k], NULL);
+    assert (bitmap_mem_count (src) == 4096);
+    bitmap_mem_free (src);
+  }
+}
+
 int
 main (void)
 {
@@ -780,6 +859,22 @@ main (void)
       }
     }
   }
+
+  /* Sizes spanning several 32768-bit chunks, with a partial last one:
+   * whole-chunk NULL / ONES states, chunk boundaries, the tail. */
+  for (seed = 1; seed <= 6; seed++) {
+    static const uint64_t nb[] = { 32768, 65536 + 1, 3 * 32768 + 77,
+                                   4 * 32768 - 1 };
+    for (si = 0; si < 4; si++) {
+      uint32_t g = seed & 1 ? 512 : 65536;
+      rng_state = 0x9E3779B97F4A7C15ull * (seed * 7919 + si + 1);
+      random_run (nb[si] * g - (seed % 3) * 100, g, 400);
+      merge_run (nb[si] * g - (seed % 3) * 100, g, g * 2, 30);
+      merge_run (nb[si] * g - (seed % 3) * 100, g, g, 30);
+      runs += 3;
+    }
+  }
+  test_sparse ();
 
   printf ("test-bitmap-mem: %lu random runs passed\n", runs);
   return 0;
