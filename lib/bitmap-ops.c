@@ -20,6 +20,7 @@
  *
  *   op       reads bits  new data  new table    new dir  freed afterwards
  *   add      no          no        yes (zeros)  yes      old dir
+ *   rotate   = add, and the same directory clears others' auto flags
  *   remove   no          no        no           yes/none old dir, table, data
  *   clear    no          no        yes (zeros)  yes      old dir, table, data
  *   enable   no          no        no           yes      old dir
@@ -513,14 +514,17 @@ rawtrack_bitmap_default_granularity (struct rawtrack_image *img)
   return MIN (MAX ((uint64_t) img->cluster_size, 4096), 65536);
 }
 
+/* Add name; with freeze, also clear the auto flag of every bitmap named
+ * in freeze (a NULL-terminated list) in the same directory update. */
 static int
 do_add (struct rawtrack_image *img, const char *name, uint64_t g,
-        unsigned flags)
+        unsigned flags, const char *const *freeze)
 {
   struct bitmap_update u;
   struct bitmap_entry *e;
   uint32_t gb;
   uint64_t bits, bytes, tsize;
+  size_t k;
 
   if (check_writable (img) == -1)
     return -1;
@@ -560,8 +564,17 @@ do_add (struct rawtrack_image *img, const char *name, uint64_t g,
   if (tsize == 0)
     return set_error (EINVAL, "cannot add a bitmap to a disk of size 0");
 
+  for (k = 0; freeze && freeze[k]; k++) {
+    int fi = lookup (img, freeze[k]);
+
+    if (fi < 0 || check_consistent (&img->bitmaps.entries[fi]) == -1)
+      return -1;
+  }
+
   if (bitmap_update_begin (img, &u, 1) == -1)
     return -1;
+  for (k = 0; freeze && freeze[k]; k++)
+    u.dir.entries[find (img, freeze[k])].flags &= ~BME_FLAG_AUTO;
   e = &u.dir.entries[u.dir.nr];
   memset (e, 0, sizeof *e);
   e->name = rt_strdup (name);
@@ -591,7 +604,20 @@ rawtrack_bitmap_add (struct rawtrack_image *img, const char *name,
 
   rt_clear_error ();
   lock_w (img);
-  r = do_add (img, name, granularity, flags);
+  r = do_add (img, name, granularity, flags, NULL);
+  unlock_w (img);
+  return r;
+}
+
+RAWTRACK_API int
+rawtrack_bitmap_rotate (struct rawtrack_image *img, const char *name,
+                        uint64_t granularity, const char *const *freeze)
+{
+  int r;
+
+  rt_clear_error ();
+  lock_w (img);
+  r = do_add (img, name, granularity, 0, freeze);
   unlock_w (img);
   return r;
 }

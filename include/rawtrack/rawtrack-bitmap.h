@@ -66,6 +66,18 @@ RAWTRACK_API int rawtrack_bitmap_add (struct rawtrack_image *img,
                                       const char *name, uint64_t granularity,
                                       unsigned flags);
 
+/* A checkpoint in one crash-atomic step: add the empty enabled bitmap
+ * name (as rawtrack_bitmap_add with no flags) and disable (freeze) every
+ * bitmap listed in freeze (NULL-terminated; NULL or empty: none) with the
+ * same directory update, so that a crash leaves either the old set of
+ * bitmaps or the new one - never a moment when no enabled bitmap records
+ * a write, nor one with the new bitmap and the old one still enabled.
+ * A backup then copies what the frozen bitmaps mark. */
+RAWTRACK_API int rawtrack_bitmap_rotate (struct rawtrack_image *img,
+                                         const char *name,
+                                         uint64_t granularity,
+                                         const char *const *freeze);
+
 /* Remove a bitmap (also an inconsistent one) and free its clusters. */
 RAWTRACK_API int rawtrack_bitmap_remove (struct rawtrack_image *img,
                                          const char *name);

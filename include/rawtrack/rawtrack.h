@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <rawtrack/rawtrack-io.h>
 #include <rawtrack/rawtrack-bitmap.h>
+#include <rawtrack/rawtrack-writer.h>
 
 #ifdef __cplusplus
 extern "C" {

@@ -369,6 +369,8 @@ make_bases (uint64_t size, uint32_t cs)
 static struct rawtrack_image *source_img;
 
 static int op_add (struct rawtrack_image *i) { return rawtrack_bitmap_add (i, "n", 8192, 0); }
+static const char *const rot_freeze[] = { "a", "b", NULL };
+static int op_rotate (struct rawtrack_image *i) { return rawtrack_bitmap_rotate (i, "n", 0, rot_freeze); }
 static int op_add_first (struct rawtrack_image *i) { return rawtrack_bitmap_add (i, "first", 0, RAWTRACK_BITMAP_ADD_DISABLED); }
 static int op_remove (struct rawtrack_image *i) { return rawtrack_bitmap_remove (i, "b"); }
 static int op_remove_last (struct rawtrack_image *i) { return rawtrack_bitmap_remove (i, "solo"); }
@@ -400,6 +402,7 @@ struct op {
 static const struct op ops[] = {
   { "add", &base3, op_add },
   { "add-first", &base0, op_add_first },
+  { "rotate", &base3, op_rotate },
   { "remove", &base3, op_remove },
   { "remove-last", &base1, op_remove_last },
   { "clear", &base3, op_clear },
