@@ -59,6 +59,26 @@ void json_bool (struct json *j, const char *key, bool value);
 void json_double (struct json *j, const char *key, double value);
 void json_null (struct json *j, const char *key);
 
+/* ---- json-parse.c: a small JSON reader -------------------------------- */
+enum jv_type { JV_NULL, JV_BOOL, JV_NUM, JV_STR, JV_ARR, JV_OBJ };
+struct jv {
+  enum jv_type t;
+  bool b;                      /* JV_BOOL */
+  bool integer, neg;           /* JV_NUM: exact integer (u or i) */
+  uint64_t u;
+  int64_t i;
+  double d;
+  char *s;                     /* JV_STR */
+  size_t n;                    /* JV_ARR, JV_OBJ: number of items */
+  struct jv **items;
+  char **keys;                 /* JV_OBJ */
+};
+/* Parse len bytes; NULL with a message naming the byte offset in err. */
+struct jv *jv_parse (const char *text, size_t len, char *err, size_t errlen);
+void jv_free (struct jv *v);
+/* Member key of an object, or NULL. */
+const struct jv *jv_get (const struct jv *v, const char *key);
+
 /* ---- commands ---------------------------------------------------------- */
 int cmd_attach (int argc, char **argv);
 int cmd_create (int argc, char **argv);
@@ -68,5 +88,6 @@ int cmd_cat (int argc, char **argv);
 int cmd_serve (int argc, char **argv);
 int cmd_io (int argc, char **argv);
 int cmd_bitmap (int argc, char **argv);
+int cmd_backup (int argc, char **argv);    /* cmd-backup.c */
 
 #endif /* RAWTRACK_CLI_H */

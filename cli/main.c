@@ -26,6 +26,7 @@ static const struct command commands[] = {
   { "io",     "run guest reads and tracked writes (like qemu-io)", cmd_io },
   { "bitmap", "manage and read persistent dirty bitmaps", cmd_bitmap },
   { "serve",  "export an image and its dirty bitmaps over NBD", cmd_serve },
+  { "backup", "incremental backup and restore: create, restore, verify, list, prune", cmd_backup },
   { "help",   "show this help, or a command's help", cmd_help },
 };
 #define NR_COMMANDS (sizeof commands / sizeof commands[0])

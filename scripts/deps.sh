@@ -13,7 +13,7 @@ set -euo pipefail
 packages=(
   # build
   meson ninja-build pkg-config gcc clang libclang-rt-14-dev
-  zlib1g-dev libzstd-dev libnbd-dev libgnutls28-dev
+  zlib1g-dev libzstd-dev libnbd-dev libgnutls28-dev libxxhash-dev
   # interop peers and test tools
   qemu-utils libnbd-bin nbdkit fio python3 jq gnutls-bin
   coreutils diffutils mount util-linux

@@ -15,7 +15,7 @@ out=docs/rawtrack.md
   echo '```'
   "$R" --help
   echo '```'
-  for cmd in attach create info check cat io bitmap serve; do
+  for cmd in attach create info check cat io bitmap serve backup; do
     echo
     echo "## rawtrack $cmd"
     echo
@@ -29,6 +29,16 @@ out=docs/rawtrack.md
         echo
         echo '```'
         "$R" bitmap "$sub" --help
+        echo '```'
+      done
+    fi
+    if [ "$cmd" = backup ]; then
+      for sub in create restore verify list prune; do
+        echo
+        echo "### rawtrack backup $sub"
+        echo
+        echo '```'
+        "$R" backup "$sub" --help
         echo '```'
       done
     fi

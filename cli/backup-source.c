@@ -1,0 +1,320 @@
+/* rawtrack - what a backup reads: an image, or an NBD export (libnbd).
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Owns: struct bk_source, the one interface the copy pipeline reads
+ * through (size, identity, allocation status, parallel reads) and, for
+ * NBD, the dirty extents of `qemu:dirty-bitmap:NAME`.  Checkpoint
+ * bitmaps of an image source are managed by backup-create.c through
+ * bk_source_image.
+ *
+ * Image: one read-write handle (bitmap operations need it; no guest write
+ * is made through it, so no bitmap is marked in use), read from many
+ * threads (librawtrack handles are thread-safe).  Allocation comes from
+ * rawtrack_image_block_status: unallocated, zero clusters and holes of a
+ * raw data file read as zeros and are never read.
+ *
+ * NBD: `connections` handles (multi-conn: refused by a server that does
+ * not advertise it for more than one connection, as nbdcopy does), each
+ * shared by two reading threads, so that two requests per connection are
+ * in flight (libnbd handles are thread-safe).  base:allocation gives
+ * zeros; the dirty bitmap's context is requested only with --bitmap.
+ *
+ * Locking: none of its own; libnbd and librawtrack lock their handles.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <inttypes.h>
+#include <errno.h>
+#include <limits.h>
+
+#include <libnbd.h>
+
+#include "backup.h"
+
+#define NBD_THREADS_PER_CONN 2
+#define NBD_MAX_STATUS (1u << 30)
+
+struct bk_source {
+  struct rawtrack_image *img;
+  struct nbd_handle **nbd;
+  int nconn;
+  char *identity;
+  char *bitmap_ctx;            /* "qemu:dirty-bitmap:NAME" */
+  uint64_t size;
+};
+
+static bool
+is_uri (const char *s)
+{
+  return strncmp (s, "nbd://", 6) == 0 || strncmp (s, "nbds://", 7) == 0 ||
+    strncmp (s, "nbd+unix://", 11) == 0 || strncmp (s, "nbds+unix://", 12) == 0 ||
+    strncmp (s, "nbd+vsock://", 12) == 0 || strncmp (s, "nbds+vsock://", 13) == 0;
+}
+
+static struct nbd_handle *
+nbd_open (const char *uri, const char *ctx)
+{
+  struct nbd_handle *h = nbd_create ();
+
+  if (!h) {
+    fprintf (stderr, "%s: libnbd: %s\n", progname, nbd_get_error ());
+    return NULL;
+  }
+  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
+      (ctx && nbd_add_meta_context (h, ctx) == -1) ||
+      nbd_connect_uri (h, uri) == -1) {
+    fprintf (stderr, "%s: cannot connect to '%s': %s\n", progname, uri,
+             nbd_get_error ());
+    nbd_close (h);
+    return NULL;
+  }
+  return h;
+}
+
+struct bk_source *
+bk_source_open (const char *spec, bool image_rw, int connections,
+                const char *bitmap)
+{
+  struct bk_source *s = calloc (1, sizeof *s);
+  int i;
+
+  if (is_uri (spec)) {
+    int64_t size;
+
+    if (bitmap && asprintf (&s->bitmap_ctx, "qemu:dirty-bitmap:%s", bitmap) < 0)
+      exit (1);
+    s->nconn = connections < 1 ? 1 : connections;
+    s->nbd = calloc ((size_t) s->nconn, sizeof *s->nbd);
+    s->nbd[0] = nbd_open (spec, s->bitmap_ctx);
+    if (!s->nbd[0])
+      goto err;
+    size = nbd_get_size (s->nbd[0]);
+    if (size < 0) {
+      fprintf (stderr, "%s: '%s': %s\n", progname, spec, nbd_get_error ());
+      goto err;
+    }
+    s->size = (uint64_t) size;
+    if (s->bitmap_ctx && nbd_can_meta_context (s->nbd[0], s->bitmap_ctx) != 1) {
+      fprintf (stderr, "%s: '%s' does not export the dirty bitmap '%s' "
+               "(no meta context %s)\n", progname, spec, bitmap,
+               s->bitmap_ctx);
+      goto err;
+    }
+    if (s->nconn > 1 && nbd_can_multi_conn (s->nbd[0]) != 1) {
+      fprintf (stderr, "%s: '%s' does not allow multi-conn: using one "
+               "connection\n", progname, spec);
+      s->nconn = 1;
+    }
+    for (i = 1; i < s->nconn; i++)
+      if (!(s->nbd[i] = nbd_open (spec, s->bitmap_ctx)))
+        goto err;
+    s->identity = strdup (spec);
+    return s;
+  }
+
+  s->img = rawtrack_image_open (spec, image_rw ? RAWTRACK_OPEN_RDWR : 0, NULL);
+  if (!s->img) {
+    fail_lib ("cannot open the source image '%s'", spec);
+    goto err;
+  }
+  s->size = rawtrack_image_virtual_size (s->img);
+  {
+    char *rp = realpath (spec, NULL);
+
+    s->identity = rp ? rp : strdup (spec);
+  }
+  return s;
+
+ err:
+  bk_source_close (s);
+  return NULL;
+}
+
+void
+bk_source_close (struct bk_source *s)
+{
+  int i;
+
+  if (!s)
+    return;
+  if (s->img && rawtrack_image_close (s->img) == -1)
+    fail_lib ("closing the source image");
+  for (i = 0; s->nbd && i < s->nconn; i++)
+    if (s->nbd[i]) {
+      nbd_shutdown (s->nbd[i], 0);
+      nbd_close (s->nbd[i]);
+    }
+  free (s->nbd);
+  free (s->identity);
+  free (s->bitmap_ctx);
+  free (s);
+}
+
+bool
+bk_source_is_image (struct bk_source *s)
+{
+  return s->img != NULL;
+}
+
+struct rawtrack_image *
+bk_source_image (struct bk_source *s)
+{
+  return s->img;
+}
+
+uint64_t
+bk_source_size (struct bk_source *s)
+{
+  return s->size;
+}
+
+const char *
+bk_source_identity (struct bk_source *s)
+{
+  return s->identity;
+}
+
+int
+bk_source_parallel (struct bk_source *s)
+{
+  return s->img ? 2 : s->nconn * NBD_THREADS_PER_CONN;
+}
+
+int
+bk_source_pread (struct bk_source *s, int t, void *buf, uint64_t count,
+                 uint64_t off)
+{
+  if (s->img) {
+    if (rawtrack_image_pread (s->img, buf, count, off) == -1)
+      return fail_lib ("reading the source at offset %" PRIu64, off), -1;
+    return 0;
+  }
+  {
+    struct nbd_handle *h = s->nbd[(t / NBD_THREADS_PER_CONN) % s->nconn];
+    uint64_t done = 0;
+
+    /* Servers limit a request (qemu-nbd: 32 MiB); stay well below. */
+    while (done < count) {
+      uint64_t n = count - done < (8u << 20) ? count - done : (8u << 20);
+
+      if (nbd_pread (h, (char *) buf + done, n, off + done, 0) == -1) {
+        fprintf (stderr, "%s: reading the NBD source at offset %" PRIu64
+                 ": %s\n", progname, off + done, nbd_get_error ());
+        return -1;
+      }
+      done += n;
+    }
+    return 0;
+  }
+}
+
+struct status_cb {
+  const char *want;
+  uint64_t len;
+  uint32_t flags;
+  bool got;
+  struct bk_range **v;
+  size_t *n;
+  uint64_t pos;                /* dirty walk */
+};
+
+static int
+one_extent (void *opaque, const char *metacontext, uint64_t offset,
+            uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct status_cb *c = opaque;
+
+  if (strcmp (metacontext, c->want) != 0 || nr_entries < 2)
+    return 0;
+  c->len = entries[0];
+  c->flags = entries[1];
+  c->got = true;
+  return 0;
+}
+
+int64_t
+bk_source_status (struct bk_source *s, uint64_t off, uint64_t count,
+                  bool *zero)
+{
+  if (s->img) {
+    unsigned st;
+    int64_t n = rawtrack_image_block_status (s->img, off, count, &st);
+
+    if (n <= 0)
+      return fail_lib ("block status of the source at offset %" PRIu64, off),
+        -1;
+    *zero = (st & (RAWTRACK_STATUS_ZERO | RAWTRACK_STATUS_HOLE)) != 0;
+    return n;
+  }
+  {
+    struct status_cb c = { .want = LIBNBD_CONTEXT_BASE_ALLOCATION };
+    nbd_extent_callback cb = { .callback = one_extent, .user_data = &c };
+    uint64_t n = count < NBD_MAX_STATUS ? count : NBD_MAX_STATUS;
+
+    if (nbd_block_status (s->nbd[0], n, off, cb, 0) == -1) {
+      fprintf (stderr, "%s: block status of the NBD source at %" PRIu64
+               ": %s\n", progname, off, nbd_get_error ());
+      return -1;
+    }
+    if (!c.got || c.len == 0) {
+      /* No usable answer: treat as data. */
+      *zero = false;
+      return (int64_t) n;
+    }
+    *zero = (c.flags & LIBNBD_STATE_ZERO) != 0;
+    return (int64_t) (c.len < count ? c.len : count);
+  }
+}
+
+static int
+dirty_extents (void *opaque, const char *metacontext, uint64_t offset,
+               uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct status_cb *c = opaque;
+  size_t i;
+
+  if (strcmp (metacontext, c->want) != 0)
+    return 0;
+  c->got = true;
+  for (i = 0; i + 1 < nr_entries; i += 2) {
+    if (entries[i + 1] & 1)
+      bk_ranges_add (c->v, c->n, c->pos, entries[i]);
+    c->pos += entries[i];
+  }
+  return 0;
+}
+
+int
+bk_source_dirty (struct bk_source *s, struct bk_range **v, size_t *n)
+{
+  struct status_cb c = { .want = s->bitmap_ctx, .v = v, .n = n };
+  nbd_extent_callback cb = { .callback = dirty_extents, .user_data = &c };
+
+  if (!s->nbd || !s->bitmap_ctx)
+    return 0;
+  while (c.pos < s->size) {
+    uint64_t start = c.pos, len = s->size - c.pos;
+
+    if (len > NBD_MAX_STATUS)
+      len = NBD_MAX_STATUS;
+    c.got = false;
+    if (nbd_block_status (s->nbd[0], len, start, cb, 0) == -1) {
+      fprintf (stderr, "%s: reading the dirty bitmap at %" PRIu64 ": %s\n",
+               progname, start, nbd_get_error ());
+      return -1;
+    }
+    if (!c.got || c.pos == start) {
+      fprintf (stderr, "%s: the server sent no extents of %s at %" PRIu64
+               "\n", progname, s->bitmap_ctx, start);
+      return -1;
+    }
+    if (c.pos > s->size) {
+      /* Clip the last extent to the disk. */
+      if (*n && (*v)[*n - 1].off + (*v)[*n - 1].len > s->size)
+        (*v)[*n - 1].len = s->size - (*v)[*n - 1].off;
+      c.pos = s->size;
+    }
+  }
+  return 0;
+}
