@@ -17,6 +17,10 @@ packages=(
   # interop peers and test tools
   qemu-utils libnbd-bin nbdkit fio python3 jq gnutls-bin
   coreutils diffutils mount util-linux
+  # the installed package (tests/package): man pages rendered with man -l,
+  # the bash completion's pkg-config file, systemd-analyze verify and
+  # systemd-socket-activate for the serve units
+  man-db groff-base bash-completion systemd
 )
 
 missing=()
