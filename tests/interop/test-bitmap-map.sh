@@ -20,7 +20,8 @@ requires qemu-io --version
 requires qemu-nbd --version
 requires nbdinfo --version
 requires "$PYTHON" --version
-nbdinfo --help 2>&1 | grep -q -- '--map' || skip "nbdinfo has no --map"
+nbdinfo_help=$(nbdinfo --help 2>&1 || true)
+grep -q -- '--map' <<<"$nbdinfo_help" || skip "nbdinfo has no --map"
 cd "$tmpdir"
 
 MiB=$((1024 * 1024))
