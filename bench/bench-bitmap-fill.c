@@ -7,8 +7,8 @@
  * bits directly through the internal API (bitmap_replace_bits: new data,
  * table and directory, one header switch).  Runs of dirty and clean
  * granules alternate, each 1 .. 2*AVG-1 granules long (default AVG 256),
- * so about half the bits are set.  Built by bench/bench-bitmap.sh against
- * the build tree's internal library.
+ * so about half the bits are set.  Built by meson (bench/meson.build)
+ * against the internal library; run by bench/bench-bitmap.sh.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,7 +5,7 @@
 # exists) with two 64 KiB-granularity bitmaps, "src" and "dst": 2^28 bits,
 # 32 MiB of bitmap data each.  "src" is made half dirty in scattered runs
 # (alternating dirty/clean runs of 1..511 granules) by bench-bitmap-fill,
-# a small C helper built here against the build tree's internal library.
+# a small C helper meson builds against the internal library.
 #
 # Timed, each on a fresh copy of the image, best of $TRIALS (wall clock)
 # and the largest peak RSS (/usr/bin/time %M, which includes children
@@ -39,15 +39,14 @@ work="$(mktemp -d "${WORKDIR:-/tmp}/bench-bitmap.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-cc -O2 -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
-  -I"$src/include" -I"$src/common" -I"$src/lib" -I"$build" \
-  "$src/bench/bench-bitmap-fill.c" "$build/librawtrack-internal.a" \
-  -lzstd -lz -lpthread -o fill
+# The fill helper is built by meson (bench/meson.build).
+fill="$build/bench/bench-bitmap-fill"
+[ -x "$fill" ] || { echo "bench-bitmap: build $fill first" >&2; exit 1; }
 
 "$rawtrack" create base.qcow2 "$SIZE" >/dev/null
 "$rawtrack" bitmap add base.qcow2 src --granularity "$GRAN"
 "$rawtrack" bitmap add base.qcow2 dst --granularity "$GRAN"
-./fill base.qcow2 src "$AVG_RUN"
+"$fill" base.qcow2 src "$AVG_RUN"
 qemu-img check -q base.qcow2
 echo "image: $SIZE, granularity $GRAN, $(du -k base.qcow2 | cut -f1) KiB of metadata"
 
@@ -124,7 +123,7 @@ echo
 echo "add / remove: 1 GiB image (tiny bitmap) versus $SIZE (32 MiB bitmap at 64k)"
 "$rawtrack" create tiny.qcow2 1G >/dev/null
 "$rawtrack" bitmap add tiny.qcow2 src --granularity "$GRAN"
-./fill tiny.qcow2 src "$AVG_RUN" >/dev/null
+"$fill" tiny.qcow2 src "$AVG_RUN" >/dev/null
 printf '%-28s %10s %10s\n' op tiny-s huge-s
 # tiny_huge LABEL CMD-WITH-w.qcow2...: best time on the tiny and the huge image.
 tiny_huge ()
