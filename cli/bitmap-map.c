@@ -257,11 +257,20 @@ svg_fill (double f, char *buf, size_t len)
 static int
 draw_svg (const struct map_options *o, const struct slices *s)
 {
-  const int cell = 12, gap = 1, left = 96, top = 78, right = 24;
+  const int gap = 1, left = 96, top = 78, right = 24;
   uint64_t cols = s->n < MAP_SVG_COLUMNS ? s->n : MAP_SVG_COLUMNS;
   uint64_t rows = cols ? (s->n + cols - 1) / cols : 0, i;
-  int gw = (int) cols * (cell + gap), gh = (int) rows * (cell + gap);
-  int width = left + (gw > 420 ? gw : 420) + right;
+  /* 12-pixel cells in a full row of 64; fewer cells get bigger ones. */
+  int cell = cols ? (int) (832 / cols) - gap : 12;
+  int gw, gh, width;
+
+  if (cell > 48)
+    cell = 48;
+  if (cell < 12)
+    cell = 12;
+  gw = (int) cols * (cell + gap);
+  gh = (int) rows * (cell + gap);
+  width = left + (gw > 620 ? gw : 620) + right;
   int height = top + gh + 70;
   char sz[32], sl[32], dt[32], fill[16];
   FILE *fp;
@@ -310,7 +319,7 @@ draw_svg (const struct map_options *o, const struct slices *s)
 
     human_size (i * cols * s->slice, lab, sizeof lab);
     fprintf (fp, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n",
-             left - 6, top + (int) i * (cell + gap) + cell - 2,
+             left - 6, top + (int) i * (cell + gap) + cell / 2 + 4,
              i ? lab : "0");
   }
   fprintf (fp, "</g>\n<g>\n");
@@ -336,6 +345,7 @@ draw_svg (const struct map_options *o, const struct slices *s)
     static const char *const labels[] = {
       "clean", "any", "25%", "50%", "75%", "all dirty"
     };
+    const int lc = 12;             /* legend squares */
     int y = top + gh + 24;
     size_t k;
 
@@ -347,12 +357,11 @@ draw_svg (const struct map_options *o, const struct slices *s)
       fprintf (fp, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
                "fill=\"%s\" stroke=\"#999\" stroke-width=\"0.5\"/>\n"
                "<text x=\"%d\" y=\"%d\">%s</text>\n",
-               x, y, cell, cell, fill, x + cell + 4, y + cell - 2,
-               labels[k]);
+               x, y, lc, lc, fill, x + lc + 4, y + lc - 2, labels[k]);
     }
     fprintf (fp, "<text x=\"%d\" y=\"%d\" fill=\"#555\">each cell: %s of "
              "the disk, left to right, top to bottom; shade: dirty share "
-             "of the cell</text>\n</g>\n", left, y + cell + 22, sl);
+             "of the cell</text>\n</g>\n", left, y + lc + 22, sl);
   }
   fprintf (fp, "</svg>\n");
 
