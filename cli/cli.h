@@ -42,6 +42,29 @@ int parse_track_mode (const char *s, unsigned *flags);
 /* Format bytes in human form like qemu-img ("64 KiB", "1 GiB", "1.5 MiB"). */
 void human_size (uint64_t bytes, char *buf, size_t len);
 
+/* Remote (NBD) data files: the options every command that opens a data
+ * file takes.  Put REMOTE_LONG_OPTS in the option table, hand every
+ * getopt result to remote_option first, and REMOTE_HELP in --help. */
+enum { OPT_ALLOW_REMOTE = 0x1000, OPT_REMOTE_TLS_CERTS, OPT_REMOTE_TLS_PSK };
+#define REMOTE_LONG_OPTS \
+  { "allow-remote", no_argument, NULL, OPT_ALLOW_REMOTE }, \
+  { "tls-certificates", required_argument, NULL, OPT_REMOTE_TLS_CERTS }, \
+  { "tls-psk", required_argument, NULL, OPT_REMOTE_TLS_PSK }
+#define REMOTE_HELP \
+  "  --allow-remote    follow an NBD URI stored in the image as its data\n" \
+  "                    file (refused otherwise: an image from elsewhere\n" \
+  "                    must not make rawtrack connect anywhere); a URI\n" \
+  "                    given with --data-file needs no permission\n" \
+  "  --tls-certificates DIR, --tls-psk FILE\n" \
+  "                    TLS credentials for an nbds:// data file: DIR holds\n" \
+  "                    ca-cert.pem (and client-cert.pem, client-key.pem if\n" \
+  "                    the server checks clients); FILE username:hexkey\n" \
+  "                    lines, the user from the URI (nbds://USER@host/)\n"
+/* 1 if c was a remote option (handled: flags gets
+ * RAWTRACK_OPEN_ALLOW_REMOTE, credentials go to rawtrack_nbd_set_tls),
+ * 0 if not, -1 on error (reported). */
+int remote_option (int c, const char *arg, unsigned *flags);
+
 /* ---- json.c: a small streaming JSON writer ---------------------------- */
 struct json;
 /* pretty: indent like qemu-img --output=json (4 spaces). */

@@ -17,13 +17,19 @@ static void
 help (void)
 {
   printf ("Usage: %s attach RAW IMAGE [--cluster-size N] [--relative] [--force]\n"
-          "                 [--json]\n"
+          "                 [--json] [--tls-certificates DIR | --tls-psk FILE]\n"
           "\n"
           "Create IMAGE, a qcow2 metadata container whose external data file is\n"
           "the existing raw file or block device RAW.  RAW is opened read-only\n"
           "and never written: it stays a valid raw image, and QEMU, qemu-nbd\n"
           "and rawtrack read the same bytes through IMAGE.  Every guest cluster\n"
           "is mapped one to one (\"raw external data\").\n"
+          "\n"
+          "RAW may be an NBD URI (nbd://HOST/EXPORT, nbds://..., nbd+unix:///\n"
+          "EXPORT?socket=PATH, nbds+unix://...): the disk then stays on that\n"
+          "server (Ceph RBD, a SAN LUN or object storage behind qemu-nbd or\n"
+          "nbdkit), the URI is recorded as given, and the commands that open\n"
+          "the data file follow it only with --allow-remote.\n"
           "\n"
           "  --cluster-size N  512 bytes to 2 MiB (default 2M: the smallest\n"
           "                    metadata and the fastest attach and open; see\n"
@@ -32,6 +38,8 @@ help (void)
           "                    of as an absolute path\n"
           "  --force           replace IMAGE if it exists (never RAW)\n"
           "  --json            print what was created as JSON\n"
+          "  --tls-certificates DIR, --tls-psk FILE\n"
+          "                    TLS credentials when RAW is an nbds:// URI\n"
           "  -h, --help        this help\n"
           "\n"
           "Refused, with nothing written: IMAGE exists (without --force), RAW is\n"
@@ -92,6 +100,7 @@ cmd_attach (int argc, char **argv)
     { "relative", no_argument, NULL, 'r' },
     { "force", no_argument, NULL, 'f' },
     { "json", no_argument, NULL, 'j' },
+    REMOTE_LONG_OPTS,
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
@@ -100,12 +109,19 @@ cmd_attach (int argc, char **argv)
   const char *err, *raw, *image;
   char *rel = NULL;
   bool relative = false, json = false;
+  unsigned dummy_flags = 0;  /* attach follows no stored name */
   uint64_t v;
   int c;
 
   optind = 1;
   opterr = 0;
   while ((c = getopt_long (argc, argv, "hf", opts, NULL)) != -1) {
+    int rr = remote_option (c, optarg, &dummy_flags);
+
+    if (rr == -1)
+      return 1;
+    if (rr == 1)
+      continue;
     switch (c) {
     case 'c':
       if (parse_size (optarg, &v, &err) == -1)

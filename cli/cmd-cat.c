@@ -17,7 +17,8 @@ static void
 help (void)
 {
   printf ("Usage: %s cat IMAGE [--offset O] [--length L] [--data-file PATH]\n"
-          "                    [--allow-device]\n"
+          "                    [--allow-device] [--allow-remote]\n"
+          "                    [--tls-certificates DIR | --tls-psk FILE]\n"
           "\n"
           "Write the disk as the guest sees it to standard output: data from\n"
           "the external data file (or the image's own clusters), zeros for\n"
@@ -29,6 +30,7 @@ help (void)
           "  --data-file PATH  use PATH as the external data file\n"
           "  --allow-device    the data file may be a block device named by the\n"
           "                    image (without this only --data-file can name one)\n"
+          REMOTE_HELP
           "  -h, --help        this help\n",
           progname);
 }
@@ -41,6 +43,7 @@ cmd_cat (int argc, char **argv)
     { "length", required_argument, NULL, 'l' },
     { "data-file", required_argument, NULL, 'd' },
     { "allow-device", no_argument, NULL, 'A' },
+    REMOTE_LONG_OPTS,
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
@@ -55,6 +58,12 @@ cmd_cat (int argc, char **argv)
   optind = 1;
   opterr = 0;
   while ((c = getopt_long (argc, argv, "h", opts, NULL)) != -1) {
+    int rr = remote_option (c, optarg, &flags);
+
+    if (rr == -1)
+      return 1;
+    if (rr == 1)
+      continue;
     switch (c) {
     case 'o':
       if (parse_size (optarg, &offset, &err) == -1)

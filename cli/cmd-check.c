@@ -25,6 +25,8 @@ help (void)
 {
   printf ("Usage: %s check IMAGE [-r leaks|all | --repair[=leaks|all]]\n"
           "                [--json | --output=human|json] [--data-file PATH] [-q]\n"
+          "                [--allow-device] [--allow-remote]\n"
+          "                [--tls-certificates DIR | --tls-psk FILE]\n"
           "\n"
           "Check the qcow2 metadata of IMAGE for consistency, and optionally\n"
           "repair it.  The check recomputes the reference count of every\n"
@@ -58,6 +60,7 @@ help (void)
           "                    name stored in the image\n"
           "  --allow-device    the data file may be a block device named by the\n"
           "                    image (without this only --data-file can name one)\n"
+          REMOTE_HELP
           "  -f qcow2          accepted for compatibility with qemu-img\n"
           "  -q, --quiet       print nothing on stdout (findings still go to\n"
           "                    stderr)\n"
@@ -172,6 +175,7 @@ cmd_check (int argc, char **argv)
     { "output", required_argument, NULL, 'o' },
     { "data-file", required_argument, NULL, 'd' },
     { "allow-device", no_argument, NULL, 'A' },
+    REMOTE_LONG_OPTS,
     { "format", required_argument, NULL, 'f' },
     { "quiet", no_argument, NULL, 'q' },
     { "help", no_argument, NULL, 'h' },
@@ -187,6 +191,12 @@ cmd_check (int argc, char **argv)
   optind = 1;
   opterr = 0;
   while ((c = getopt_long (argc, argv, "r:f:qh", opts, NULL)) != -1) {
+    int rr = remote_option (c, optarg, &allow);
+
+    if (rr == -1)
+      return 1;
+    if (rr == 1)
+      continue;
     switch (c) {
     case 'r':
       if (parse_mode (optarg, &repair) == -1)
@@ -207,7 +217,7 @@ cmd_check (int argc, char **argv)
       else return usage_error ("check", "--output must be 'json' or 'human'");
       break;
     case 'd': data_file = optarg; break;
-    case 'A': allow = RAWTRACK_OPEN_ALLOW_DEVICE; break;
+    case 'A': allow |= RAWTRACK_OPEN_ALLOW_DEVICE; break;
     case 'f':
       if (strcmp (optarg, "qcow2") != 0)
         return usage_error ("check", "only the qcow2 format is supported, "

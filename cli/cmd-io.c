@@ -22,6 +22,7 @@ help (void)
 {
   printf ("Usage: %s io IMAGE [-c CMD]... [-f FILE] [--track safe|process|lazy]\n"
           "                 [--data-file PATH] [--allow-device] [--read-only]\n"
+          "                 [--allow-remote] [--tls-certificates DIR | --tls-psk FILE]\n"
           "\n"
           "Run guest I/O commands against IMAGE through rawtrack's tracked I/O\n"
           "path: every write, write-zeroes and discard marks every enabled\n"
@@ -53,6 +54,7 @@ help (void)
           "  --data-file PATH    use PATH as the external data file\n"
           "  --allow-device      the data file may be a block device named by the\n"
           "                      image (without this only --data-file can name one)\n"
+          REMOTE_HELP
           "  -h, --help          this help\n"
           "\n"
           "Exit status: 0 if every command succeeded, 1 otherwise (processing\n"
@@ -208,6 +210,7 @@ cmd_io (int argc, char **argv)
     { "read-only", no_argument, NULL, 'r' },
     { "data-file", required_argument, NULL, 'd' },
     { "allow-device", no_argument, NULL, 'A' },
+    REMOTE_LONG_OPTS,
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
@@ -222,6 +225,12 @@ cmd_io (int argc, char **argv)
   optind = 1;
   opterr = 0;
   while ((c = getopt_long (argc, argv, "hc:f:", opts, NULL)) != -1) {
+    int rr = remote_option (c, optarg, &flags);
+
+    if (rr == -1)
+      return 1;
+    if (rr == 1)
+      continue;
     switch (c) {
     case 'c':
       if (nr_cmds == cap) {

@@ -40,6 +40,7 @@
 #include <arpa/inet.h>
 
 #include "cli.h"
+
 #include "server.h"
 #include "nbd-protocol.h"
 
@@ -50,7 +51,7 @@ help (void)
           "                      [--export NAME] [--description TEXT] [--read-only]\n"
           "                      [--bitmap NAME]... [--connections N] [--threads N]\n"
           "                      [--pidfile FILE] [--run CMD] [--data-file PATH]\n"
-          "                      [--allow-device]\n"
+          "                      [--allow-device] [--allow-remote]\n"
           "                      [--tls=off|on|require (--tls-certificates DIR |\n"
           "                       --tls-psk FILE) [--tls-verify-peer]]\n"
           "\n"
@@ -88,7 +89,9 @@ help (void)
           "                          qemu:dirty-bitmap:NAME (repeatable; default:\n"
           "                          every consistent bitmap of the image)\n"
           "      --data-file PATH    the external data file (overrides the name\n"
-          "                          stored in the image)\n"
+          "                          stored in the image); may be an NBD URI\n"
+          "      --allow-remote      follow an NBD URI stored in the image as its\n"
+          "                          data file (refused otherwise)\n"
           "      --allow-device      the data file may be a block device named by\n"
           "                          the image (without this only --data-file can\n"
           "                          name one)\n"
@@ -120,6 +123,9 @@ help (void)
           "      --tls-verify-peer   X.509 only: require a client certificate signed\n"
           "                          by ca-cert.pem (clients put client-cert.pem and\n"
           "                          client-key.pem in their certificate directory)\n"
+          "  --tls-certificates and --tls-psk also serve as the client credentials\n"
+          "  of an nbds:// data file (the same directory may hold client-cert.pem\n"
+          "  and client-key.pem); for that alone they need no --tls.\n"
           "  With TLS, --sendfile and zero-copy writes are not used for TLS\n"
           "  connections.  Clients: nbdinfo 'nbds+unix:///?socket=S&tls-certificates=\n"
           "  DIR', nbdinfo 'nbds://alice@HOST/?tls-psk-file=FILE', qemu-img\n"
@@ -321,6 +327,7 @@ struct serve_options {
   size_t nwanted;
   unsigned max_conn, threads, hs_timeout, track;
   unsigned allow_device;           /* 0 or RAWTRACK_OPEN_ALLOW_DEVICE */
+  unsigned allow_remote;           /* 0 or RAWTRACK_OPEN_ALLOW_REMOTE */
   char sockbuf[PATH_MAX];          /* an absolute --socket */
   bool bound_unix;                 /* sock is ours to unlink at exit */
 };
@@ -331,7 +338,8 @@ static int
 parse_options (int argc, char **argv, struct serve_options *o)
 {
   enum { OPT_RUN = 256, OPT_DATA_FILE, OPT_ALLOW_DEVICE, OPT_TRACK, OPT_HANDSHAKE,
-         OPT_SENDFILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY };
+         OPT_SENDFILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
+         OPT_ALLOW_REMOTE_DATA };
   static const struct option opts[] = {
     { "socket", required_argument, NULL, 's' },
     { "listen", optional_argument, NULL, 'l' },
@@ -347,6 +355,7 @@ parse_options (int argc, char **argv, struct serve_options *o)
     { "run", required_argument, NULL, OPT_RUN },
     { "data-file", required_argument, NULL, OPT_DATA_FILE },
     { "allow-device", no_argument, NULL, OPT_ALLOW_DEVICE },
+    { "allow-remote", no_argument, NULL, OPT_ALLOW_REMOTE_DATA },
     { "track", required_argument, NULL, OPT_TRACK },
     { "mode", required_argument, NULL, OPT_TRACK },  /* io's old spelling */
     { "sendfile", no_argument, NULL, OPT_SENDFILE },
@@ -408,6 +417,9 @@ parse_options (int argc, char **argv, struct serve_options *o)
     case OPT_RUN: o->run = optarg; break;
     case OPT_DATA_FILE: o->data_file = optarg; break;
     case OPT_ALLOW_DEVICE: o->allow_device = RAWTRACK_OPEN_ALLOW_DEVICE; break;
+    case OPT_ALLOW_REMOTE_DATA:
+      o->allow_remote = RAWTRACK_OPEN_ALLOW_REMOTE;
+      break;
     case OPT_SENDFILE: o->use_sendfile = true; break;
     case OPT_TRACK:
       if (parse_track_mode (optarg, &o->track) == -1) {
@@ -466,9 +478,8 @@ parse_options (int argc, char **argv, struct serve_options *o)
                  o->tls_mode == TLS_ON ? "on" : "require");
     goto err;
   }
-  if (o->tls_mode == TLS_OFF && (o->tls_certs || o->tls_psk ||
-                                 o->tls_verify)) {
-    usage_error ("serve", "TLS credentials given but --tls=on or "
+  if (o->tls_mode == TLS_OFF && o->tls_verify) {
+    usage_error ("serve", "--tls-verify-peer given but --tls=on or "
                  "--tls=require is missing");
     goto err;
   }
@@ -501,9 +512,14 @@ static int
 open_export (const struct serve_options *o, struct nbd_export *exp)
 {
   memset (exp, 0, sizeof *exp);
+  /* The same credentials for an nbds:// data file. */
+  if ((o->tls_certs || o->tls_psk) &&
+      rawtrack_nbd_set_tls (o->tls_certs, o->tls_psk) == -1)
+    return fail_lib ("TLS credentials");
   exp->img = rawtrack_image_open (o->image,
                                   (o->readonly ? 0 : RAWTRACK_OPEN_RDWR) |
-                                  o->track | o->allow_device, o->data_file);
+                                  o->track | o->allow_device |
+                                  o->allow_remote, o->data_file);
   if (!exp->img)
     return fail_lib ("%s", o->image);
   exp->name = o->exportname;

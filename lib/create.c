@@ -323,6 +323,7 @@ rawtrack_attach (const char *raw_path, const char *image_path,
   char *abs = NULL;
   int64_t size;
   int r = -1;
+  bool remote;
 
   rt_clear_error ();
   if (opts)
@@ -334,7 +335,11 @@ rawtrack_attach (const char *raw_path, const char *image_path,
                           &p.cluster_bits) == -1)
     return -1;
 
-  raw = rawtrack_io_file_open (raw_path, RAWTRACK_IO_RDONLY);
+  /* An NBD URI (typed by the user): the disk is on a server; the URI is
+   * recorded as given. */
+  remote = rawtrack_is_nbd_uri (raw_path);
+  raw = remote ? io_nbd_open (raw_path, RAWTRACK_IO_RDONLY, true)
+               : rawtrack_io_file_open (raw_path, RAWTRACK_IO_RDONLY);
   if (!raw)
     return -1;
   size = rawtrack_io_get_size (raw);
@@ -349,7 +354,7 @@ rawtrack_attach (const char *raw_path, const char *image_path,
                raw_path, size);
     goto out;
   }
-  if (stat (raw_path, &rst) == 0 && stat (image_path, &ist) == 0 &&
+  if (!remote && stat (raw_path, &rst) == 0 && stat (image_path, &ist) == 0 &&
       rst.st_dev == ist.st_dev && rst.st_ino == ist.st_ino) {
     set_error (EINVAL, "'%s' and '%s' are the same file: refusing to "
                "overwrite the raw disk", raw_path, image_path);
@@ -357,6 +362,8 @@ rawtrack_attach (const char *raw_path, const char *image_path,
   }
   if (o.stored_name)
     p.data_file = o.stored_name;
+  else if (remote)
+    p.data_file = raw_path;
   else {
     abs = realpath (raw_path, NULL);
     if (!abs) {
@@ -413,6 +420,10 @@ rawtrack_image_create (const char *path,
   if (o.data_file) {
     if (p.version == 2)
       return set_error (EINVAL, "external data files need compat 1.1 (v3)");
+    if (rawtrack_is_nbd_uri (o.data_file))
+      return set_error (EINVAL, "data file '%s' is an NBD URI: create makes "
+                        "a new local data file; to wrap a disk on an NBD "
+                        "server use attach URI IMAGE", o.data_file);
     if (datafile_name_is_special (o.data_file))
       return set_error (EINVAL, "data file name '%s' is not a plain path",
                         o.data_file);

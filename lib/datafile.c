@@ -5,7 +5,13 @@
  * into a path we open.  No I/O beyond stat, no locking.
  *
  * Policy (see docs/rawtrack.md, "Data file names"):
- *  - The stored string is a plain local path.  Names that look like QEMU
+ *  - An NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://) names a
+ *    remote data file (io/io-nbd.c).  image.c follows a stored one only
+ *    when the caller allows it (RAWTRACK_OPEN_ALLOW_REMOTE or
+ *    RAWTRACK_ALLOW_REMOTE=1): an image from elsewhere must not make us
+ *    connect to hosts or sockets of its choosing.  A URI the user gives
+ *    (--data-file, attach) is allowed by that act.
+ *  - Otherwise the stored string is a plain local path.  Names that look like QEMU
  *    json: or protocol: names are refused: since CVE-2024-4467 QEMU takes
  *    them literally, and opening them would let a hostile image point us
  *    at something other than a file.  The caller may always override the
@@ -21,6 +27,14 @@
 #include <errno.h>
 
 #include "internal.h"
+
+bool
+datafile_remote_allowed (unsigned open_flags)
+{
+  const char *env = getenv ("RAWTRACK_ALLOW_REMOTE");
+
+  return (open_flags & RAWTRACK_OPEN_ALLOW_REMOTE) || (env && strcmp (env, "1") == 0);
+}
 
 bool
 datafile_name_is_special (const char *name)

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <inttypes.h>
 #include <errno.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include "internal.h"
@@ -410,8 +411,31 @@ rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
   }
   if (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) {
     if (!(flags & RAWTRACK_OPEN_NO_DATA_FILE) || data_file) {
-      if (data_file)
+      bool remote = false;
+
+      if (data_file) {
+        remote = rawtrack_is_nbd_uri (data_file);   /* typed: allowed */
+        if (!remote && datafile_name_is_special (data_file) &&
+            access (data_file, F_OK) != 0) {
+          rt_set_error (EINVAL, "data file '%s': only NBD URIs (nbd://, "
+                        "nbds://, nbd+unix://, nbds+unix://) and local "
+                        "paths are opened", data_file);
+          goto fail;
+        }
         dpath = rt_strdup (data_file);
+      }
+      else if (img->h.data_file && rawtrack_is_nbd_uri (img->h.data_file)) {
+        if (!datafile_remote_allowed (flags)) {
+          rt_set_error (EPERM, "the image names a remote data file '%s': "
+                        "rawtrack connects to it only when allowed "
+                        "(--allow-remote, or RAWTRACK_ALLOW_REMOTE=1), or "
+                        "give the data file with --data-file",
+                        img->h.data_file);
+          goto fail;
+        }
+        dpath = rt_strdup (img->h.data_file);
+        remote = true;
+      }
       else if (img->h.data_file)
         dpath = datafile_resolve (path, img->h.data_file);
       else {
@@ -423,10 +447,11 @@ rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
         goto fail;
       /* A block device is taken only from the caller, never from the
        * (untrusted) image alone. */
-      img->data = rawtrack_io_file_open (dpath, ioflags |
-                                         (data_file ||
-                                          (flags & RAWTRACK_OPEN_ALLOW_DEVICE)
-                                          ? 0 : RAWTRACK_IO_NO_DEVICE));
+      img->data = remote ? io_nbd_open (dpath, ioflags, true)
+                         : rawtrack_io_file_open (dpath, ioflags |
+                                                  (data_file ||
+                                                   (flags & RAWTRACK_OPEN_ALLOW_DEVICE)
+                                                   ? 0 : RAWTRACK_IO_NO_DEVICE));
       if (!img->data) {
         rt_prefix_error ("cannot open the data file: ");
         goto fail;

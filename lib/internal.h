@@ -409,6 +409,12 @@ int qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e,
 void qcow2_compressed_desc (uint64_t l2e, uint32_t cluster_bits,
                             uint64_t *host, uint64_t *len);
 
+/* ---- io/io-nbd.c ------------------------------------------------------- */
+/* rawtrack_io_nbd_open; allow_local: the URI may name local files
+ * (tls-certificates=, tls-psk-file=). */
+struct rawtrack_io *io_nbd_open (const char *uri, unsigned flags,
+                                 bool allow_local);
+
 /* ---- datafile.c ------------------------------------------------------- */
 /* name as seen from image_path: unchanged if absolute (or image_path has
  * no directory), else joined to image_path's directory.  Allocated. */
@@ -418,5 +424,8 @@ char *datafile_join (const char *image_path, const char *name);
 char *datafile_resolve (const char *image_path, const char *stored);
 /* true if name looks like a json: or protocol: name. */
 bool datafile_name_is_special (const char *name);
+/* May an NBD URI stored in an image be followed (RAWTRACK_OPEN_ALLOW_REMOTE
+ * in open_flags, or RAWTRACK_ALLOW_REMOTE=1)? */
+bool datafile_remote_allowed (unsigned open_flags);
 
 #endif /* RAWTRACK_INTERNAL_H */

@@ -176,6 +176,29 @@ RAWTRACK_API struct rawtrack_io *rawtrack_io_mem_new (const void *data,
 RAWTRACK_API const void *rawtrack_io_mem_data (struct rawtrack_io *io,
                                                uint64_t *size);
 
+/* A data file behind an NBD server, named by an NBD URI: nbd://HOST[:PORT]/
+ * EXPORT, nbds://... (TLS required), nbd+unix:///EXPORT?socket=PATH,
+ * nbds+unix://...; no other scheme or transport.  TLS credentials come
+ * from the URI (tls-certificates=DIR, tls-psk-file=FILE, user@ for PSK)
+ * or from rawtrack_nbd_set_tls.  Many requests in flight, several
+ * connections when the server allows multi-conn, fixed size (writes past
+ * the end: ENOSPC), FUA and flush sent through.  Environment:
+ * RAWTRACK_NBD_TIMEOUT (seconds a request may wait for its reply,
+ * default 60, 0: forever), RAWTRACK_NBD_CONNECTIONS (default 4).
+ * flags: RAWTRACK_IO_RDONLY or RAWTRACK_IO_RDWR.  NULL and the rawtrack
+ * error on failure (naming the URI and the server's answer). */
+RAWTRACK_API struct rawtrack_io *rawtrack_io_nbd_open (const char *uri,
+                                                       unsigned flags);
+/* 1 if name starts with one of the four NBD URI schemes above, else 0. */
+RAWTRACK_API int rawtrack_is_nbd_uri (const char *name);
+/* Process-wide TLS credentials for NBD data files opened afterwards
+ * (nbds:// URIs): an X.509 directory (ca-cert.pem, and client-cert.pem
+ * plus client-key.pem when the server checks clients) and/or a PSK file
+ * (username:hexkey lines; the user is the URI's user@).  NULL: libnbd's
+ * defaults.  0 or -1. */
+RAWTRACK_API int rawtrack_nbd_set_tls (const char *certificates,
+                                       const char *psk_file);
+
 /* Convenience wrappers that check struct_size and NULL methods. */
 RAWTRACK_API int rawtrack_io_pread (struct rawtrack_io *io, void *buf,
                                     uint64_t count, uint64_t offset);

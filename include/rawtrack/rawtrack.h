@@ -59,6 +59,8 @@ struct rawtrack_image;
                                            * may name a block device) */
 #define RAWTRACK_OPEN_NO_LOCK       0x40u /* with RDWR: do not take QEMU's
                                            * image locks (see below) */
+#define RAWTRACK_OPEN_ALLOW_REMOTE  0x400u /* follow an NBD URI stored in
+                                            * the image as its data file */
 
 /* Open an image file.  data_file overrides the name stored in the image
  * (NULL: use the stored name, resolved against the image's directory, then
@@ -69,6 +71,12 @@ struct rawtrack_image;
  * FIFOs, sockets, character devices and files on pseudo file systems
  * (procfs, sysfs, ...) are refused without being opened for I/O (see
  * rawtrack_io_file_open).
+ * Remote data files: data_file may be an NBD URI (nbd://, nbds://,
+ * nbd+unix://, nbds+unix://; see rawtrack_io_nbd_open).  An NBD URI stored
+ * in the image is followed only with RAWTRACK_OPEN_ALLOW_REMOTE or
+ * RAWTRACK_ALLOW_REMOTE=1 in the environment - an image from elsewhere
+ * must not make us connect anywhere - and is refused otherwise with a
+ * message naming it; no other protocol is ever followed.
  * A read-write open takes QEMU's image locks on the image and the data
  * file, and fails with EBUSY while another program (QEMU, or another
  * read-write rawtrack handle) has either open in a conflicting way; they

@@ -18,7 +18,12 @@
 # With --nbd the writes go through `rawtrack serve` (qemu-io as the NBD
 # client) and the server is the process killed: every request the server
 # acknowledged must be dirty and on disk.
-# Rounds: RAWTRACK_KILL_ROUNDS (default 200; 100 with --nbd).
+# With --remote (implies --nbd) the raw disk is behind `nbdkit file` and
+# the container names it by NBD URI (issue 16): the same promises hold end
+# to end through rawtrack's libnbd backend; QEMU gets the data file as
+# --image-opts data-file.driver=nbd (it never follows a stored URI).
+# Rounds: RAWTRACK_KILL_ROUNDS (default 200; 100 with --nbd, 40 with
+# --remote).
 import json
 import re
 import os
@@ -34,10 +39,14 @@ import time
 RAWTRACK = os.environ.get("RAWTRACK", "build/cli/rawtrack")
 # --nbd: write through `rawtrack serve` with qemu-io as the NBD client and
 # kill -9 the server instead.
-NBD = "--nbd" in sys.argv[1:]
+REMOTE = "--remote" in sys.argv[1:]
+NBD = "--nbd" in sys.argv[1:] or REMOTE
 DONE_RE = re.compile(r"^(wrote|discard) \d+/\d+ bytes at offset \d+")
 ROUNDS = int(os.environ.get("RAWTRACK_KILL_ROUNDS",
+                            "40" if REMOTE else
                             "100" if "--nbd" in sys.argv[1:] else "200"))
+# Set by main() with --remote: how QEMU is told where the data file is.
+QEMU_IMG = None
 SIZE = 16 * 1024 * 1024
 
 
@@ -83,7 +92,8 @@ def through_nbd(img, script, env, target, rng, tmp):
     Returns qemu-io's result lines ('wrote'/'discard'): each one is a
     request the server acknowledged, i.e. completed."""
     sock = os.path.join(tmp, "nbd.sock")
-    srv = subprocess.Popen([RAWTRACK, "serve", img, "--socket", sock],
+    srv = subprocess.Popen([RAWTRACK, "serve", img, "--socket", sock] +
+                           (["--allow-remote"] if REMOTE else []),
                            env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     for _ in range(500):
@@ -148,16 +158,34 @@ def main():
     need("qemu-img")
     need("qemu-nbd")
     need("nbdinfo")
+    if REMOTE:
+        need("nbdkit")
     seed = int(os.environ.get("RAWTRACK_KILL_SEED", "1"))
     rng = random.Random(seed)
     tmp = tempfile.mkdtemp(prefix="rawtrack-kill9-")
+    nbdkit = None
     try:
         raw = os.path.join(tmp, "disk.raw")
         img = os.path.join(tmp, "disk.qcow2")
         with open(raw, "wb") as f:
             f.write(rng.randbytes(SIZE))
         shadow = bytearray(open(raw, "rb").read())
-        run(RAWTRACK, "attach", "--cluster-size", "64k", raw, img)
+        qimg = ["-f", "qcow2", img]
+        if REMOTE:
+            rsock = os.path.join(tmp, "remote.sock")
+            nbdkit = subprocess.Popen(["nbdkit", "-f", "-U", rsock, "file",
+                                       raw], stderr=subprocess.DEVNULL)
+            for _ in range(500):
+                if os.path.exists(rsock):
+                    break
+                time.sleep(0.01)
+            run(RAWTRACK, "attach", "--cluster-size", "64k",
+                f"nbd+unix:///?socket={rsock}", img)
+            qimg = ["--image-opts",
+                    f"driver=qcow2,file.filename={img},data-file.driver=nbd,"
+                    f"data-file.server.type=unix,data-file.server.path={rsock}"]
+        else:
+            run(RAWTRACK, "attach", "--cluster-size", "64k", raw, img)
         run(RAWTRACK, "bitmap", "add", img, "b64k", "--granularity", "64k")
         run(RAWTRACK, "bitmap", "add", img, "b512", "--granularity", "512")
         run(RAWTRACK, "bitmap", "add", img, "off", "--disabled")
@@ -230,16 +258,16 @@ def main():
             if dirty_ranges(dump(img, "off")):
                 sys.exit(f"FAIL round {rnd}: disabled bitmap is dirty")
             # 2. QEMU view: consistent flags, check, and the same bits.
-            info = json.loads(run("qemu-img", "info", "--output=json", img))
+            info = json.loads(run("qemu-img", "info", "--output=json", *qimg))
             for bm in info["format-specific"]["data"].get("bitmaps", []):
                 if "in-use" in bm["flags"]:
                     sys.exit(f"FAIL round {rnd}: bitmap {bm['name']} in use")
-            run("qemu-img", "check", img, ok=(0, 3))
+            run("qemu-img", "check", *qimg, ok=(0, 3))
             if rnd % 10 == 0:
                 for b in ("b64k", "b512"):
                     q = json.loads(run("nbdinfo", f"--map=qemu:dirty-bitmap:{b}",
                                        "--json", "--", "[", "qemu-nbd", "-r",
-                                       "-f", "qcow2", "-B", b, img, "]"))
+                                       "-B", b, *qimg, "]"))
                     qd = [(e["offset"], e["offset"] + e["length"]) for e in q
                           if e["type"] & 1]
                     rd = dirty_ranges(dump(img, b))
@@ -259,9 +287,13 @@ def main():
                          f"reported at byte {first} (disk {disk[first]}, "
                          f"expected {shadow[first]}; {len(done)} done; "
                          f"ops there: {ops[:4]})")
-        print(f"test-kill9{' (nbd)' if NBD else ''}: {ROUNDS} kills "
+        print(f"test-kill9{' (remote)' if REMOTE else ' (nbd)' if NBD else ''}"
+              f": {ROUNDS} kills "
               f"({killed_mid} mid-operation) passed")
     finally:
+        if nbdkit:
+            nbdkit.terminate()
+            nbdkit.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
