@@ -251,7 +251,14 @@ stop_server
 # 6. Bad options.
 expect_fail "$RAWTRACK" serve disk.qcow2 --socket "$sock" --tls=on
 expect_fail "$RAWTRACK" serve disk.qcow2 --socket "$sock" --tls=maybe
-expect_fail "$RAWTRACK" serve disk.qcow2 --socket "$sock" --tls-psk keys.psk
+expect_fail "$RAWTRACK" serve disk.qcow2 --socket "$sock" \
+  --tls-certificates "$tmpdir/pki" --tls-verify-peer
+# Credentials without --tls are for an nbds:// data file only: the
+# export itself still refuses STARTTLS.
+start_server --tls-certificates "$tmpdir/pki"
+expect_fail nbdinfo "$u&$x509"
+expect_ok nbdinfo "nbd+unix:///?socket=$sock"
+stop_server
 expect_fail "$RAWTRACK" serve disk.qcow2 --socket "$sock" --tls=on \
   --tls-psk keys.psk --tls-certificates pki
 expect_fail "$RAWTRACK" serve disk.qcow2 --socket "$sock" --tls=on \
