@@ -56,6 +56,13 @@ int bitmap_table_parse (const uint8_t *buf, uint32_t table_size,
 int bitmap_table_read (struct rawtrack_image *img,
                        const struct bitmap_entry *e, uint64_t **table);
 
+/* bitmap-owner.c: 0 when every cluster of dir's bitmap `self` (table and
+ * data) has refcount 1 and is no other metadata's and no other bitmap's;
+ * else -1, RAWTRACK_ECORRUPT with a message naming the overlap.  Asked
+ * before bits are written in place or the clusters are freed. */
+int bitmap_check_owned (struct rawtrack_image *img,
+                        const struct bitmap_dir *dir, uint32_t self);
+
 /* Load the bits of a consistent bitmap (the in_use check is the caller's):
  * its table size must be the one the virtual size needs, every entry
  * valid; all-zero and all-ones entries are honoured.  *out: caller frees

@@ -328,7 +328,8 @@ log_write (struct rawtrack_image *img, struct track *t, const uint64_t *extra,
  * reusing the current one when it already is.  Returns 1 if the directory
  * entry changed (new table offset).  img->lock held. */
 static int
-make_dense (struct rawtrack_image *img, struct tbm *b, struct bitmap_entry *e,
+make_dense (struct rawtrack_image *img, struct tbm *b,
+            const struct bitmap_dir *dir, struct bitmap_entry *e,
             struct cluster_list *allocated, struct cluster_list *to_free)
 {
   const uint64_t cs = img->cluster_size;
@@ -338,6 +339,10 @@ make_dense (struct rawtrack_image *img, struct tbm *b, struct bitmap_entry *e,
   bool dense = true;
   int r = -1;
 
+  /* The area is rewritten in place at every commit, and the old clusters
+   * are freed when it moves: they must be this bitmap's alone. */
+  if (bitmap_check_owned (img, dir, b->dir_index) == -1)
+    return -1;
   b->disk_len = (uint64_t) e->table_size * cs;
   b->disk = rt_calloc (1, b->disk_len);
   if (!b->disk)
@@ -533,7 +538,7 @@ track_start (struct rawtrack_image *img)
   in_update = true;
   for (i = 0; i < t->nr; i++) {
     struct bitmap_entry *e = &u.dir.entries[t->bm[i].dir_index];
-    int d = make_dense (img, &t->bm[i], e, &u.allocated, &u.old);
+    int d = make_dense (img, &t->bm[i], &u.dir, e, &u.allocated, &u.old);
 
     if (d == -1)
       goto out;

@@ -14,6 +14,9 @@
 #   qcow2-patch.py set-bitmap-flags IMAGE NAME FLAGS
 #                                             set a bitmap's directory flags
 #   qcow2-patch.py set-incompat IMAGE MASK    OR MASK into incompatible bits
+#   qcow2-patch.py get-bitmap-entry IMAGE NAME INDEX
+#   qcow2-patch.py set-bitmap-entry IMAGE NAME INDEX VALUE
+#                                             a bitmap table entry (raw)
 #
 # Offsets follow docs/interop/qcow2.txt; all integers big-endian.  Only what
 # the tests need is implemented; anything unexpected raises.
@@ -181,7 +184,7 @@ def main():
         print(__doc__ if __doc__ else "see the source", file=sys.stderr)
         sys.exit(2)
     cmd, path, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    ro = cmd in ("dump", "get-refcount")
+    ro = cmd in ("dump", "get-refcount", "get-bitmap-entry")
     img = Image(path, writable=not ro)
     if cmd == "dump":
         print(json.dumps(img.dump(), indent=2))
@@ -221,6 +224,20 @@ def main():
             if b["name"] == args[0]:
                 img.pwrite(b["entry_offset"] + 12,
                            struct.pack(">I", int(args[1], 0)))
+                break
+        else:
+            raise SystemExit(f"no bitmap named {args[0]}")
+    elif cmd in ("get-bitmap-entry", "set-bitmap-entry"):
+        for b in img.bitmap_entries():
+            if b["name"] == args[0]:
+                i = int(args[1], 0)
+                if i >= b["table_size"]:
+                    raise SystemExit(f"{cmd}: index {i} out of range")
+                at = b["table_offset"] + 8 * i
+                if cmd == "get-bitmap-entry":
+                    print(struct.unpack(">Q", img.pread(at, 8))[0])
+                else:
+                    img.pwrite(at, struct.pack(">Q", int(args[2], 0)))
                 break
         else:
             raise SystemExit(f"no bitmap named {args[0]}")
