@@ -85,6 +85,8 @@ help (void)
           "                          answers to the empty name\n"
           "  -D, --description TEXT  description shown by `nbdinfo --list`\n"
           "  -r, --read-only         open the image read-only; writes fail with EPERM\n"
+          "                          (images with a backing file are always\n"
+          "                          exported read-only)\n"
           "  -B, --bitmap NAME       offer only these bitmaps as\n"
           "                          qemu:dirty-bitmap:NAME (repeatable; default:\n"
           "                          every consistent bitmap of the image)\n"
@@ -511,26 +513,42 @@ parse_options (int argc, char **argv, struct serve_options *o)
 static int
 open_export (const struct serve_options *o, struct nbd_export *exp)
 {
+  bool readonly = o->readonly;
+
   memset (exp, 0, sizeof *exp);
   /* The same credentials for an nbds:// data file. */
   if ((o->tls_certs || o->tls_psk) &&
       rawtrack_nbd_set_tls (o->tls_certs, o->tls_psk) == -1)
     return fail_lib ("TLS credentials");
   exp->img = rawtrack_image_open (o->image,
-                                  (o->readonly ? 0 : RAWTRACK_OPEN_RDWR) |
+                                  (readonly ? 0 : RAWTRACK_OPEN_RDWR) |
                                   o->track | o->allow_device |
                                   o->allow_remote, o->data_file);
   if (!exp->img)
     return fail_lib ("%s", o->image);
+  /* rawtrack cannot write images with a backing file: export them
+   * read-only rather than writable with every write failing. */
+  if (!readonly && rawtrack_image_backing_file (exp->img)) {
+    if (!nbd_quiet)
+      fprintf (stderr, "rawtrack serve: %s has a backing file ('%s'), "
+               "which rawtrack cannot write to: exporting it read-only\n",
+               o->image, rawtrack_image_backing_file (exp->img));
+    rawtrack_image_close (exp->img);
+    readonly = true;
+    exp->img = rawtrack_image_open (o->image, o->track | o->allow_device |
+                                    o->allow_remote, o->data_file);
+    if (!exp->img)
+      return fail_lib ("%s", o->image);
+  }
   exp->name = o->exportname;
   exp->description = o->description;
   exp->size = rawtrack_image_virtual_size (exp->img);
-  exp->readonly = o->readonly;
+  exp->readonly = readonly;
   exp->all_local = rawtrack_image_data_file_raw (exp->img) != 0;
   exp->eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH |
                 NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_CACHE |
                 NBD_FLAG_CAN_MULTI_CONN;
-  if (o->readonly)
+  if (readonly)
     exp->eflags |= NBD_FLAG_READ_ONLY;
   else
     exp->eflags |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |

@@ -520,8 +520,8 @@ rawtrack_image_block_status (struct rawtrack_image *img, uint64_t offset,
     return -1;
   switch (ext.type) {
   case QCOW2_UNALLOCATED:
-    *status = RAWTRACK_STATUS_HOLE | RAWTRACK_STATUS_ZERO;
-    break;
+    /* The backing chain's, or a hole that reads as zeros without one. */
+    return backing_status (img, offset, ext.bytes, status);
   case QCOW2_ZERO:
     *status = RAWTRACK_STATUS_ALLOCATED | RAWTRACK_STATUS_ZERO |
               ((ext.l2_entry & L2E_OFFSET_MASK) || has_data_file (img)

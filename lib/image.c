@@ -74,6 +74,7 @@ image_free (struct rawtrack_image *img)
   free (img->l1);
   free (img->normal_map);
   qcow2_header_free (&img->h);
+  backing_close (img);
   rawtrack_io_close (img->file);
   rawtrack_io_close (img->data);
   free (img->path);
@@ -375,8 +376,16 @@ image_lock_file (struct rawtrack_io *io, unsigned flags, bool data,
 RAWTRACK_API struct rawtrack_image *
 rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
 {
+  return image_open_chain (path, flags, data_file, NULL, 0);
+}
+
+struct rawtrack_image *
+image_open_chain (const char *path, unsigned flags, const char *data_file,
+                  const struct chain_id *chain, unsigned depth)
+{
   struct rawtrack_io *file;
   struct rawtrack_image *img;
+  struct chain_id self = { 0 };
   unsigned ioflags = (flags & RAWTRACK_OPEN_RDWR) ? RAWTRACK_IO_RDWR
                                                    : RAWTRACK_IO_RDONLY;
   char *dpath = NULL;
@@ -466,6 +475,24 @@ rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
     rt_set_error (EINVAL, "--data-file given, but the image has no external "
                   "data file");
     goto fail;
+  }
+  /* The backing chain, for reading (backing.c); the top layer starts the
+   * list of files seen. */
+  if (img->h.backing_file &&
+      !(flags & (RAWTRACK_OPEN_NO_BACKING | RAWTRACK_OPEN_NO_DATA_FILE |
+                 RAWTRACK_OPEN_CHECK))) {
+    if (!chain) {
+      struct stat st;
+      int fd = rawtrack_io_raw_fd (img->file);
+
+      if (fd >= 0 && fstat (fd, &st) == 0) {
+        self.dev = st.st_dev;
+        self.ino = st.st_ino;
+      }
+      chain = &self;
+    }
+    if (backing_open (img, path, flags, chain, depth) == -1)
+      goto fail;
   }
   return img;
 
@@ -574,6 +601,9 @@ rawtrack_image_pread (struct rawtrack_image *img, void *buf, uint64_t count,
 
     switch (ext.type) {
     case QCOW2_UNALLOCATED:
+      if (backing_read (img, p, ext.bytes, offset) == -1)
+        return -1;
+      break;
     case QCOW2_ZERO:
       memset (p, 0, ext.bytes);
       break;

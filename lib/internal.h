@@ -256,6 +256,7 @@ struct rawtrack_image {
    * are set with atomic OR, read with atomic loads. */
   uint64_t *normal_map;
   uint64_t nr_clusters;
+  struct backing *backing;         /* backing.c: the layer below, or NULL */
   struct track *track;             /* tracking state (track.c), created at
                                     * the first guest write */
   pthread_mutex_t track_init_lock;
@@ -419,6 +420,32 @@ struct rawtrack_io *io_nbd_open (const char *uri, unsigned flags,
 /* name as seen from image_path: unchanged if absolute (or image_path has
  * no directory), else joined to image_path's directory.  Allocated. */
 char *datafile_join (const char *image_path, const char *name);
+
+/* ---- backing.c -------------------------------------------------------- */
+#define BACKING_MAX_DEPTH 32
+/* The files of a chain, top first (loop detection). */
+struct chain_id {
+  uint64_t dev, ino;
+  const struct chain_id *next;
+};
+/* Open img's backing file (none: nothing to do); path is img's.  chain
+ * holds img and the layers above it. */
+int backing_open (struct rawtrack_image *img, const char *path,
+                  unsigned flags, const struct chain_id *chain,
+                  unsigned depth);
+void backing_close (struct rawtrack_image *img);
+/* Guest bytes the backing chain supplies (zeros without one, or past the
+ * end of the layer below). */
+int backing_read (struct rawtrack_image *img, uint8_t *buf, uint64_t count,
+                  uint64_t offset);
+/* Block status of [offset, offset+count) in the layers below. */
+int64_t backing_status (struct rawtrack_image *img, uint64_t offset,
+                        uint64_t count, unsigned *status);
+/* rawtrack_image_open, for a layer of a chain (image.c). */
+struct rawtrack_image *image_open_chain (const char *path, unsigned flags,
+                                         const char *data_file,
+                                         const struct chain_id *chain,
+                                         unsigned depth);
 /* Resolve the stored data file name for an image at image_path.  Returns a
  * malloc'd path, or NULL with an error (json:/protocol names refused). */
 char *datafile_resolve (const char *image_path, const char *stored);

@@ -211,6 +211,10 @@ static uint32_t
 map_depth (unsigned st)
 {
 #ifdef RAWTRACK_STATUS_ALLOCATED
+#ifdef RAWTRACK_STATUS_BACKING
+  if (st & RAWTRACK_STATUS_BACKING)
+    return 2;                      /* (deeper layers are not told apart) */
+#endif
   return (st & RAWTRACK_STATUS_ALLOCATED) ? 1 : 0;
 #else
   unsigned both = RAWTRACK_STATUS_HOLE | RAWTRACK_STATUS_ZERO;

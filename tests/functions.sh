@@ -357,17 +357,14 @@ check_agrees ()
   check_status="$qst"
 }
 
-# cat_agrees IMAGE: `rawtrack cat IMAGE` equals `qemu-img convert -O raw`.
-# Backing files are not followed by rawtrack, so the QEMU side opens the
-# image with backing=null (unallocated clusters read as zeros).
+# cat_agrees IMAGE: `rawtrack cat IMAGE` equals `qemu-img convert -O raw`
+# (both read through the backing chain).
 cat_agrees ()
 {
   local img="$1"
-  local q="$tmpdir/.cat-q.raw" abs st=0
-  case "$img" in /*) abs="$img" ;; *) abs="$PWD/$img" ;; esac
-  qemu-img convert -O raw \
-    "json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$abs\"}}" \
-    "$q" || die "qemu-img convert $img failed"
+  local q="$tmpdir/.cat-q.raw" st=0
+  qemu-img convert -f qcow2 -O raw "$img" "$q" ||
+    die "qemu-img convert $img failed"
   # Streamed: rawtrack's own failure, or a difference, fails the pipeline.
   local -
   set -o pipefail

@@ -57,6 +57,8 @@ struct rawtrack_image;
                                            * by the image itself (without
                                            * it, only a data_file argument
                                            * may name a block device) */
+#define RAWTRACK_OPEN_NO_BACKING    0x200u /* do not open the backing chain
+                                           * (its clusters read as zeros) */
 #define RAWTRACK_OPEN_NO_LOCK       0x40u /* with RDWR: do not take QEMU's
                                            * image locks (see below) */
 #define RAWTRACK_OPEN_ALLOW_REMOTE  0x400u /* follow an NBD URI stored in
@@ -99,8 +101,14 @@ RAWTRACK_API int rawtrack_image_close (struct rawtrack_image *img);
 /* Make all metadata and data durable. */
 RAWTRACK_API int rawtrack_image_flush (struct rawtrack_image *img);
 
-/* Read guest data (zeros for holes; the backing file is not followed and
- * reads as zeros - such images are reported by info). */
+/* Read guest data as QEMU reads it: zeros for zero clusters and holes,
+ * and where the image does not allocate a cluster, the backing chain's
+ * data.  rawtrack_image_open opens the chain (qcow2 and raw layers, names
+ * relative to the naming image's directory, read-only, at most 32 deep,
+ * loops refused; not with RAWTRACK_OPEN_NO_BACKING, NO_DATA_FILE or
+ * CHECK, nor for images opened with rawtrack_image_open_io): without it
+ * those clusters read as zeros.  Images with a backing file cannot be
+ * written. */
 RAWTRACK_API int rawtrack_image_pread (struct rawtrack_image *img, void *buf,
                                        uint64_t count, uint64_t offset);
 
@@ -180,6 +188,9 @@ RAWTRACK_API int rawtrack_image_write_done (struct rawtrack_image *img,
 /* ALLOCATED - the qcow2 layer maps it (data, zero or compressed cluster):
  * it does not fall through to a backing file (qemu:allocation-depth 1). */
 #define RAWTRACK_STATUS_ALLOCATED 0x4u
+/* BACKING - a layer of the backing chain supplies it (data, or zeros where
+ * ZERO is set too): qemu:allocation-depth 2 (or more). */
+#define RAWTRACK_STATUS_BACKING 0x8u
 RAWTRACK_API int64_t rawtrack_image_block_status (struct rawtrack_image *img,
                                                   uint64_t offset,
                                                   uint64_t count,
