@@ -422,6 +422,17 @@ conn_revive (struct nbd_conn *c)
   return r;
 }
 
+/* After a failure: if the handle died, mark the connection for revival
+ * (the dispatcher does too, but may not have run yet). */
+static void
+note_dead (struct nbd_conn *c)
+{
+  pthread_rwlock_rdlock (&c->lock);
+  if (c->h && (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h)))
+    atomic_store (&c->dead, true);
+  pthread_rwlock_unlock (&c->lock);
+}
+
 static struct nbd_conn *
 pick (struct io_nbd *nb)
 {
@@ -578,8 +589,8 @@ run (struct io_nbd *nb, enum op op, uint8_t *buf, uint64_t count,
   pthread_rwlock_unlock (&c->lock);
   wait_all (nb, &w, &c, 1);
   r = result (&w);
-  if (r == -1 && c->h && (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h)))
-    atomic_store (&c->dead, true);
+  if (r == -1)
+    note_dead (c);
   waiter_destroy (&w);
   if (cmds != &one && cmds != status)
     free (cmds);
@@ -689,8 +700,8 @@ nbd_pwrite_batch_op (struct rawtrack_io *io, const struct rawtrack_io_vec *v,
   pthread_rwlock_unlock (&c->lock);
   wait_all (nb, &w, &c, 1);
   r = result (&w);
-  if (r == -1 && c->h && (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h)))
-    atomic_store (&c->dead, true);
+  if (r == -1)
+    note_dead (c);
   waiter_destroy (&w);
   free (cmds);
   return r;
