@@ -61,6 +61,7 @@ nbd_open (const char *uri, const char *ctx)
     fprintf (stderr, "%s: libnbd: %s\n", progname, nbd_get_error ());
     return NULL;
   }
+  remote_nbd_credentials (h);              /* --tls-certificates/--tls-psk */
   if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       (ctx && nbd_add_meta_context (h, ctx) == -1) ||
       nbd_connect_uri (h, uri) == -1) {
@@ -113,7 +114,8 @@ bk_source_open (const char *spec, bool image_rw, int connections,
     return s;
   }
 
-  s->img = rawtrack_image_open (spec, image_rw ? RAWTRACK_OPEN_RDWR : 0, NULL);
+  s->img = rawtrack_image_open (spec, (image_rw ? RAWTRACK_OPEN_RDWR : 0) |
+                                remote_open_flags (), NULL);
   if (!s->img) {
     fail_lib ("cannot open the source image '%s'", spec);
     goto err;

@@ -293,7 +293,7 @@ verify_source (struct bk_repo *r, const char *source, struct findings *f,
     fprintf (stderr, "%s: the repository is empty\n", progname);
     goto out0;
   }
-  img = rawtrack_image_open (source, 0, NULL);
+  img = rawtrack_image_open (source, remote_open_flags (), NULL);
   if (!img) {
     fail_lib ("cannot open the source '%s'", source);
     goto out0;

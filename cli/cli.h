@@ -64,6 +64,12 @@ enum { OPT_ALLOW_REMOTE = 0x1000, OPT_REMOTE_TLS_CERTS, OPT_REMOTE_TLS_PSK };
  * RAWTRACK_OPEN_ALLOW_REMOTE, credentials go to rawtrack_nbd_set_tls),
  * 0 if not, -1 on error (reported). */
 int remote_option (int c, const char *arg, unsigned *flags);
+/* RAWTRACK_OPEN_ALLOW_REMOTE once --allow-remote was seen, else 0. */
+unsigned remote_open_flags (void);
+/* Apply --tls-certificates / --tls-psk to a libnbd handle of the command's
+ * own (backup's NBD sources). */
+struct nbd_handle;
+void remote_nbd_credentials (struct nbd_handle *h);
 
 /* ---- json.c: a small streaming JSON writer ---------------------------- */
 struct json;

@@ -91,6 +91,11 @@ help_create (FILE *fp)
 "                     compression type 1) when that saves space\n"
 "  --json             print a summary as JSON (id, type, bytes read,\n"
 "                     written, zero and skipped, seconds)\n"
+"  --allow-remote     an image SOURCE may follow the NBD URI it names as\n"
+"                     its data file\n"
+"  --tls-certificates DIR, --tls-psk FILE\n"
+"                     TLS credentials for an nbds:// SOURCE and for an\n"
+"                     image SOURCE's nbds:// data file\n"
 "  -h, --help         show this help\n"
 "\n"
 "A progress bar (bytes, rate, time left) is shown when standard error is\n"
@@ -202,6 +207,7 @@ static const struct option long_opts[] = {
   { "force", no_argument, NULL, OPT_FORCE },
   { "source", required_argument, NULL, OPT_SOURCE },
   { "keep", required_argument, NULL, OPT_KEEP },
+  REMOTE_LONG_OPTS,
   { "help", no_argument, NULL, 'h' },
   { NULL, 0, NULL, 0 },
 };
@@ -294,6 +300,13 @@ cmd_backup (int argc, char **argv)
   opterr = 0;
   while ((c = getopt_long (argc, argv, "h", long_opts, NULL)) != -1) {
     const char *err;
+    unsigned remote_flags = 0;
+    int rr = remote_option (c, optarg, &remote_flags);
+
+    if (rr == -1)
+      return 1;
+    if (rr == 1)
+      continue;
 
     switch (c) {
     case 'h':

@@ -8,15 +8,18 @@
  */
 #include "cli.h"
 #include "rawtrack/rawtrack-io.h"
+#include <libnbd.h>
+
+static const char *certs, *psk;
+static unsigned allow;
 
 int
 remote_option (int c, const char *arg, unsigned *flags)
 {
-  static const char *certs, *psk;
-
   switch (c) {
   case OPT_ALLOW_REMOTE:
     *flags |= RAWTRACK_OPEN_ALLOW_REMOTE;
+    allow = RAWTRACK_OPEN_ALLOW_REMOTE;
     return 1;
   case OPT_REMOTE_TLS_CERTS:
     certs = arg;
@@ -32,4 +35,19 @@ remote_option (int c, const char *arg, unsigned *flags)
     return -1;
   }
   return 1;
+}
+
+unsigned
+remote_open_flags (void)
+{
+  return allow;
+}
+
+void
+remote_nbd_credentials (struct nbd_handle *h)
+{
+  if (certs)
+    nbd_set_tls_certificates (h, certs);
+  if (psk)
+    nbd_set_tls_psk_file (h, psk);
 }

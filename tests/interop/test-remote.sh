@@ -217,6 +217,20 @@ if certtool --version >/dev/null 2>&1 && psktool --help >/dev/null 2>&1; then
     --tls-certificates "$tmpdir/pki" --run '
     nbdcopy --flush src.raw "$uri" && nbdcopy "$uri" tback.raw'
   cmp -n $((8 * MiB)) src.raw tback.raw || die "TLS data file: data differs"
+  # backup: an image source whose data file is the nbds:// URI (needs
+  # --allow-remote), and the nbds:// URI itself as an NBD source.
+  "$RAWTRACK" backup create t.qcow2 repo1 >/dev/null 2>err.txt &&
+    die "backup followed the stored URI"
+  grep -qF "remote data file" err.txt || die "backup refusal: $(cat err.txt)"
+  expect_ok "$RAWTRACK" backup create --allow-remote \
+    --tls-certificates "$tmpdir/pki" t.qcow2 repo1
+  expect_ok "$RAWTRACK" backup restore repo1 restored1.raw
+  cmp -n $((8 * MiB)) src.raw restored1.raw || die "backup of the image differs"
+  expect_ok "$RAWTRACK" backup create --tls-certificates "$tmpdir/pki" \
+    "$turi" repo2
+  expect_ok "$RAWTRACK" backup restore repo2 restored2.raw
+  cmp -n $((8 * MiB)) src.raw restored2.raw || die "backup of the URI differs"
+  expect_fail "$RAWTRACK" backup create "$turi&tls-certificates=$tmpdir/none" repo3
   # The URI's own tls-certificates= works when typed.
   expect_ok "$RAWTRACK" io --data-file "$turi&tls-certificates=$tmpdir/pki" \
     t.qcow2 -c 'read 0 64k'
