@@ -87,6 +87,7 @@
 #include <stdlib.h>
 #include <inttypes.h>
 #include <errno.h>
+#include <time.h>
 
 #include "internal.h"
 #include "bitmap.h"
@@ -99,12 +100,14 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 #define TRACK_EXT_TYPE      0x52545243u          /* "RTRC" */
 #define TRACK_EXT_MAGIC     0x72747231u          /* "rtr1" */
 #define TRACK_AUTOCLEAR     QCOW2_AUTOCLEAR_RAWTRACK
-#define DEFAULT_EXT_BITS    24                   /* 16 MiB extents */
+#define DEFAULT_EXT_BITS    20                   /* 1 MiB extents */
 #define DEFAULT_MAX_HOT     64
 #define SEQ_AHEAD           7                    /* see stream_lookahead() */
 #define PREFETCH            16                   /* see prefetch() */
 #define STREAM_MIN          (64u * 1024)         /* see stream_lookahead() */
 #define WR_BLOCK            4096                 /* see write_sectors() */
+#define DEFAULT_IDLE_MS     1000                 /* see sweep_idle() */
+#define IDLE_TICKS          4                    /* sweeps per idle period */
 /* Extension payload: magic, max, count (u32 each), pad, ext_bits (u32),
  * generation (u64), then max entries (u64 extent indexes). */
 #define LOG_HEADER          24
@@ -135,10 +138,13 @@ struct track {
   uint8_t *est;                    /* EXT_* per extent (atomic access) */
   uint32_t *seq;                   /* per extent: odd while it is cooled */
   uint8_t *ref;                    /* referenced since last sweep */
+  uint8_t *quiet;                  /* per extent: idle sweeps while hot */
   uint64_t *hot;                   /* hot extents, oldest first */
   uint32_t nr_hot, max_hot;
   uint64_t *pend;
   uint64_t nr_pend, cap_pend;
+  uint64_t *stale;                 /* cold, but all-ones may be on disk */
+  uint64_t nr_stale, cap_stale;
   struct rawtrack_io_vec *vec;     /* every bitmap's wr, for write_sectors */
   size_t cap_vec;
   bool committing;
@@ -156,6 +162,10 @@ struct track {
   bool has_committer, stop;
   pthread_t committer;
   pthread_cond_t kick;             /* wakes the committer */
+  /* Idle cooling (committer thread): a hot extent no write referenced
+   * for idle_ms is cooled, so the over-report decays to nothing. */
+  uint32_t idle_ms;                /* 0: off */
+  uint64_t idle_cooled;            /* extents cooled for idleness */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -412,8 +422,10 @@ track_free (struct track *t)
   free (t->est);
   free (t->seq);
   free (t->ref);
+  free (t->quiet);
   free (t->hot);
   free (t->pend);
+  free (t->stale);
   free (t->vec);
   pthread_mutex_destroy (&t->lock);
   pthread_cond_destroy (&t->cond);
@@ -452,7 +464,15 @@ track_start (struct rawtrack_image *img)
     return -1;
   pthread_mutex_init (&t->lock, NULL);
   pthread_cond_init (&t->cond, NULL);
-  pthread_cond_init (&t->kick, NULL);
+  {
+    pthread_condattr_t ca;
+
+    /* The committer's idle sweeps wait on kick with a monotonic timeout. */
+    pthread_condattr_init (&ca);
+    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+    pthread_cond_init (&t->kick, &ca);
+    pthread_condattr_destroy (&ca);
+  }
   t->mode = (img->flags & RAWTRACK_OPEN_TRACK_LAZY) ? MODE_LAZY
             : (img->flags & RAWTRACK_OPEN_TRACK_PROCESS) ? MODE_PROCESS
             : MODE_SAFE;
@@ -478,6 +498,12 @@ track_start (struct rawtrack_image *img)
   }
   if (t->ahead < 2)
     t->ahead = 0;
+  t->idle_ms = DEFAULT_IDLE_MS;
+  if (getenv ("RAWTRACK_IDLE_MS")) {          /* 0: no idle cooling */
+    int v = atoi (getenv ("RAWTRACK_IDLE_MS"));
+    if (v >= 0 && v <= 3600000)
+      t->idle_ms = (uint32_t) v;
+  }
   t->img = img;
 
   pthread_mutex_lock (&img->lock);
@@ -529,8 +555,9 @@ track_start (struct rawtrack_image *img)
   t->est = rt_calloc (t->nr_ext, 1);
   t->seq = rt_calloc (t->nr_ext, sizeof *t->seq);
   t->ref = rt_calloc (t->nr_ext, 1);
+  t->quiet = rt_calloc (t->nr_ext, 1);
   t->hot = rt_calloc (t->max_hot, sizeof *t->hot);
-  if (!t->summary || !t->est || !t->seq || !t->ref || !t->hot)
+  if (!t->summary || !t->est || !t->seq || !t->ref || !t->quiet || !t->hot)
     goto out;
 
   if (bitmap_update_begin (img, &u, 0) == -1)
@@ -585,12 +612,15 @@ track_start (struct rawtrack_image *img)
     track_free (t);
     return -1;
   }
-  /* Without the thread prefetching is off; tracking works the same. */
-  if (t->mode != MODE_LAZY && t->nr > 0 && t->ahead)
+  /* Without the thread prefetching and idle cooling are off; tracking
+   * works the same, with the max_hot bound alone. */
+  if (t->mode != MODE_LAZY && t->nr > 0 && (t->ahead || t->idle_ms))
     t->has_committer = pthread_create (&t->committer, NULL, committer,
                                        t) == 0;
-  if (!t->has_committer)
+  if (!t->has_committer) {
     t->ahead = 0;
+    t->idle_ms = 0;
+  }
   __atomic_store_n (&img->track, t, __ATOMIC_RELEASE);
   return 0;
 }
@@ -800,20 +830,59 @@ pick_victim (struct track *t)
   }
 }
 
-/* Run one group commit.  Called and returns with track->lock held. */
+/* Remove hot list entry i (track->lock held). */
+static uint64_t
+hot_remove (struct track *t, uint32_t i)
+{
+  uint64_t e = t->hot[i];
+
+  memmove (t->hot + i, t->hot + i + 1, (t->nr_hot - i - 1) * sizeof *t->hot);
+  t->nr_hot--;
+  return e;
+}
+
+/* A failed commit may have left all-ones on disk for extents that are
+ * cold now (its batch) or not replaced them (its victims): a superset,
+ * but the close must make them exact too.  Remember them; out of memory,
+ * the over-report stays (track->lock held). */
 static void
-commit (struct rawtrack_image *img, struct track *t)
+remember_stale (struct track *t, const uint64_t *e, uint64_t n)
+{
+  uint64_t i;
+
+  if (t->nr_stale + n > t->cap_stale) {
+    uint64_t cap = MAX (t->cap_stale * 2, t->nr_stale + n);
+    uint64_t *p = rt_realloc (t->stale, cap * sizeof *p);
+
+    if (!p)
+      return;
+    t->stale = p;
+    t->cap_stale = cap;
+  }
+  for (i = 0; i < n; i++)
+    t->stale[t->nr_stale++] = e[i];
+}
+
+/* Run one group commit: make the queued extents hot, cooling the oldest
+ * hot ones to make room.  With idle, cool instead (and first) the hot
+ * extents that idle_sweep found quiet for idle_ms: then the commit makes
+ * nothing hot and SAFE mode syncs all the same, so that after a power
+ * loss too the over-report decays with time.  Called and returns with
+ * track->lock held. */
+static void
+commit (struct rawtrack_image *img, struct track *t, bool idle)
 {
   uint64_t *batch = NULL, nr_batch, *victims = NULL, nr_victims = 0, i;
   uint32_t k;
   int err = 0;
 
   t->committing = true;
-  nr_batch = MIN (t->nr_pend, (uint64_t) t->max_hot);
+  nr_batch = idle ? 0 : MIN (t->nr_pend, (uint64_t) t->max_hot);
   batch = rt_malloc ((nr_batch ? nr_batch : 1) * sizeof *batch);
   victims = rt_malloc ((size_t) t->max_hot * sizeof *victims);
   if (!batch || !victims) {
     err = ENOMEM;
+    nr_batch = 0;                      /* the queue stays as it is */
     goto done_locked;
   }
   memcpy (batch, t->pend, nr_batch * sizeof *batch);
@@ -824,6 +893,19 @@ commit (struct rawtrack_image *img, struct track *t)
   /* Cooling: the extent's sequence number is odd from before it stops
    * being hot until its summary is exact again, so a lock-free writer
    * that raced with it retries under the lock (track_before_write). */
+  for (k = 0; idle && k < t->nr_hot; ) {
+    uint64_t v = t->hot[k];
+
+    if (t->quiet[v] < IDLE_TICKS) {
+      k++;
+      continue;
+    }
+    hot_remove (t, k);
+    __atomic_add_fetch (&t->seq[v], 1, __ATOMIC_SEQ_CST);
+    est_set (t, v, EXT_COLD);
+    victims[nr_victims++] = v;
+    t->idle_cooled++;
+  }
   while (t->nr_hot && t->nr_hot + nr_batch > t->max_hot) {
     uint64_t v = pick_victim (t);
 
@@ -838,20 +920,32 @@ commit (struct rawtrack_image *img, struct track *t)
       err = errno;
   for (i = 0; i < nr_victims; i++)
     __atomic_add_fetch (&t->seq[victims[i]], 1, __ATOMIC_SEQ_CST);
-  for (i = 0; i < nr_batch && !err; i++)
-    if (hot_prepare (img, t, batch[i]) == -1)
-      err = errno;
   if (err)
     goto done_locked;
 
-  /* I/O without the tracking lock: only the leader touches disk images.
-   * The bitmaps' data clusters are the tracker's alone while it runs (the
-   * bitmap operations refuse to work meanwhile), so their sectors are
-   * written without img->lock: a guest write that needs a mapping must
-   * not wait for them.  The log lives in cluster 0 beside the header,
-   * which metadata updates rewrite: it is written under img->lock. */
+  /* I/O without the tracking lock: only the leader touches disk images
+   * (disk, wr: hot_prepare runs unlocked too).  The bitmaps' data
+   * clusters are the tracker's alone while it runs (the bitmap operations
+   * refuse to work meanwhile), so their sectors are written without
+   * img->lock: a guest write that needs a mapping must not wait for them.
+   * The log lives in cluster 0 beside the header, which metadata updates
+   * rewrite: it is written under img->lock.
+   * THE BOUND UNDER KILL -9: the cooled sectors are written before the
+   * new all-ones (two write_sectors calls, each complete before the next
+   * starts), so at no instant does the kernel hold more than max_hot
+   * extents' all-ones.  Power loss may keep the second write and drop
+   * the first: there the bound is max_hot plus one commit's batch. */
   pthread_mutex_unlock (&t->lock);
-  if (write_sectors (img, t) == -1)
+  if (nr_victims && nr_batch) {
+    if (write_sectors (img, t) == -1)
+      err = errno ? errno : EIO;
+    for (k = 0; k < t->nr; k++)
+      t->bm[k].nr_wr = 0;
+  }
+  for (i = 0; i < nr_batch && !err; i++)
+    if (hot_prepare (img, t, batch[i]) == -1)
+      err = errno ? errno : ENOMEM;
+  if (!err && write_sectors (img, t) == -1)
     err = errno ? errno : EIO;
   pthread_mutex_lock (&img->lock);
   if (!err && log_write (img, t, batch, nr_batch) == -1)
@@ -873,11 +967,19 @@ commit (struct rawtrack_image *img, struct track *t)
     extent_range (img, t, e, &start, &end);
     bitmap_mem_set_atomic (t->summary, start, end - start);
     __atomic_store_n (&t->ref[e], 0, __ATOMIC_RELAXED);
+    t->quiet[e] = 0;
     t->hot[t->nr_hot++] = e;
     est_set (t, e, EXT_HOT);
   }
   if (err) {
-    /* Extents still queued stay queued; the waiters of this batch fail. */
+    remember_stale (t, batch, nr_batch);
+    remember_stale (t, victims, nr_victims);
+  }
+  if (err && !idle) {
+    /* Extents still queued stay queued; the waiters of this batch fail.
+     * (A failed idle cooling fails nobody: the all-ones it could not
+     * replace are a superset of the truth, and the next commit or the
+     * close writes the exact bits again.) */
     t->last_err = err;
     t->commit_failed_at = t->commits + 1;
   }
@@ -886,25 +988,79 @@ commit (struct rawtrack_image *img, struct track *t)
   free (batch);
   free (victims);
   pthread_cond_broadcast (&t->cond);
-  if (t->nr_pend && t->has_committer)
+  /* Queued work, or (idle cooling) hot extents to watch: the committer. */
+  if (t->has_committer && (t->nr_pend || (t->idle_ms && t->nr_hot)))
     pthread_cond_signal (&t->kick);
 }
 
+/* IDLE COOLING, one sweep (every idle_ms / IDLE_TICKS, committer thread,
+ * track->lock held): a hot extent that a write referenced since the last
+ * sweep starts over; one that stayed quiet for IDLE_TICKS sweeps in a row
+ * is due.  Returns whether one is due.  The ref flags are the ones
+ * pick_victim uses (clearing them here only ages its second chances). */
+static bool
+idle_sweep (struct track *t)
+{
+  bool due = false;
+  uint32_t i;
+
+  for (i = 0; i < t->nr_hot; i++) {
+    uint64_t e = t->hot[i];
+
+    if (__atomic_load_n (&t->ref[e], __ATOMIC_RELAXED)) {
+      __atomic_store_n (&t->ref[e], 0, __ATOMIC_RELAXED);
+      t->quiet[e] = 0;
+    }
+    else if (t->quiet[e] < IDLE_TICKS && ++t->quiet[e] == IDLE_TICKS)
+      due = true;
+    else if (t->quiet[e] >= IDLE_TICKS)
+      due = true;
+  }
+  return due;
+}
+
 /* The committer thread: runs the commits that prefetch() queues, which
- * no writer waits for.  A waiting writer may still lead a commit itself;
- * whoever comes first does it. */
+ * no writer waits for, and the idle coolings.  A waiting writer may still
+ * lead a commit itself; whoever comes first does it.  With idle cooling
+ * on it wakes every idle_ms / IDLE_TICKS while extents are hot, and
+ * sleeps until kicked when none is. */
 static void *
 committer (void *arg)
 {
   struct track *t = arg;
+  uint64_t tick_ns = (uint64_t) t->idle_ms * 1000000 / IDLE_TICKS;
+  struct timespec next = { 0, 0 };
 
   pthread_mutex_lock (&t->lock);
   for (;;) {
-    while (!t->stop && (t->nr_pend == 0 || t->committing))
-      pthread_cond_wait (&t->kick, &t->lock);
+    struct timespec now;
+
     if (t->stop)
       break;
-    commit (t->img, t);
+    if (t->nr_pend && !t->committing) {
+      commit (t->img, t, false);
+      continue;
+    }
+    if (!t->idle_ms || t->nr_hot == 0) {
+      next.tv_sec = 0;
+      pthread_cond_wait (&t->kick, &t->lock);
+      continue;
+    }
+    clock_gettime (CLOCK_MONOTONIC, &now);
+    if (next.tv_sec == 0) {            /* the first tick from now */
+      uint64_t ns = (uint64_t) now.tv_nsec + tick_ns;
+
+      next.tv_sec = now.tv_sec + (time_t) (ns / 1000000000);
+      next.tv_nsec = (long) (ns % 1000000000);
+    }
+    if (now.tv_sec < next.tv_sec ||
+        (now.tv_sec == next.tv_sec && now.tv_nsec < next.tv_nsec)) {
+      pthread_cond_timedwait (&t->kick, &t->lock, &next);
+      continue;
+    }
+    next.tv_sec = 0;
+    if (!t->committing && idle_sweep (t))
+      commit (t->img, t, true);
   }
   pthread_mutex_unlock (&t->lock);
   return NULL;
@@ -1170,7 +1326,7 @@ track_before_write (struct rawtrack_image *img, uint64_t offset, uint64_t len)
         break;
       }
       if (!t->committing)
-        commit (img, t);
+        commit (img, t, false);
       else
         pthread_cond_wait (&t->cond, &t->lock);
     }
@@ -1248,6 +1404,9 @@ track_stop (struct rawtrack_image *img)
     if (cool_prepare (img, t, v) == -1)
       r = -1;
   }
+  while (t->nr_stale && r == 0)
+    if (cool_prepare (img, t, t->stale[--t->nr_stale]) == -1)
+      r = -1;
   fold_delta (t, 0, img->virtual_size);
   pthread_mutex_lock (&img->lock);
   if (r == 0)
