@@ -56,6 +56,8 @@ char *rt_strdup (const char *s);
 char *rt_strndup (const char *s, size_t n);
 /* Tests: fail the n-th allocation from now (0 disables). */
 void rt_alloc_fail_after (unsigned long n);
+/* Tests: allocations left before the armed failure (0: fired or off). */
+unsigned long rt_alloc_fail_pending (void);
 /* Upper bound for any single metadata allocation driven by image content. */
 #define RT_MAX_ALLOC (256u * 1024 * 1024)
 

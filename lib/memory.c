@@ -20,6 +20,12 @@ rt_alloc_fail_after (unsigned long n)
   __atomic_store_n (&fail_countdown, n, __ATOMIC_SEQ_CST);
 }
 
+unsigned long
+rt_alloc_fail_pending (void)
+{
+  return __atomic_load_n (&fail_countdown, __ATOMIC_SEQ_CST);
+}
+
 static int
 injected_failure (void)
 {
