@@ -19,8 +19,13 @@
  * (inconsistent) unless the close completed, never wrongly consistent.
  * Negative control: PROCESS mode (no sync before data) must break the
  * invariant under power loss - proof that this test can see a miss.
+ * Then SEVERAL WRITERS: four threads run their own workloads on one image
+ * at once (group commits shared between waiters, the committer thread
+ * prefetching, idle cooling every 2 ms), and the power fails at a random
+ * write or flush of either file; the same checks follow.
  *
- * Environment: RAWTRACK_CRASH_SEEDS (default 200).
+ * Environment: RAWTRACK_CRASH_SEEDS (default 200),
+ * RAWTRACK_CRASH_THREAD_SEEDS (default 60).
  */
 #undef NDEBUG
 #include <assert.h>
@@ -28,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <inttypes.h>
+#include <pthread.h>
 
 #include "internal.h"
 #include "arith.h"
@@ -253,6 +259,80 @@ run (uint64_t seed, int target, uint64_t nth, unsigned mode, bool check)
   return count;
 }
 
+/* ---- several writers ---------------------------------------------------- */
+
+#define NTHREADS 4
+
+struct writer {
+  struct rawtrack_image *img;
+  uint64_t seed;
+};
+
+static void *
+writer (void *arg)
+{
+  struct writer *w = arg;
+  uint8_t *buf = malloc (256 * 1024);
+  uint64_t s = w->seed;
+  int i;
+
+  assert (buf);
+  for (i = 0; i < NOPS / 2; i++)
+    if (run_op (w->img, &s, buf) == -1)
+      break;
+  free (buf);
+  return NULL;
+}
+
+/* Like run(), with NTHREADS writers at once.  The power fails at the nth
+ * write/flush of the target file, or after the writers stop if they never
+ * get there (or nth is 0: returns the count seen). */
+static uint64_t
+run_threads (uint64_t seed, int target, uint64_t nth, unsigned mode)
+{
+  struct rawtrack_io *im = rawtrack_io_mem_new (meta0, meta0_len, 0);
+  struct rawtrack_io *dm = rawtrack_io_mem_new (data0, VSIZE, 0);
+  struct rawtrack_io *ci = io_crash_new (im, false, seed * 2 + 1);
+  struct rawtrack_io *cd = io_crash_new (dm, false, seed * 2 + 2);
+  const unsigned mask = IO_OP_WRITE | IO_OP_FLUSH | IO_OP_ZERO | IO_OP_TRIM;
+  struct writer w[NTHREADS];
+  pthread_t th[NTHREADS];
+  struct rawtrack_image *img;
+  const uint8_t *meta, *data;
+  uint64_t count, mlen, dlen;
+  char why[64];
+  int k;
+
+  assert (im && dm && ci && cd);
+  if (nth)
+    io_crash_set_crash_at (target ? cd : ci, mask, nth);
+  img = rawtrack_image_open_io (ci, cd, RAWTRACK_OPEN_RDWR | mode);
+  assert (img);
+  for (k = 0; k < NTHREADS; k++) {
+    w[k].img = img;
+    w[k].seed = seed * 1000 + (uint64_t) k;
+    assert (pthread_create (&th[k], NULL, writer, &w[k]) == 0);
+  }
+  for (k = 0; k < NTHREADS; k++)
+    pthread_join (th[k], NULL);
+  count = io_crash_count (target ? cd : ci, mask);
+  if (!io_crash_crashed (ci))
+    io_crash_crash (ci);
+  if (!io_crash_crashed (cd))
+    io_crash_crash (cd);
+  rawtrack_image_close (img);
+  if (nth) {
+    meta = rawtrack_io_mem_data (im, &mlen);
+    data = rawtrack_io_mem_data (dm, &dlen);
+    snprintf (why, sizeof why, "%d writers, %s op %" PRIu64, NTHREADS,
+              target ? "data" : "image", nth);
+    verify (seed, why, meta, mlen, data, false);
+  }
+  rawtrack_io_close (im);
+  rawtrack_io_close (dm);
+  return count;
+}
+
 int
 main (void)
 {
@@ -316,5 +396,48 @@ main (void)
   }
   printf ("test-powerloss: negative control (process mode, no sync) lost "
           "changes %d times, as it must\n", failures);
+
+  /* Several writers; idle cooling racing with them. */
+  quiet = false;
+  failures = 0;
+  seeds = 60;
+  if (getenv ("RAWTRACK_CRASH_THREAD_SEEDS"))
+    seeds = strtoull (getenv ("RAWTRACK_CRASH_THREAD_SEEDS"), NULL, 10);
+  setenv ("RAWTRACK_IDLE_MS", "2", 1);
+  runs = 0;
+  for (seed = 1; seed <= seeds && failures == 0; seed++) {
+    int target = (int) (seed & 1);
+    uint64_t total = run_threads (seed, target, 0, 0), s = seed * 104729;
+
+    if (total == 0)
+      continue;
+    run_threads (seed, target, 1 + rnd (&s) % total, 0);
+    runs++;
+  }
+  if (failures) {
+    fprintf (stderr, "test-powerloss: %d failures with %d writers\n",
+             failures, NTHREADS);
+    return 1;
+  }
+  printf ("test-powerloss: %" PRIu64 " crash runs with %d writers passed\n",
+          runs, NTHREADS);
+
+  /* Its negative control: the same writers in PROCESS mode (no sync)
+   * must lose a change somewhere. */
+  quiet = true;
+  for (seed = 1; seed <= 40 && failures == 0; seed++) {
+    uint64_t total = run_threads (seed, 0, 0, RAWTRACK_OPEN_TRACK_PROCESS);
+    uint64_t s = seed * 7, n;
+
+    for (n = 0; n < 8 && total && failures == 0; n++)
+      run_threads (seed, 0, 1 + rnd (&s) % total, RAWTRACK_OPEN_TRACK_PROCESS);
+  }
+  if (failures == 0) {
+    fprintf (stderr, "test-powerloss: the negative control with %d writers "
+             "(no sync) saw no missed change\n", NTHREADS);
+    return 1;
+  }
+  printf ("test-powerloss: negative control with %d writers (process mode) "
+          "lost a change, as it must\n", NTHREADS);
   return 0;
 }
