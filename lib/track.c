@@ -19,8 +19,8 @@
  *   1. While tracking, every tracked bitmap has ALL its data clusters
  *      allocated, contiguously, so stream byte j is at data_off + j: bits
  *      are updated in place, never by allocation in the write path.
- *   2. The disk is cut into extents of 2^ext_bits bytes (16 MiB).  An
- *      extent is HOT when, on disk, every bit covering it is set in every
+ *   2. The disk is cut into extents of 2^ext_bits bytes (1 MiB: small,
+ *      so that a scattered write marks little).  An extent is HOT when, on disk, every bit covering it is set in every
  *      tracked bitmap.  A write into a hot extent, or into granules whose
  *      bits are already set on disk in every bitmap (`summary`), passes
  *      with no I/O at all.
@@ -38,14 +38,20 @@
  *      commit, each with its riders (stream_lookahead, queue_stream).
  *      Better still, a stream running through hot extents PREFETCHES:
  *      once it has filled a quarter of an extent, the cold extents among
- *      the next 16 (and their riders) are queued and a committer thread
+ *      the next 48 (and their riders) are queued and a committer thread
  *      commits them while the stream goes on (prefetch), so a stream
- *      waits for its first commit only.
+ *      waits for its first commit only.  Extents a stream filled cool
+ *      with no I/O (their exact bits are the all-ones on disk).
  *   4. At most max_hot extents are hot (the over-report bound: max_hot x
- *      extent size per bitmap).  To make room the leader COOLS the oldest
- *      hot extents in the same commit: it replaces their all-ones by the
- *      exact bits.  A cooled sector is a superset of the truth whichever
- *      version of it survives a crash, so cooling needs no sync of its own.
+ *      extent size per bitmap, 64 MiB).  To make room the leader COOLS the
+ *      oldest hot extents in the same commit: it replaces their all-ones
+ *      by the exact bits, written before the new all-ones (under kill -9
+ *      the kernel never holds more than max_hot extents' all-ones).  A
+ *      cooled sector is a superset of the truth whichever version of it
+ *      survives a crash, so cooling needs no sync of its own.
+ *      IDLE COOLING: the committer thread also cools every hot extent no
+ *      write touched for idle_ms (1 s; idle_sweep), so the over-report
+ *      decays to nothing once writes stop.
  *   5. Exact bits are kept in memory.  Every write sets its granules in
  *      ONE shared `delta` bitmap (finest granularity, atomic word
  *      operations) before its data is issued, whatever the number of
@@ -61,6 +67,7 @@
  *     COLD --(write waits)--> PENDING       track_before_write
  *     PENDING --(bits synced)--> HOT        commit (leader)
  *     HOT --(oldest, room needed)--> COLD   commit: cool_prepare
+ *     HOT --(idle for idle_ms)--> COLD      committer: idle_sweep, commit
  *
  * BOOKKEEPING AND OTHER WRITERS
  *   The hot list is kept in a private header extension ("RTRC", inside
@@ -103,7 +110,7 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 #define DEFAULT_EXT_BITS    20                   /* 1 MiB extents */
 #define DEFAULT_MAX_HOT     64
 #define SEQ_AHEAD           7                    /* see stream_lookahead() */
-#define PREFETCH            16                   /* see prefetch() */
+#define PREFETCH            48                   /* see prefetch() */
 #define STREAM_MIN          (64u * 1024)         /* see stream_lookahead() */
 #define WR_BLOCK            4096                 /* see write_sectors() */
 #define DEFAULT_IDLE_MS     1000                 /* see sweep_idle() */
@@ -488,12 +495,14 @@ track_start (struct rawtrack_image *img)
     if (v >= 2 && v <= DEFAULT_MAX_HOT * 4)
       t->max_hot = (uint32_t) v;
   }
-  /* A quarter of the hot set at most, so that prefetching never cools
-   * what a stream has just written. */
-  t->ahead = MIN (PREFETCH, t->max_hot / 4);
+  /* Three quarters of the hot set at most, so that prefetching leaves
+   * the extents a stream has just written hot (the oldest are cooled
+   * first); as many as that, so that a background commit has the time
+   * of ahead / 2 MiB of streaming to finish before the stream needs it. */
+  t->ahead = MIN (PREFETCH, t->max_hot * 3 / 4);
   if (getenv ("RAWTRACK_PREFETCH")) {         /* 0: off */
     int v = atoi (getenv ("RAWTRACK_PREFETCH"));
-    if (v >= 0 && (uint32_t) v <= t->max_hot / 2)
+    if (v >= 0 && (uint32_t) v <= t->max_hot * 3 / 4)
       t->ahead = (uint32_t) v;
   }
   if (t->ahead < 2)
@@ -668,12 +677,16 @@ extent_busy (const struct track *t, uint64_t e)
   return e < t->nr_ext && est_get (t, e) != EXT_COLD;
 }
 
-/* Replace extent v's all-ones with exact bits (track->lock held). */
+/* Replace extent v's all-ones with exact bits (track->lock held).  With
+ * force, write its sectors even where disk (what rawtrack last wrote)
+ * already holds them: after a failed commit the file may not. */
 static int
-cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v)
+cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v,
+              bool force)
 {
   uint64_t start, end, lo, hi, bit;
   uint32_t i;
+  bool changed;
 
   extent_range (img, t, v, &start, &end);
   fold_delta (t, start, end);
@@ -683,6 +696,7 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v)
     uint64_t nbits = bitmap_mem_nbits (b->base), g = 1ull << b->gran_bits;
 
     bit_range (b, nbits, start, end, &lo, &hi);
+    changed = force;
     for (bit = lo; bit < hi; bit++) {
       uint64_t bs = bit * g, be = bs + g, e;
       bool v1 = bitmap_mem_get (b->base, bs);
@@ -694,14 +708,19 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v)
             v1 = true;
             break;
           }
-      bit_put (b->disk, bit, v1);
+      if (v1 != !!(b->disk[bit >> 3] & (1u << (bit & 7)))) {
+        bit_put (b->disk, bit, v1);
+        changed = true;
+      }
       if (!v1) {
         uint64_t cs = MAX (bs, start), ce = MIN (be, end);
         if (ce > cs)
           bitmap_mem_clear_atomic (t->summary, cs, ce - cs);
       }
     }
-    if (hi > lo && add_write (b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1)
+    /* Only what changes: an extent a stream filled is all-ones already,
+     * and cools with no I/O at all. */
+    if (changed && add_write (b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1)
       return -1;
   }
   return 0;
@@ -751,6 +770,8 @@ write_sectors (struct rawtrack_image *img, struct track *t)
 
   for (k = 0; k < t->nr; k++)
     n += t->bm[k].nr_wr;
+  if (n == 0)
+    return 0;
   if (n > t->cap_vec) {
     struct rawtrack_io_vec *v = rt_realloc (t->vec, n * sizeof *v);
 
@@ -916,7 +937,7 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
   for (k = 0; k < t->nr; k++)
     t->bm[k].nr_wr = 0;
   for (i = 0; i < nr_victims && !err; i++)
-    if (cool_prepare (img, t, victims[i]) == -1)
+    if (cool_prepare (img, t, victims[i], false) == -1)
       err = errno;
   for (i = 0; i < nr_victims; i++)
     __atomic_add_fetch (&t->seq[victims[i]], 1, __ATOMIC_SEQ_CST);
@@ -1401,11 +1422,11 @@ track_stop (struct rawtrack_image *img)
     uint64_t v = t->hot[--t->nr_hot];
 
     est_set (t, v, EXT_COLD);
-    if (cool_prepare (img, t, v) == -1)
+    if (cool_prepare (img, t, v, false) == -1)
       r = -1;
   }
   while (t->nr_stale && r == 0)
-    if (cool_prepare (img, t, t->stale[--t->nr_stale]) == -1)
+    if (cool_prepare (img, t, t->stale[--t->nr_stale], true) == -1)
       r = -1;
   fold_delta (t, 0, img->virtual_size);
   pthread_mutex_lock (&img->lock);
