@@ -1273,7 +1273,7 @@ fast_path (struct track *t, uint64_t offset, uint64_t len)
  * cold extents among the next `ahead` ones.  So a stream waits for the
  * first commit only; the next run while it writes, one sync per
  * ahead / 2 extents.  The over-report bound is unchanged (commit cools to
- * stay within max_hot) and ahead <= max_hot / 4 keeps the stream's own
+ * stay within max_hot) and ahead <= 3/4 max_hot keeps the stream's own
  * recent extents hot. */
 static void
 prefetch (struct track *t, uint64_t offset, uint64_t len)
