@@ -18,9 +18,10 @@
  * Workloads:
  *   random  4 KiB writes at RATE per second (200) over the whole disk
  *   seq     a stream of 1 MiB writes at 100 MiB/s from a random offset
- *   idle    random for a second, then nothing for two: by then every
- *           extent has been idle long enough to be cooled, so the bitmaps
- *           must be exact (an over-report of 0)
+ *   idle    200 random writes, then nothing for 2 to 3 s before the
+ *           kill: by then every extent has been idle long enough to be
+ *           cooled (1 s, looked at every 250 ms), so the bitmaps must be
+ *           exact (an over-report of 0)
  * With --check the limits are asserted (random and seq: at most 64 MiB,
  * idle: 0) and the exit status says whether they held; --expect-fail
  * inverts it for a negative control (lazy mode, or the old 16 MiB-extent
@@ -207,7 +208,7 @@ child (const char *img_path, int w, uint64_t seed, int fd)
   struct rawtrack_image *img;
   static char buf[1 << 20];
   uint64_t s = seed, off;
-  double t0, next;
+  double next;
   long n = 0;
 
   img = rawtrack_image_open (img_path, RAWTRACK_OPEN_RDWR | open_mode, NULL);
@@ -217,7 +218,7 @@ child (const char *img_path, int w, uint64_t seed, int fd)
   }
   memset (buf, 0x5a, sizeof buf);
   off = (rnd (&s) % (disk_size / 2 / MiB)) * MiB;
-  t0 = next = now ();
+  next = now ();
   for (;;) {
     uint64_t o, len;
 
@@ -233,9 +234,11 @@ child (const char *img_path, int w, uint64_t seed, int fd)
       o = (rnd (&s) % (disk_size / 4096)) * 4096;
       len = 4096;
       next += 1.0 / RATE;
-      if (w == W_IDLE && next - t0 > 1.0)
+      if (w == W_IDLE && n == RATE) {
+        put (fd, 0, 0, 2);             /* idle from now */
         for (;;)
-          pause ();                    /* idle until killed */
+          pause ();                    /* until killed */
+      }
     }
     put (fd, o, len, 0);
     if (rawtrack_image_pwrite (img, buf, len, o, 0) == -1) {
@@ -342,10 +345,9 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
   if (rawtrack_image_close (img) == -1)
     die ("close");
 
-  /* The kill: random, 0.3 to 3 s in (idle: 2.5 to 3.5 s, its writes
-   * stop at 1 s). */
-  t_kill = w == W_IDLE ? 2.5 + (double) (rnd (&s) % 1000) / 1000
-                       : 0.3 + (double) (rnd (&s) % 2700) / 1000;
+  /* The kill: random, 0.3 to 3 s in (idle: 2 to 3 s after its last
+   * write, which it tells; until then no kill). */
+  t_kill = w == W_IDLE ? 1e9 : 0.3 + (double) (rnd (&s) % 2700) / 1000;
   if (pipe (p) == -1)
     die ("pipe");
   fflush (stdout);
@@ -375,6 +377,10 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
     if (got < sizeof r)
       continue;
     got = 0;
+    if (r.done == 2) {
+      t_kill = now () - t0 + 2.0 + (double) (rnd (&s) % 1000) / 1000;
+      continue;
+    }
     if (!r.done) {
       inflight = r;
       have_inflight = 1;
@@ -398,6 +404,8 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
     if (got < sizeof r)
       continue;
     got = 0;
+    if (r.done == 2)
+      continue;
     if (!r.done) {
       inflight = r;
       have_inflight = 1;
@@ -571,7 +579,7 @@ main (int argc, char **argv)
                 "(limit %llu)", i, bm[k], res[k].beyond / (double) MiB,
                 LIMIT / MiB);
         if (check && w == W_IDLE && res[k].over > 0)
-          fail ("idle round %d: %s over-reports %.2f MiB after 1.5 s "
+          fail ("idle round %d: %s over-reports %.2f MiB after 2 s "
                 "without writes (must be exact)", i, bm[k],
                 res[k].over / (double) MiB);
       }
