@@ -30,7 +30,8 @@
  * Usage: bench-crash-bound [--check] [--expect-fail] [--mode safe|process|lazy]
  *          [--workload random|seq|idle|all] [--rounds N] [--size GIB]
  *          [--seed S] [DIR]
- * RAWTRACK (for the CLI) is not needed: it links the library.
+ * RAWTRACK_BOUND_ROUNDS, when set, overrides --rounds (longer runs of the
+ * suite's tests; at most 64).  It links the library: no CLI needed.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -509,8 +510,6 @@ main (int argc, char **argv)
   uint64_t seed = 1;
   const char *env = getenv ("RAWTRACK_BOUND_ROUNDS");
 
-  if (env)
-    rounds = atoi (env);
   for (a = 1; a < argc; a++) {
     if (!strcmp (argv[a], "--check"))
       check = 1;
@@ -542,6 +541,8 @@ main (int argc, char **argv)
       return 2;
     }
   }
+  if (env)                             /* over --rounds: the suite's runs */
+    rounds = atoi (env);
   if (rounds < 1 || disk_size < (1ull << 30))
     rounds = 1, disk_size = disk_size < (1ull << 30) ? 1ull << 30 : disk_size;
 

@@ -191,11 +191,14 @@ for b in ${RAWTRACK_BUILDS:-test asan tsan}; do
       run_build build-test -- --buildtype=debugoptimized -Dwerror=true ;;
     asan)
       # ASan+UBSan: unit tests, the fuzz corpora and hostile inputs, the
-      # crash loops (fewer rounds: the instrumented build is slower) and
+      # crash loops (fewer rounds: the instrumented build is slower; the
+      # kill -9 loop runs in four variants, each on a 4 GiB disk) and
       # the interop tests of suite 'asan'.
       run_build build-asan \
         RAWTRACK_CRASH_SEEDS="${RAWTRACK_CRASH_SEEDS:-40}" \
-        RAWTRACK_KILL_ROUNDS="${RAWTRACK_KILL_ROUNDS:-40}" \
+        RAWTRACK_KILL_ROUNDS="${RAWTRACK_KILL_ROUNDS:-15}" \
+        RAWTRACK_CRASH_THREAD_SEEDS="${RAWTRACK_CRASH_THREAD_SEEDS:-20}" \
+        RAWTRACK_BOUND_ROUNDS="${RAWTRACK_BOUND_ROUNDS:-1}" \
         --suite unit --suite fuzz --suite crash --suite asan \
         -- --buildtype=debug \
         -Db_sanitize=address,undefined -Db_lundef=false ;;
