@@ -374,3 +374,126 @@ cat_agrees ()
   fi
   rm -f "$q"
 }
+
+# ---------------------------------------------------------------------------
+# Waiting.  A test must never depend on something happening within a short
+# time, only on it happening at all: the machine may be loaded (2 cores
+# shared by sanitizer builds).  Bounds are generous and exist only so that a
+# broken build fails instead of hanging.
+
+# wait_until SECONDS WHAT CMD...: run CMD every 0.1 s until it succeeds;
+# fail the test, naming WHAT, if it has not after SECONDS seconds.
+wait_until ()
+{
+  local secs="$1" what="$2" i
+  shift 2
+  for (( i = 0; i < secs * 10; i++ )); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  die "$what (not within $secs s)"
+}
+
+# wait_gone PID WHAT: wait until process PID is gone (also one that is not
+# our child, such as qemu-nbd --fork); a child is reaped.
+wait_gone ()
+{
+  wait_until 120 "$2" eval "! kill -0 $1"
+  wait "$1" 2>/dev/null || true
+}
+
+# nbd_ready SOCKET: a server answers on the Unix socket (the socket file
+# alone is not enough: it exists between bind(2) and listen(2)).
+nbd_ready ()
+{
+  [ -S "$1" ] &&
+    "$PYTHON" -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+sys.exit(0 if s.recv(8) == b"NBDMAGIC" else 1)' "$1" 2>/dev/null
+}
+
+# ---------------------------------------------------------------------------
+# An interactive qemu-io driven through a pair of FIFOs, so that a test can
+# act (kill -9 it, inspect the image) at a moment QEMU itself vouches for
+# instead of a moment guessed by polling the image.
+#
+#   qemu_io_start IMAGE [QEMU-IO-ARGS...]   start it; 0 once it has answered
+#                                           a first command, that is once
+#                                           QEMU has finished opening IMAGE
+#                                           (for a read-write qcow2 image:
+#                                           bitmaps marked in-use and the
+#                                           header's autoclear bits written
+#                                           back); 1 if it died before
+#   qemu_io_cmd CMD PATTERN                 send CMD, read its answer until
+#                                           a line matches PATTERN (an ERE);
+#                                           1 if qemu-io died first
+#   qemu_io_kill9                           SIGKILL it and reap it
+#
+# One at a time; qemu_io_pid holds its process id.
+qemu_io_pid=
+_qio_w=
+_qio_r=
+
+qemu_io_start ()
+{
+  local img="$1"; shift
+  [ -z "$qemu_io_pid" ] || hard_error "qemu_io_start: one is running"
+  rm -f "$tmpdir/.qio-in" "$tmpdir/.qio-out"
+  mkfifo "$tmpdir/.qio-in" "$tmpdir/.qio-out" || hard_error "mkfifo failed"
+  qemu-io "$@" "$img" <"$tmpdir/.qio-in" >"$tmpdir/.qio-out" 2>&1 &
+  qemu_io_pid=$!
+  # The child opens the FIFOs in this order too: no deadlock.
+  exec {_qio_w}>"$tmpdir/.qio-in" {_qio_r}<"$tmpdir/.qio-out"
+  # Any command proves that the open is over: qemu-io reads none before.
+  qemu_io_cmd "help sleep" "waits for the given value"
+}
+
+qemu_io_cmd ()
+{
+  local line
+  echo "$1" >&"$_qio_w" 2>/dev/null || return 1
+  while IFS= read -r -t 120 line <&"$_qio_r"; do
+    echo "qemu-io: $line" >&2
+    if [[ "$line" =~ $2 ]]; then return 0; fi
+  done
+  return 1
+}
+
+qemu_io_kill9 ()
+{
+  [ -n "$qemu_io_pid" ] || return 0
+  kill -9 "$qemu_io_pid" 2>/dev/null || true
+  wait "$qemu_io_pid" 2>/dev/null || true
+  exec {_qio_w}>&- {_qio_r}<&-
+  qemu_io_pid=
+}
+cleanup_fn qemu_io_kill9
+
+# kill9_holding IMAGE [CMD PATTERN]: open the qcow2 IMAGE read-write in
+# qemu-io, run CMD in it if given (waiting for a line matching PATTERN),
+# and kill -9 qemu-io: the image is left as QEMU leaves an image it held,
+# every bitmap in-use and the autoclear bit of the bitmaps extension set.
+# The kill happens only after qemu-io answered, when QEMU no longer writes
+# the header.  Should qemu-io die or not answer, the kill may cut QEMU's
+# open between the bitmap directory (in-use) and the header's autoclear
+# bit - QEMU then drops every bitmap - or come before either: the state is
+# then completed by hand (qcow2-patch.py mark-in-use), said on stderr.
+kill9_holding ()
+{
+  local img="$1" ok=1 fixed
+  qemu_io_start "$img" -f qcow2 || ok=0
+  if [ "$ok" = 1 ] && [ $# -ge 3 ]; then
+    qemu_io_cmd "$2" "$3" || ok=0
+  fi
+  qemu_io_kill9
+  fixed="$("$PYTHON" "$interop_dir/qcow2-patch.py" mark-in-use "$img")" ||
+    hard_error "qcow2-patch.py mark-in-use $img failed"
+  if [ -n "$fixed" ]; then
+    echo "$progname: kill9_holding: qemu-io answered: $ok; completed by hand:" \
+      $fixed >&2
+    # After an answer nothing may be missing: QEMU changed its ways.
+    [ "$ok" = 0 ] || hard_error "kill9_holding: $img not in-use after QEMU answered"
+  fi
+}

@@ -117,14 +117,24 @@ def through_nbd(img, script, env, target, rng, tmp):
     Returns qemu-io's result lines ('wrote'/'discard'): each one is a
     request the server acknowledged, i.e. completed."""
     sock = os.path.join(tmp, "nbd.sock")
+    pidfile = os.path.join(tmp, "nbd.pid")
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
     srv = subprocess.Popen([RAWTRACK, "serve", img, "--socket", sock,
-                            "--track", MODE] +
+                            "--track", MODE, "--pidfile", pidfile] +
                            (["--allow-remote"] if REMOTE else []),
                            env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    for _ in range(500):
-        if os.path.exists(sock):
-            break
+    # Wait for the pid file, written once the socket listens (the socket
+    # file alone exists between bind and listen: qemu-io could be refused
+    # and the round would test nothing).  No short bound: a loaded machine.
+    deadline = time.monotonic() + 120
+    while not (os.path.exists(pidfile) and os.path.getsize(pidfile) > 0):
+        if srv.poll() is not None:
+            sys.exit(f"FAIL: rawtrack serve exited {srv.returncode} at start")
+        if time.monotonic() > deadline:
+            srv.kill()
+            sys.exit("FAIL: rawtrack serve did not start within 120 s")
         time.sleep(0.01)
     q = subprocess.Popen(["qemu-io", "-f", "raw",
                           f"nbd+unix:///?socket={sock}"],
@@ -153,8 +163,9 @@ def through_nbd(img, script, env, target, rng, tmp):
     q.wait()
     done += [l for l in rest.replace("qemu-io> ", "").splitlines(True)
              if DONE_RE.match(l)]
-    if os.path.exists(sock):
-        os.unlink(sock)
+    for f in (sock, pidfile):
+        if os.path.exists(f):
+            os.unlink(f)
     return done
 
 
@@ -276,11 +287,16 @@ def main():
         qimg = ["-f", "qcow2", img]
         if REMOTE:
             rsock = os.path.join(tmp, "remote.sock")
-            nbdkit = subprocess.Popen(["nbdkit", "-f", "-U", rsock, "file",
-                                       raw], stderr=subprocess.DEVNULL)
-            for _ in range(500):
-                if os.path.exists(rsock):
-                    break
+            rpid = os.path.join(tmp, "nbdkit.pid")
+            nbdkit = subprocess.Popen(["nbdkit", "-f", "-U", rsock,
+                                       "-P", rpid, "file", raw],
+                                      stderr=subprocess.DEVNULL)
+            # nbdkit writes its pid file once it listens; the socket file
+            # exists before.  A generous bound: a loaded machine.
+            deadline = time.monotonic() + 120
+            while not (os.path.exists(rpid) and os.path.getsize(rpid) > 0):
+                if nbdkit.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("FAIL: nbdkit did not start")
                 time.sleep(0.01)
             run(RAWTRACK, "attach", "--cluster-size", "64k",
                 f"nbd+unix:///?socket={rsock}", img)

@@ -17,6 +17,10 @@
 #   qcow2-patch.py get-bitmap-entry IMAGE NAME INDEX
 #   qcow2-patch.py set-bitmap-entry IMAGE NAME INDEX VALUE
 #                                             a bitmap table entry (raw)
+#   qcow2-patch.py mark-in-use IMAGE          the state a QEMU killed while it
+#                                             held the image leaves: every
+#                                             bitmap in-use, autoclear bit 0
+#                                             set; prints what it changed
 #
 # Offsets follow docs/interop/qcow2.txt; all integers big-endian.  Only what
 # the tests need is implemented; anything unexpected raises.
@@ -245,6 +249,17 @@ def main():
         if img.version < 3:
             raise SystemExit("set-incompat: v2 image")
         img.pwrite(72, struct.pack(">Q", img.incompat | int(args[0], 0)))
+    elif cmd == "mark-in-use":
+        if img.version < 3 or EXT_BITMAPS not in img.exts:
+            raise SystemExit("mark-in-use: no bitmaps extension")
+        for b in img.bitmap_entries():
+            if not b["flags"] & 1:
+                img.pwrite(b["entry_offset"] + 12,
+                           struct.pack(">I", b["flags"] | 1))
+                print(f"bitmap {b['name']}: in-use set")
+        if not img.autoclear & 1:
+            img.pwrite(88, struct.pack(">Q", img.autoclear | 1))
+            print("autoclear bit 0 (bitmaps extension valid) set")
     else:
         raise SystemExit(f"unknown command {cmd}")
     img.f.close()

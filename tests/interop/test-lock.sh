@@ -49,11 +49,8 @@ iopid=$!
 cleanup_fn kill -9 "$iopid"
 exec 3>ctl
 echo "write -P 0x11 0 64k" >&3
-for _ in $(seq 100); do
-  grep -q "^wrote 65536/65536" io.out && break
-  sleep 0.1
-done
-grep -q "^wrote 65536/65536" io.out || { cat io.out >&2; die "rawtrack io did not write"; }
+wait_until 120 "rawtrack io did not write" \
+  grep -q "^wrote 65536/65536" io.out
 
 # A VM's bytes for a writer of a qcow2 image with a data file: on the data
 # file it denies write too (201; qemu-io/qemu-nbd, which share write at
@@ -109,8 +106,10 @@ for mode in rw ro; do
     expect_ok env RAWTRACK_NO_LOCK=1 "$RAWTRACK" io disk.qcow2 \
       -c 'write -P 0x33 128k 64k'
   fi
+  # Gone for certain before the next round and the checks below open the
+  # image: its locks go with it.
   kill "$qpid"
-  for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.1; done
+  wait_gone "$qpid" "qemu-nbd did not exit after SIGTERM"
 done
 
 # --- nothing refused touched anything ---------------------------------------

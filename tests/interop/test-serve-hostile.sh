@@ -24,15 +24,13 @@ qemu-img bitmap --add disk.qcow2 bm
 run_hostile ()
 {
   local st=0
-  rm -f "$sock"
-  "$RAWTRACK" serve disk.qcow2 --socket "$sock" --handshake-timeout 2 "$@" &
+  rm -f "$sock" server.pid
+  "$RAWTRACK" serve disk.qcow2 --socket "$sock" --handshake-timeout 2 \
+    --pidfile "$tmpdir/server.pid" "$@" &
   spid=$!
   cleanup_fn kill "$spid"
-  for _ in $(seq 100); do
-    [ -S "$sock" ] && break
-    sleep 0.1
-  done
-  [ -S "$sock" ] || die "server did not start"
+  # The pid file, not the socket: it exists between bind and listen.
+  wait_until 120 "server did not start" test -s server.pid
   ro=""
   for a in "$@"; do [ "$a" = -r ] && ro=--readonly; done
   python3 "$interop_dir/nbd-hostile.py" "$sock" --bitmap bm --timeout 2 $ro ||

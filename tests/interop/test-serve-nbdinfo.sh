@@ -45,11 +45,7 @@ qemu_serve ()
 qemu_stop ()
 {
   kill "$qpid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 "$qpid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  die "qemu-nbd did not exit"
+  wait_gone "$qpid" "qemu-nbd did not exit"
 }
 
 # bitmaps IMAGE: the bitmap names of IMAGE, one per line.
