@@ -46,11 +46,11 @@ writers_refused ()
 }
 
 # 1. serve, read-write.
-"$RAWTRACK" serve disk.qcow2 --socket "$sock" &
+rm -f server.pid
+"$RAWTRACK" serve disk.qcow2 --socket "$sock" --pidfile server.pid &
 spid=$!
 cleanup_fn kill "$spid"
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
-[ -S "$sock" ] || die "server did not start"
+wait_until 120 "server did not start" test -s server.pid
 writers_refused "serve"
 kill -TERM "$spid"
 wait "$spid" || die "serve exit status"
@@ -62,19 +62,18 @@ iopid=$!
 cleanup_fn kill "$iopid"
 exec 7>cmds
 echo "read 0 4k" >&7
-for _ in $(seq 100); do grep -q "^read" io.log && break; sleep 0.1; done
-grep -q "^read" io.log || die "rawtrack io did not start: $(cat io.log)"
+wait_until 120 "rawtrack io did not start" grep -q "^read" io.log
 writers_refused "io"
 exec 7>&-
 wait "$iopid" || die "rawtrack io failed: $(cat io.log)"
 
 # 3. read-only serve takes no lock: the writer gets through (rawtrack's
 #    readers never stop anyone, like qemu-img -U).
-"$RAWTRACK" serve -r disk.qcow2 --socket "$sock" &
+rm -f server.pid
+"$RAWTRACK" serve -r disk.qcow2 --socket "$sock" --pidfile server.pid &
 spid=$!
 cleanup_fn kill "$spid"
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
-[ -S "$sock" ] || die "read-only server did not start"
+wait_until 120 "read-only server did not start" test -s server.pid
 expect_ok qemu-io -f raw -c 'write -P 0x5a 0 4k' disk.raw
 kill -TERM "$spid"
 wait "$spid" || die "read-only serve exit status"

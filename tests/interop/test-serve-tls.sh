@@ -74,12 +74,10 @@ start_server ()
     "$@" 2>>server.log &
   spid=$!
   cleanup_fn kill "$spid"
-  for _ in $(seq 100); do
-    [ -s server.pid ] && [ -S "$sock" ] && return 0
-    kill -0 "$spid" 2>/dev/null || die "serve $* exited early"
-    sleep 0.05
-  done
-  die "serve $* did not start"
+  # The pid file is written once the socket listens.
+  wait_until 120 "serve $* did not start" \
+    eval "[ -s server.pid ] || ! kill -0 $spid"
+  [ -s server.pid ] || die "serve $* exited early"
 }
 
 stop_server ()
@@ -198,7 +196,7 @@ rm -f server.pid
   --tls=require --tls-certificates "$tmpdir/pki" 2>>server.log &
 spid=$!
 cleanup_fn kill "$spid"
-for _ in $(seq 100); do [ -s server.pid ] && break; sleep 0.05; done
+wait_until 120 "serve --listen did not start" test -s server.pid
 expect_ok nbdcopy "nbds://localhost:$port/?$x509" back2.raw
 cmp -n $((4 << 20)) src.raw back2.raw || die "TCP TLS read differs"
 expect_ok qemu-img info --object "$qobj" \
