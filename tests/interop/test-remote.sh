@@ -48,10 +48,9 @@ remote_start ()
               -k "$rsock" backing.raw ;;
     *) hard_error "remote_start $1" ;;
   esac
-  for _ in $(seq 100); do
-    [ -s remote.pid ] && [ -S "$rsock" ] && break
-    sleep 0.05
-  done
+  # (Both daemonize once they listen: this only guards against a hang.)
+  wait_until 120 "remote server $1 did not start" \
+    eval '[ -s remote.pid ] && [ -S "$rsock" ]'
   rpid="$(cat remote.pid)"
   cleanup_fn kill "$rpid"
 }
@@ -59,11 +58,7 @@ remote_start ()
 remote_stop ()
 {
   kill "-${1:-TERM}" "$rpid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 "$rpid" 2>/dev/null || return 0
-    sleep 0.05
-  done
-  die "remote server did not stop"
+  wait_gone "$rpid" "remote server did not stop"
 }
 
 qopts ()
@@ -204,7 +199,7 @@ if certtool --version >/dev/null 2>&1 && psktool --help >/dev/null 2>&1; then
   rm -f "$rsock" remote.pid
   nbdkit -U "$rsock" -P "$tmpdir/remote.pid" --tls=require \
     --tls-certificates "$tmpdir/pki" memory 64M
-  for _ in $(seq 100); do [ -S "$rsock" ] && break; sleep 0.05; done
+  wait_until 120 "nbdkit did not start" test -s remote.pid
   rpid="$(cat remote.pid)"
   cleanup_fn kill "$rpid"
   turi="nbds+unix:///?socket=$rsock"
@@ -240,7 +235,7 @@ if certtool --version >/dev/null 2>&1 && psktool --help >/dev/null 2>&1; then
   rm -f "$rsock" remote.pid
   nbdkit -U "$rsock" -P "$tmpdir/remote.pid" --tls=require \
     --tls-psk "$tmpdir/keys.psk" memory 64M
-  for _ in $(seq 100); do [ -S "$rsock" ] && break; sleep 0.05; done
+  wait_until 120 "nbdkit did not start" test -s remote.pid
   rpid="$(cat remote.pid)"
   cleanup_fn kill "$rpid"
   rm -f p.qcow2
@@ -273,7 +268,7 @@ grep -qF "$ruri" err.txt || die "the error does not name the URI: $(cat err.txt)
 rm -f "$rsock" remote.pid
 nbdkit -U "$rsock" -P "$tmpdir/remote.pid" --filter=error file backing.raw \
   error-pwrite-rate=100% error-pwrite=EIO
-for _ in $(seq 100); do [ -S "$rsock" ] && break; sleep 0.05; done
+wait_until 120 "nbdkit did not start" test -s remote.pid
 rpid="$(cat remote.pid)"
 cleanup_fn kill "$rpid"
 "$RAWTRACK" io --allow-remote f.qcow2 -c 'write -P 0x44 1M 64k' >out.txt 2>&1 &&
@@ -287,7 +282,7 @@ remote_stop
 rm -f "$rsock" remote.pid
 nbdkit -U "$rsock" -P "$tmpdir/remote.pid" --filter=delay file backing.raw \
   wdelay=30
-for _ in $(seq 100); do [ -S "$rsock" ] && break; sleep 0.05; done
+wait_until 120 "nbdkit did not start" test -s remote.pid
 rpid="$(cat remote.pid)"
 cleanup_fn kill "$rpid"
 start=$SECONDS
@@ -306,7 +301,8 @@ rm -f "$sock" serve.pid
   2>serve.log &
 spid=$!
 cleanup_fn kill "$spid"
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+# The pid file: the socket file exists between bind and listen.
+wait_until 120 "serve did not start" test -s serve.pid
 suri="nbd+unix:///?socket=$sock"
 expect_ok qemu-io -f raw "$suri" -c 'write -P 0x66 4M 64k'
 remote_stop KILL   # (nbdkit would wait for serve's connections to close)

@@ -229,8 +229,7 @@ if command -v systemd-socket-activate >/dev/null && command -v nbdinfo >/dev/nul
   systemd-socket-activate -l "$tmpdir/test.sock" $cmd >activate.log 2>&1 &
   act=$!
   cleanup_fn kill "$act"
-  for _ in $(seq 100); do [ -S test.sock ] && break; sleep 0.1; done
-  [ -S test.sock ] || die "systemd-socket-activate made no socket"
+  wait_until 120 "systemd-socket-activate made no socket" test -S test.sock
   nbdinfo --json "nbd+unix:///?socket=$tmpdir/test.sock" >info.json ||
     { cat activate.log >&2; die "nbdinfo through the socket-activated server failed"; }
   nbdinfo --map=qemu:dirty-bitmap:b1 "nbd+unix:///?socket=$tmpdir/test.sock" >map.txt ||
