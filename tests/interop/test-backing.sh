@@ -67,11 +67,12 @@ expect_pattern $((9 * MiB)) 65536 0x24          # mid, past base.raw's end
 expect_pattern $((12 * MiB)) $((4 * MiB)) 0     # past mid.qcow2's end
 
 # serve: read-only, and every byte (and block status) right.
-"$RAWTRACK" serve top.qcow2 --socket "$sock" 2>serve.err &
+rm -f serve.pid
+"$RAWTRACK" serve top.qcow2 --socket "$sock" --pidfile serve.pid 2>serve.err &
 spid=$!
 cleanup_fn kill "$spid"
-for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
-[ -S "$sock" ] || die "server did not start: $(cat serve.err)"
+# The pid file: the socket file exists between bind and listen.
+wait_until 120 "server did not start" test -s serve.pid
 uri="nbd+unix:///?socket=$sock"
 grep -q "exporting it read-only" serve.err || die "serve did not say read-only"
 qemu-img convert -f raw -O raw "$uri" n.raw

@@ -65,14 +65,15 @@ every_writer ()
   [ "$st" = 1 ] || die "io: exit $st, expected a refusal"
   grep -q -- "$want" err.txt || die "io: message lacks '$want'"
 
-  rm -f "$sock"
+  rm -f "$sock" serve.pid
   # -v: the refusal's message, which goes to the client in the error
   # chunk, is also logged (without -v the server logs no failed request).
-  "$RAWTRACK" serve -v disk.qcow2 --socket "$sock" 2>serve.err &
+  "$RAWTRACK" serve -v disk.qcow2 --socket "$sock" --pidfile serve.pid \
+    2>serve.err &
   spid=$!
   cleanup_fn kill "$spid"
-  for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
-  [ -S "$sock" ] || die "server did not start"
+  # The pid file: the socket file exists between bind and listen.
+  wait_until 120 "server did not start" test -s serve.pid
   st=0
   # (4k: below the size whose payload is spliced straight to the data
   # file, where the reply carries only the errno - see the report)
