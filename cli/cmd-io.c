@@ -12,6 +12,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <errno.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -57,8 +58,13 @@ help (void)
           REMOTE_HELP
           "  -h, --help          this help\n"
           "\n"
-          "Exit status: 0 if every command succeeded, 1 otherwise (processing\n"
-          "stops at the first failure).\n",
+          "A command that does not parse runs nothing: the -c commands, and a\n"
+          "command FILE that is a regular file, are all parsed before the first\n"
+          "one runs; commands from a pipe or a terminal are parsed one line at\n"
+          "a time, and a malformed line stops there.\n"
+          "\n"
+          "Exit status: 0 if every command succeeded and its line was printed,\n"
+          "1 otherwise (processing stops at the first failure).\n",
           progname);
 }
 
@@ -97,96 +103,156 @@ split (char *line, char **argv, int max)
   return n;
 }
 
-static int
-offlen (const char *cmd, char **w, int n, uint64_t *off, uint64_t *len)
-{
-  const char *err;
+/* One parsed command.  Everything is checked here, before any command
+ * runs: a script with a malformed line does nothing at all. */
+enum io_op { OP_NONE, OP_READ, OP_WRITE, OP_ZERO, OP_DISCARD, OP_FLUSH };
 
-  if (n != 2)
-    return fail ("%s: expected OFFSET LENGTH", cmd);
-  if (parse_size (w[0], off, &err) == -1)
-    return fail ("%s: OFFSET '%s': %s", cmd, w[0], err);
-  if (parse_size (w[1], len, &err) == -1)
-    return fail ("%s: LENGTH '%s': %s", cmd, w[1], err);
-  return 0;
+struct io_cmd {
+  enum io_op op;
+  int pattern;                  /* -P BYTE, or -1 */
+  bool unmap;                   /* write -z -u */
+  uint64_t off, len;
+};
+
+/* Parse one command; where names its origin for messages ("-c 2",
+ * "FILE:7").  Returns 0 (cmd->op OP_NONE for a blank line or comment), or
+ * -1 after printing what is wrong. */
+static int
+parse_cmd (const char *where, const char *text, struct io_cmd *cmd)
+{
+  char *line, *w[16];
+  const char *err, *name;
+  int n, i, r = -1;
+  bool zero = false;
+
+  *cmd = (struct io_cmd) { .op = OP_NONE, .pattern = -1 };
+  if (!(line = strdup (text))) {
+    fail ("out of memory");
+    return -1;
+  }
+  n = split (line, w, 16);
+  if (n < 0) {
+    fail ("%s: too many words in command", where);
+    goto out;
+  }
+  if (n == 0 || w[0][0] == '#') {
+    r = 0;
+    goto out;
+  }
+  name = w[0];
+  if (strcmp (name, "flush") == 0) {
+    if (n != 1)
+      fail ("%s: flush takes no arguments", where);
+    else {
+      cmd->op = OP_FLUSH;
+      r = 0;
+    }
+    goto out;
+  }
+  if (strcmp (name, "write") == 0)
+    cmd->op = OP_WRITE;
+  else if (strcmp (name, "read") == 0)
+    cmd->op = OP_READ;
+  else if (strcmp (name, "discard") == 0)
+    cmd->op = OP_DISCARD;
+  else {
+    fail ("%s: unknown command '%s' (write, read, discard, flush)",
+          where, name);
+    goto out;
+  }
+  for (i = 1; i < n && w[i][0] == '-' && w[i][1]; i++) {
+    if (strcmp (w[i], "-P") == 0 && i + 1 < n && cmd->op != OP_DISCARD) {
+      if (parse_pattern (w[++i], &cmd->pattern) == -1) {
+        fail ("%s: %s: bad pattern '%s' (0..255)", where, name, w[i]);
+        goto out;
+      }
+    }
+    else if (strcmp (w[i], "-z") == 0 && cmd->op == OP_WRITE)
+      zero = true;
+    else if (strcmp (w[i], "-u") == 0 && cmd->op == OP_WRITE)
+      cmd->unmap = true;
+    else {
+      fail ("%s: %s: unknown option '%s'", where, name, w[i]);
+      goto out;
+    }
+  }
+  if (n - i != 2) {
+    fail ("%s: %s: expected OFFSET LENGTH", where, name);
+    goto out;
+  }
+  if (parse_size (w[i], &cmd->off, &err) == -1) {
+    fail ("%s: %s: OFFSET '%s': %s", where, name, w[i], err);
+    goto out;
+  }
+  if (parse_size (w[i + 1], &cmd->len, &err) == -1) {
+    fail ("%s: %s: LENGTH '%s': %s", where, name, w[i + 1], err);
+    goto out;
+  }
+  if (zero && cmd->pattern >= 0) {
+    fail ("%s: write: -z and -P cannot be combined", where);
+    goto out;
+  }
+  if (cmd->unmap && !zero) {
+    fail ("%s: write: -u needs -z", where);
+    goto out;
+  }
+  if (zero)
+    cmd->op = OP_ZERO;
+  if (cmd->len > MAX_IO && (cmd->op == OP_READ || cmd->op == OP_WRITE)) {
+    fail ("%s: %s: length %" PRIu64 " is larger than the %u-byte limit",
+          where, name, cmd->len, MAX_IO);
+    goto out;
+  }
+  r = 0;
+ out:
+  free (line);
+  return r;
 }
 
+/* Run one parsed command and print its line.  Returns 0 or 1 (failed,
+ * said on stderr). */
 static int
-run_line (struct rawtrack_image *img, char *line, uint8_t **buf)
+run_cmd (struct rawtrack_image *img, const struct io_cmd *cmd, uint8_t **buf)
 {
-  char *w[16];
-  int n = split (line, w, 16), pattern = -1, zero = 0, unmap = 0, i;
-  uint64_t off, len;
+  uint64_t off = cmd->off, len = cmd->len, k;
 
-  if (n < 0)
-    return fail ("too many words in command");
-  if (n == 0 || w[0][0] == '#')
+  switch (cmd->op) {
+  case OP_NONE:
     return 0;
-
-  if (strcmp (w[0], "flush") == 0) {
-    if (n != 1)
-      return fail ("flush takes no arguments");
+  case OP_FLUSH:
     if (rawtrack_image_flush (img) == -1)
       return fail_lib ("flush failed");
     return 0;
-  }
-  if (strcmp (w[0], "write") != 0 && strcmp (w[0], "read") != 0 &&
-      strcmp (w[0], "discard") != 0)
-    return fail ("unknown command '%s' (write, read, discard, flush)", w[0]);
-
-  for (i = 1; i < n && w[i][0] == '-' && w[i][1]; i++) {
-    if (strcmp (w[i], "-P") == 0 && i + 1 < n &&
-        strcmp (w[0], "discard") != 0) {
-      if (parse_pattern (w[++i], &pattern) == -1)
-        return fail ("%s: bad pattern '%s' (0..255)", w[0], w[i]);
-    }
-    else if (strcmp (w[i], "-z") == 0 && strcmp (w[0], "write") == 0)
-      zero = 1;
-    else if (strcmp (w[i], "-u") == 0 && strcmp (w[0], "write") == 0)
-      unmap = 1;
-    else
-      return fail ("%s: unknown option '%s'", w[0], w[i]);
-  }
-  if (offlen (w[0], w + i, n - i, &off, &len) == -1)
-    return 1;
-  if (len > MAX_IO && !(zero || strcmp (w[0], "discard") == 0))
-    return fail ("%s: length %" PRIu64 " is larger than the %u-byte limit",
-                 w[0], len, MAX_IO);
-  if (zero && pattern >= 0)
-    return fail ("write: -z and -P cannot be combined");
-
-  if (strcmp (w[0], "discard") == 0) {
+  case OP_DISCARD:
     if (rawtrack_image_trim (img, len, off, 0) == -1)
       return fail_lib ("discard failed");
     printf ("discard %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n",
             len, len, off);
-  }
-  else if (strcmp (w[0], "write") == 0) {
-    if (zero) {
-      if (rawtrack_image_zero (img, len, off,
-                               unmap ? RAWTRACK_ZERO_MAY_TRIM : 0) == -1)
-        return fail_lib ("write failed");
-    }
-    else {
-      if (!*buf && !(*buf = malloc (MAX_IO)))
-        return fail ("out of memory");
-      memset (*buf, pattern >= 0 ? pattern : 0xcd, len);
-      if (rawtrack_image_pwrite (img, *buf, len, off, 0) == -1)
-        return fail_lib ("write failed");
-    }
+    break;
+  case OP_ZERO:
+    if (rawtrack_image_zero (img, len, off,
+                             cmd->unmap ? RAWTRACK_ZERO_MAY_TRIM : 0) == -1)
+      return fail_lib ("write failed");
     printf ("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n",
             len, len, off);
-  }
-  else {
-    uint64_t k;
-
+    break;
+  case OP_WRITE:
+    if (!*buf && !(*buf = malloc (MAX_IO)))
+      return fail ("out of memory");
+    memset (*buf, cmd->pattern >= 0 ? cmd->pattern : 0xcd, len);
+    if (rawtrack_image_pwrite (img, *buf, len, off, 0) == -1)
+      return fail_lib ("write failed");
+    printf ("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n",
+            len, len, off);
+    break;
+  case OP_READ:
     if (!*buf && !(*buf = malloc (MAX_IO)))
       return fail ("out of memory");
     if (rawtrack_image_pread (img, *buf, len, off) == -1)
       return fail_lib ("read failed");
-    if (pattern >= 0)
+    if (cmd->pattern >= 0)
       for (k = 0; k < len; k++)
-        if ((*buf)[k] != pattern) {
+        if ((*buf)[k] != cmd->pattern) {
           printf ("Pattern verification failed at offset %" PRIu64 ", %"
                   PRIu64 " bytes\n", off + k, len);
           fflush (stdout);
@@ -194,9 +260,58 @@ run_line (struct rawtrack_image *img, char *line, uint8_t **buf)
         }
     printf ("read %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n",
             len, len, off);
+    break;
   }
-  fflush (stdout);
+  /* The line is the only report that the operation completed: one that
+   * cannot be written is a failure, and nothing further runs. */
+  if (fflush (stdout) == EOF || ferror (stdout))
+    return fail ("writing standard output: %s", strerror (errno));
   return 0;
+}
+
+/* A growable list of parsed commands. */
+struct cmd_list {
+  struct io_cmd *v;
+  size_t n, cap;
+};
+
+static int
+cmd_list_add (struct cmd_list *l, const struct io_cmd *c)
+{
+  if (c->op == OP_NONE)
+    return 0;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 16;
+    struct io_cmd *v = realloc (l->v, cap * sizeof *v);
+
+    if (!v)
+      return fail ("out of memory"), -1;
+    l->v = v;
+    l->cap = cap;
+  }
+  l->v[l->n++] = *c;
+  return 0;
+}
+
+/* Parse every line of fp into l.  Returns 0 or -1 (said). */
+static int
+parse_stream (FILE *fp, const char *name, struct cmd_list *l)
+{
+  char *line = NULL, where[64];
+  size_t cap = 0;
+  uintmax_t lineno = 0;
+  struct io_cmd c;
+  int r = 0;
+
+  while (r == 0 && getline (&line, &cap, fp) != -1) {
+    snprintf (where, sizeof where, "%.40s:%ju", name, ++lineno);
+    if (parse_cmd (where, line, &c) == -1 || cmd_list_add (l, &c) == -1)
+      r = -1;
+  }
+  if (r == 0 && ferror (fp))
+    r = fail ("%s: %s", name, strerror (errno)) ? -1 : 0;
+  free (line);
+  return r;
 }
 
 int
@@ -215,11 +330,16 @@ cmd_io (int argc, char **argv)
     { NULL, 0, NULL, 0 },
   };
   struct rawtrack_image *img;
-  char **cmds = NULL, *line = NULL;
-  const char *file = NULL, *data_file = NULL;
+  struct cmd_list list = { NULL, 0, 0 };
+  struct io_cmd cmd;
+  struct stat st;
+  const char *file = NULL, *data_file = NULL, *src;
   unsigned flags = RAWTRACK_OPEN_RDWR;
   uint8_t *buf = NULL;
-  size_t nr_cmds = 0, cap = 0, i;
+  FILE *fp = NULL;
+  char where[32], *line = NULL;
+  size_t nr_c = 0, cap = 0, i;
+  bool stream = false;
   int c, r = 0;
 
   optind = 1;
@@ -233,76 +353,85 @@ cmd_io (int argc, char **argv)
       continue;
     switch (c) {
     case 'c':
-      if (nr_cmds == cap) {
-        char **n;
-        cap = cap ? cap * 2 : 8;
-        n = realloc (cmds, cap * sizeof *n);
-        if (!n) {
-          free (cmds);
-          return fail ("out of memory");
-        }
-        cmds = n;
+      snprintf (where, sizeof where, "-c %zu", ++nr_c);
+      if (parse_cmd (where, optarg, &cmd) == -1 ||
+          cmd_list_add (&list, &cmd) == -1) {
+        free (list.v);
+        return 1;
       }
-      cmds[nr_cmds++] = optarg;
       break;
     case 'f': file = optarg; break;
     case 'm':
       if (parse_track_mode (optarg, &flags) == -1) {
-        free (cmds);
+        free (list.v);
         return usage_error ("io", TRACK_MODE_ERROR);
       }
       break;
     case 'r': flags &= ~RAWTRACK_OPEN_RDWR; break;
     case 'd': data_file = optarg; break;
     case 'A': flags |= RAWTRACK_OPEN_ALLOW_DEVICE; break;
-    case 'h': help (); free (cmds); return 0;
+    case 'h': help (); free (list.v); return 0;
     default:
-      free (cmds);
+      free (list.v);
       return usage_error ("io", "invalid option or missing argument: '%s'",
                           argv[optind - 1]);
     }
   }
   if (argc - optind != 1) {
-    free (cmds);
+    free (list.v);
     return usage_error ("io", "expected exactly one IMAGE");
   }
-  if (nr_cmds && file) {
-    free (cmds);
+  if (nr_c && file) {
+    free (list.v);
     return usage_error ("io", "use -c or -f, not both");
+  }
+
+  /* Commands from a file: a regular one is parsed whole before anything
+   * runs, like -c; a pipe or terminal line by line. */
+  if (!nr_c) {
+    src = file && strcmp (file, "-") != 0 ? file : "stdin";
+    fp = strcmp (src, "stdin") == 0 ? stdin : fopen (file, "r");
+    if (!fp)
+      return fail ("%s: %s", file, strerror (errno));
+    if (fstat (fileno (fp), &st) == 0 && S_ISREG (st.st_mode)) {
+      r = parse_stream (fp, src, &list) == -1;
+      if (fp != stdin)
+        fclose (fp);
+      fp = NULL;
+      if (r) {
+        free (list.v);
+        return 1;
+      }
+    }
+    else
+      stream = true;
   }
 
   img = rawtrack_image_open (argv[optind], flags, data_file);
   if (!img) {
-    free (cmds);
+    if (fp && fp != stdin)
+      fclose (fp);
+    free (list.v);
     return fail_lib ("%s", argv[optind]);
   }
-  if (nr_cmds) {
-    for (i = 0; i < nr_cmds && r == 0; i++) {
-      char *copy = strdup (cmds[i]);
+  for (i = 0; i < list.n && r == 0; i++)
+    r = run_cmd (img, &list.v[i], &buf);
+  if (stream) {
+    uintmax_t lineno = 0;
 
-      if (!copy) {
-        r = fail ("out of memory");
-        break;
-      }
-      r = run_line (img, copy, &buf);
-      free (copy);
+    while (r == 0 && getline (&line, &cap, fp) != -1) {
+      snprintf (where, sizeof where, "%.16s:%ju", src, ++lineno);
+      r = parse_cmd (where, line, &cmd) == -1 || run_cmd (img, &cmd, &buf);
     }
-  }
-  else {
-    FILE *fp = stdin;
-    size_t n = 0;
-
-    if (file && strcmp (file, "-") != 0 && !(fp = fopen (file, "r")))
-      r = fail ("%s: %s", file, strerror (errno));
-    while (r == 0 && getline (&line, &n, fp) != -1)
-      r = run_line (img, line, &buf);
-    if (fp && fp != stdin)
+    if (r == 0 && ferror (fp))
+      r = fail ("%s: %s", src, strerror (errno));
+    if (fp != stdin)
       fclose (fp);
   }
   if (rawtrack_image_close (img) == -1 && r == 0)
     r = fail_lib ("closing %s", argv[optind]);
   free (line);
   free (buf);
-  free (cmds);
+  free (list.v);
   return r ? 1 : 0;
 }
