@@ -41,6 +41,14 @@ int parse_track_mode (const char *s, unsigned *flags);
 #define TRACK_MODE_ERROR "--track must be safe, process or lazy"
 /* Format bytes in human form like qemu-img ("64 KiB", "1 GiB", "1.5 MiB"). */
 void human_size (uint64_t bytes, char *buf, size_t len);
+/* A malloc'd copy of str safe to print on a terminal (names from an image
+ * may hold anything): control characters (C0, DEL, C1), backslash and
+ * bytes that are not UTF-8 become C escapes as `ls -b` prints them -
+ * \n \t \r \\ and \ooo (ESC is \033); printable UTF-8 is kept.  NULL
+ * when out of memory. */
+char *escape_text (const char *str);
+/* escape_text (str) on stdout ("?" when out of memory). */
+void put_text (const char *str);
 
 /* Remote (NBD) data files: the options every command that opens a data
  * file takes.  Put REMOTE_LONG_OPTS in the option table, hand every

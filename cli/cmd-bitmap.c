@@ -305,15 +305,18 @@ do_list (struct rawtrack_image *img, bool json)
       json_object_end (j);
     }
     else {
-      char fb[32];
+      char fb[32], *shown = escape_text (name);
 
+      if (!shown)
+        return fail ("out of memory");
       flags_text (fl, fb, sizeof fb);
       if (counted)
-        printf ("%-24s %12" PRIu64 "  %-12s %16" PRIu64 " %7.2f%%\n", name, g,
-                fb, dirty, percent (dirty, size));
+        printf ("%-24s %12" PRIu64 "  %-12s %16" PRIu64 " %7.2f%%\n", shown,
+                g, fb, dirty, percent (dirty, size));
       else
-        printf ("%-24s %12" PRIu64 "  %-12s %16s %8s\n", name, g, fb,
+        printf ("%-24s %12" PRIu64 "  %-12s %16s %8s\n", shown, g, fb,
                 (fl & RAWTRACK_BITMAP_IN_USE) ? "inconsistent" : "-", "-");
+      free (shown);
     }
   }
   if (json) {

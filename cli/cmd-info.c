@@ -111,7 +111,9 @@ print_human (struct rawtrack_image *img, const char *filename)
   int v3 = rawtrack_image_version (img) >= 3;
   int i, n = rawtrack_image_bitmap_count (img);
 
-  printf ("image: %s\n", filename);
+  printf ("image: ");
+  put_text (filename);
+  putchar ('\n');
   printf ("file format: qcow2\n");
   human_size (rawtrack_image_virtual_size (img), buf, sizeof buf);
   printf ("virtual size: %s (%" PRIu64 " bytes)\n", buf,
@@ -122,9 +124,14 @@ print_human (struct rawtrack_image *img, const char *filename)
   }
   printf ("cluster_size: %" PRIu32 "\n", rawtrack_image_cluster_size (img));
   if (rawtrack_image_backing_file (img)) {
-    printf ("backing file: %s\n", rawtrack_image_backing_file (img));
-    if (rawtrack_image_backing_format (img))
-      printf ("backing file format: %s\n", rawtrack_image_backing_format (img));
+    printf ("backing file: ");
+    put_text (rawtrack_image_backing_file (img));
+    putchar ('\n');
+    if (rawtrack_image_backing_format (img)) {
+      printf ("backing file format: ");
+      put_text (rawtrack_image_backing_format (img));
+      putchar ('\n');
+    }
   }
   printf ("Format specific information:\n");
   printf ("    compat: %s\n", v3 ? "1.1" : "0.10");
@@ -143,7 +150,9 @@ print_human (struct rawtrack_image *img, const char *filename)
           printf ("                [%d]: in-use\n", k++);
         if (fl & RAWTRACK_BITMAP_AUTO)
           printf ("                [%d]: auto\n", k++);
-        printf ("            name: %s\n", rawtrack_image_bitmap_name (img, i));
+        printf ("            name: ");
+        put_text (rawtrack_image_bitmap_name (img, i));
+        putchar ('\n');
         printf ("            granularity: %" PRIu64 "\n",
                 rawtrack_image_bitmap_granularity (img, i));
       }
@@ -151,8 +160,11 @@ print_human (struct rawtrack_image *img, const char *filename)
   }
   printf ("    refcount bits: %d\n", rawtrack_image_refcount_bits (img));
   if (v3) {
-    if (rawtrack_image_data_file (img))
-      printf ("    data file: %s\n", rawtrack_image_data_file (img));
+    if (rawtrack_image_data_file (img)) {
+      printf ("    data file: ");
+      put_text (rawtrack_image_data_file (img));
+      putchar ('\n');
+    }
     if (rawtrack_image_has_data_file (img))
       printf ("    data file raw: %s\n", yesno (rawtrack_image_data_file_raw (img)));
     printf ("    corrupt: %s\n", yesno (rawtrack_image_is_corrupt (img)));

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdarg.h>
+#include <errno.h>
 
 #include "cli.h"
 #include "config.h"
@@ -144,6 +145,24 @@ cmd_help (int argc, char **argv)
   return c->run (2, args);
 }
 
+/* Whatever a command printed must have reached standard output: a full
+ * disk or a closed pipe turns success into failure, said on stderr (as
+ * GNU tools' close_stdout does). */
+static int
+finish_stdout (int status)
+{
+  errno = 0;
+  if ((fflush (stdout) == EOF || ferror (stdout)) && status == 0) {
+    /* (A failed command has said why already.) */
+    if (errno)
+      fail ("writing standard output: %s", strerror (errno));
+    else
+      fail ("writing standard output failed");
+    return 1;
+  }
+  return status;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -155,14 +174,14 @@ main (int argc, char **argv)
   }
   if (strcmp (argv[1], "--help") == 0 || strcmp (argv[1], "-h") == 0) {
     usage (stdout);
-    return 0;
+    return finish_stdout (0);
   }
   if (strcmp (argv[1], "--version") == 0 || strcmp (argv[1], "-V") == 0) {
     printf ("rawtrack %s (library %s)\n", RAWTRACK_VERSION, rawtrack_version ());
-    return 0;
+    return finish_stdout (0);
   }
   c = find_command (argv[1]);
   if (!c)
     return fail ("unknown command '%s'; see '%s help'", argv[1], progname);
-  return c->run (argc - 1, argv + 1);
+  return finish_stdout (c->run (argc - 1, argv + 1));
 }

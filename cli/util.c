@@ -3,7 +3,8 @@
  *
  * Owns: parse_size (command-line sizes, close to QEMU's qemu_strtosz),
  * parse_track_mode (the --track MODE of `io` and `serve`) and
- * human_size (QEMU's size_to_str, as printed by qemu-img info).
+ * human_size (QEMU's size_to_str, as printed by qemu-img info) and
+ * escape_text (names from an image, made safe for a terminal).
  * Locking: none; the functions are pure and reentrant.
  *
  * Accepted sizes:
@@ -18,6 +19,7 @@
  */
 #include <stdio.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <ctype.h>
 
@@ -265,4 +267,72 @@ human_size (uint64_t bytes, char *buf, size_t len)
     i++;
   }
   snprintf (buf, len, "%s", tmp);
+}
+
+/* Length of the valid UTF-8 sequence of a printable non-ASCII character
+ * at s, or 0 (invalid, overlong, surrogate, or a C1 control). */
+static size_t
+utf8_printable (const unsigned char *s)
+{
+  uint32_t c;
+  size_t n, i;
+
+  if (s[0] >= 0xc2 && s[0] <= 0xdf) { n = 2; c = s[0] & 0x1f; }
+  else if (s[0] >= 0xe0 && s[0] <= 0xef) { n = 3; c = s[0] & 0x0f; }
+  else if (s[0] >= 0xf0 && s[0] <= 0xf4) { n = 4; c = s[0] & 0x07; }
+  else
+    return 0;
+  for (i = 1; i < n; i++) {
+    if ((s[i] & 0xc0) != 0x80)
+      return 0;
+    c = c << 6 | (s[i] & 0x3f);
+  }
+  if ((n == 3 && c < 0x800) || (n == 4 && (c < 0x10000 || c > 0x10ffff)) ||
+      (c >= 0xd800 && c <= 0xdfff) || c < 0xa0)
+    return 0;
+  return n;
+}
+
+char *
+escape_text (const char *str)
+{
+  const unsigned char *s = (const unsigned char *) str;
+  char *out, *o;
+  size_t n;
+
+  /* At most 4 output bytes per input byte ("\ooo"). */
+  if (!(out = o = malloc (4 * strlen (str) + 1)))
+    return NULL;
+  while (*s) {
+    if (*s == '\\') {
+      *o++ = '\\'; *o++ = '\\'; s++;
+    }
+    else if (*s >= 0x20 && *s < 0x7f)
+      *o++ = (char) *s++;
+    else if (*s == '\n' || *s == '\t' || *s == '\r') {
+      *o++ = '\\';
+      *o++ = *s == '\n' ? 'n' : *s == '\t' ? 't' : 'r';
+      s++;
+    }
+    else if ((n = utf8_printable (s)) > 0) {
+      memcpy (o, s, n);
+      o += n;
+      s += n;
+    }
+    else {
+      o += sprintf (o, "\\%03o", (unsigned) *s);
+      s++;
+    }
+  }
+  *o = '\0';
+  return out;
+}
+
+void
+put_text (const char *str)
+{
+  char *e = escape_text (str);
+
+  fputs (e ? e : "?", stdout);
+  free (e);
 }

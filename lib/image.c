@@ -26,6 +26,7 @@
  *   6. on a writable open, clear autoclear bits we do not implement (the
  *      rule every qcow2 writer must follow) and write the header.
  */
+#include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
 #include <inttypes.h>
@@ -373,6 +374,17 @@ image_lock_file (struct rawtrack_io *io, unsigned flags, bool data,
   return 0;
 }
 
+/* Whether two backends are the same file (device and inode). */
+static bool
+same_file (struct rawtrack_io *a, struct rawtrack_io *b)
+{
+  int fa = rawtrack_io_raw_fd (a), fb = rawtrack_io_raw_fd (b);
+  struct stat sa, sb;
+
+  return fa >= 0 && fb >= 0 && fstat (fa, &sa) == 0 && fstat (fb, &sb) == 0 &&
+         sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 RAWTRACK_API struct rawtrack_image *
 rawtrack_image_open (const char *path, unsigned flags, const char *data_file)
 {
@@ -465,6 +477,20 @@ image_open_chain (const char *path, unsigned flags, const char *data_file,
         rt_prefix_error ("cannot open the data file: ");
         goto fail;
       }
+      /* Before the lock, whose conflict with our own image lock would
+       * blame "another program". */
+      if (same_file (img->file, img->data)) {
+        if (data_file)
+          rt_set_error (EINVAL, "the data file given, %s, is the image file "
+                        "itself: a qcow2 file cannot be its own raw disk",
+                        data_file);
+        else
+          rt_set_error (EINVAL, "the image names itself as its data file "
+                        "('%s'): a qcow2 file cannot be its own raw disk; "
+                        "give the raw disk with --data-file",
+                        img->h.data_file);
+        goto fail;
+      }
       if (image_lock_file (img->data, flags, true, dpath) == -1)
         goto fail;
       free (dpath);
@@ -522,16 +548,29 @@ rawtrack_image_flush (struct rawtrack_image *img)
 RAWTRACK_API int
 rawtrack_image_close (struct rawtrack_image *img)
 {
-  int r = 0;
+  char first[1024];
+  int r = 0, first_errno = 0;
+  bool stop_failed = false;
 
   if (!img)
     return 0;
   rt_clear_error ();
-  if (img->track && track_stop (img) == -1)
+  /* The flush clears the error state as every call does: a track_stop
+   * failure is kept across it (and reported, as the first failure, even
+   * when the flush fails too). */
+  if (img->track && track_stop (img) == -1) {
     r = -1;
+    stop_failed = true;
+    first_errno = rawtrack_get_errno () ? rawtrack_get_errno () : EIO;
+    snprintf (first, sizeof first, "%s",
+              rawtrack_get_error () ? rawtrack_get_error ()
+                                    : "stopping tracking failed");
+  }
   if (img->writable && rawtrack_image_flush (img) == -1)
     r = -1;
   image_free (img);
+  if (stop_failed)
+    rt_set_error (first_errno, "%s", first);
   return r;
 }
 

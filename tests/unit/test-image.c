@@ -15,6 +15,7 @@
 #include <errno.h>
 
 #include "internal.h"
+#include "io/io-shims.h"
 
 static int failures;
 static char dir[] = "/tmp/rawtrack-test-image-XXXXXX";
@@ -229,6 +230,67 @@ test_create_variants (void)
   unlink (data);
 }
 
+/* Issue #14 item 11: when stopping tracking fails at close and the flush
+ * after it succeeds, close still says what failed ("closing IMAGE: unknown
+ * error" before: the flush cleared the message). */
+static void
+test_close_error (void)
+{
+  const size_t size = 4 * 1024 * 1024;
+  struct rawtrack_io *meta = rawtrack_io_mem_new (NULL, 0, 0), *f, *m;
+  struct rawtrack_image *img;
+  uint8_t buf[4096];
+  uint64_t msize;
+  const void *mbuf;
+  int fired_any = 0, n, k;
+  void *withbm;
+
+  assert (meta);
+  assert (rawtrack_attach_io (meta, size, "disk.raw", 65536) == 0);
+  mbuf = rawtrack_io_mem_data (meta, &msize);
+  m = rawtrack_io_mem_new (mbuf, msize, 0);
+  img = rawtrack_image_open_io (m, NULL, RAWTRACK_OPEN_RDWR |
+                                RAWTRACK_OPEN_NO_DATA_FILE);
+  assert (img);
+  assert (rawtrack_bitmap_add (img, "b", 0, 0) == 0);
+  assert (rawtrack_image_flush (img) == 0);
+  /* The image with its bitmap, for a fresh copy per round. */
+  mbuf = rawtrack_io_mem_data (m, &msize);
+  assert ((withbm = malloc (msize)));
+  memcpy (withbm, mbuf, msize);
+  mbuf = withbm;
+  rawtrack_image_close (img);
+  memset (buf, 0x5a, sizeof buf);
+  /* Fail the n-th write or flush of the image file during close, once:
+   * some n hits tracking's stop (in lazy mode it writes every bitmap at
+   * close), and the flush after it succeeds. */
+  for (k = 0; k < 3; k++)
+    for (n = 1; n <= 256; n++) {
+      static const unsigned modes[3] = { 0, RAWTRACK_OPEN_TRACK_PROCESS,
+                                         RAWTRACK_OPEN_TRACK_LAZY };
+      struct rawtrack_io *data = rawtrack_io_mem_new (NULL, size, 0);
+
+      m = rawtrack_io_mem_new (mbuf, msize, 0);
+      f = io_fault_new (m, true);
+      assert (m && f && data);
+      img = rawtrack_image_open_io (f, data, RAWTRACK_OPEN_RDWR | modes[k]);
+      assert (img);
+      CHECK (rawtrack_image_pwrite (img, buf, sizeof buf, 65536, 0) == 0);
+      io_fault_set (f, IO_OP_WRITE | IO_OP_FLUSH, (uint64_t) n, EIO, false);
+      if (rawtrack_image_close (img) == 0)
+        break;                /* n is past every call of close */
+      fired_any++;
+      CHECK (rawtrack_get_error () != NULL);
+      CHECK (rawtrack_get_errno () == EIO);
+      if (!rawtrack_get_error ())
+        fprintf (stderr, "close (mode %u) failed at call %d without a "
+                 "message\n", modes[k], n);
+    }
+  CHECK (fired_any > 3);
+  rawtrack_io_close (meta);
+  free (withbm);
+}
+
 int
 main (void)
 {
@@ -239,6 +301,7 @@ main (void)
   test_refusals ();
   test_data_file_names ();
   test_create_variants ();
+  test_close_error ();
   {
     char cmd[400];
     snprintf (cmd, sizeof cmd, "rm -rf '%s'", dir);
