@@ -66,7 +66,8 @@ help (void)
           "\n"
           "Where to listen (one is required, unless --run or socket activation):\n"
           "  -s, --socket PATH       a Unix domain socket (a stale socket at PATH is\n"
-          "                          replaced; it is removed at exit)\n"
+          "                          replaced, one a server answers on is refused;\n"
+          "                          at exit it is removed if it is still ours)\n"
           "  -l, --listen[=ADDR[:PORT]]\n"
           "                          TCP.  Without ADDR: loopback only (127.0.0.1 and\n"
           "                          ::1); PORT defaults to 10809.  Other addresses\n"
@@ -601,7 +602,7 @@ cmd_serve (int argc, char **argv)
 {
   struct serve_options o;
   char tmpdir[] = "/tmp/rawtrack-serve.XXXXXX";
-  bool made_sock = false;
+  bool made_sock = false, own_pidfile = false;
   struct nbd_listeners ls;
   struct nbd_export exp;
   struct nbd_server srv;
@@ -679,6 +680,9 @@ cmd_serve (int argc, char **argv)
   if (o.pidfile) {
     FILE *fp = fopen (o.pidfile, "w");
 
+    /* Ours to remove from here on - not before: a serve refused at its
+     * socket must leave another server's pid file alone. */
+    own_pidfile = true;
     if (!fp || fprintf (fp, "%ld\n", (long) getpid ()) < 0 ||
         fclose (fp) != 0) {
       status = fail ("--pidfile %s: %s", o.pidfile, strerror (errno));
@@ -701,7 +705,7 @@ cmd_serve (int argc, char **argv)
   /* Shutdown: no new connections, wake every reader, wait for them. */
   nbd_listeners_close (&ls);
   if (o.bound_unix)
-    unlink (o.sock);
+    nbd_unlink_unix (&ls, o.sock);
   nbd_drain (quit_pipe[1]);
   if (run_pid > 0) {
     int st;
@@ -715,10 +719,10 @@ cmd_serve (int argc, char **argv)
  out_listen:
   nbd_listeners_close (&ls);
   if (o.bound_unix)
-    unlink (o.sock);
+    nbd_unlink_unix (&ls, o.sock);
   if (made_sock)
     rmdir (tmpdir);
-  if (o.pidfile)
+  if (own_pidfile)
     unlink (o.pidfile);
  out_image:
   if (rawtrack_image_close (exp.img) == -1) {

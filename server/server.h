@@ -94,6 +94,9 @@ struct nbd_listeners {
   char uri_host[64];               /* TCP: the first bound address, for
                                     * URIs ("localhost" until then) */
   unsigned tcp_port;               /* TCP: the bound port (0: none yet) */
+  bool have_unix_id;               /* the Unix socket bound at... */
+  dev_t unix_dev;                  /* ...this device and inode: what */
+  ino_t unix_ino;                  /* nbd_unlink_unix may remove */
   char err[512];                   /* why the last call failed */
 };
 
@@ -102,9 +105,14 @@ void nbd_listeners_init (struct nbd_listeners *ls);
 void nbd_listeners_close (struct nbd_listeners *ls);
 /* Does s (the word after a bare --listen) look like ADDR[:PORT]? */
 bool nbd_looks_like_address (const char *s);
-/* Listen on the Unix socket path (a stale socket there is replaced).
- * 0, or -1 with ls->err set. */
+/* Listen on the Unix socket path.  A socket already there is connected
+ * to first: if a server answers, the call fails ("in use") and leaves it
+ * alone; a stale one (connection refused) is replaced.  0, or -1 with
+ * ls->err set. */
 int nbd_listen_unix (struct nbd_listeners *ls, const char *path);
+/* Remove path if it is still the socket nbd_listen_unix bound (same
+ * device and inode): never another server's that replaced it. */
+void nbd_unlink_unix (const struct nbd_listeners *ls, const char *path);
 /* Listen on ADDR[:PORT] (NULL or "": loopback, port 10809; "*": every
  * address).  0, or -1 with ls->err set. */
 int nbd_listen_tcp (struct nbd_listeners *ls, const char *addr);

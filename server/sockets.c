@@ -2,7 +2,9 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * Owns: struct nbd_listeners, the sockets a server accepts on - a Unix
- * socket (a stale socket at the path is replaced), TCP on loopback or on
+ * socket (a stale socket at the path is replaced, a live one - a server
+ * answers - is refused; at exit the path is removed only while it is
+ * still the socket bound here, by device and inode), TCP on loopback or on
  * explicitly named addresses, or the sockets inherited through systemd
  * socket activation (LISTEN_PID/LISTEN_FDS, from fd 3).  Every socket is
  * close-on-exec.  Nothing here prints: a failure returns -1 with the
@@ -232,8 +234,23 @@ nbd_listen_unix (struct nbd_listeners *ls, const char *path)
     return seterr (ls, "socket path too long: %s", path);
   strcpy (sun.sun_path, path);
   if (lstat (path, &st) == 0) {
+    int probe, r, e;
+
     if (!S_ISSOCK (st.st_mode))
       return seterr (ls, "%s exists and is not a socket", path);
+    /* Live or stale?  Only a refused connection (nobody listens) makes
+     * it ours to replace; anything else - accepted, backlog full
+     * (EAGAIN), no permission - leaves it to its owner. */
+    probe = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (probe == -1)
+      return seterr (ls, "socket: %s", strerror (errno));
+    r = connect (probe, (struct sockaddr *) &sun, sizeof sun);
+    e = errno;
+    close (probe);
+    if (r == 0 || (e != ECONNREFUSED && e != ENOENT))
+      return seterr (ls, "%s is in use: %s (stop that server, or choose "
+                     "another --socket)", path, r == 0
+                     ? "a server answers on it" : strerror (e));
     unlink (path);
   }
   fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -246,10 +263,25 @@ nbd_listen_unix (struct nbd_listeners *ls, const char *path)
     close (fd);
     return seterr (ls, "%s: %s", path, strerror (e));
   }
+  if (lstat (path, &st) == 0) {
+    ls->have_unix_id = true;
+    ls->unix_dev = st.st_dev;
+    ls->unix_ino = st.st_ino;
+  }
   ls->l[ls->n].fd = fd;
   ls->l[ls->n].tcp = false;
   ls->n++;
   return 0;
+}
+
+void
+nbd_unlink_unix (const struct nbd_listeners *ls, const char *path)
+{
+  struct stat st;
+
+  if (ls->have_unix_id && lstat (path, &st) == 0 && S_ISSOCK (st.st_mode) &&
+      st.st_dev == ls->unix_dev && st.st_ino == ls->unix_ino)
+    unlink (path);
 }
 
 size_t
