@@ -987,7 +987,12 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
     }
     extent_range (img, t, e, &start, &end);
     bitmap_mem_set_atomic (t->summary, start, end - start);
-    __atomic_store_n (&t->ref[e], 0, __ATOMIC_RELAXED);
+    /* Referenced from the start: an extent made hot ahead of a stream is
+     * not written yet, and must not be the first to cool when the next
+     * commit needs room - the ones the stream has filled, older, go
+     * first (pick_victim).  Idle cooling still counts from the next
+     * sweep. */
+    __atomic_store_n (&t->ref[e], 1, __ATOMIC_RELAXED);
     t->quiet[e] = 0;
     t->hot[t->nr_hot++] = e;
     est_set (t, e, EXT_HOT);
