@@ -460,8 +460,10 @@ bk_manifest_commit (struct bk_repo *r, const struct bk_manifest *m,
   if (asprintf (&part, "%s.partial", final) < 0)
     exit (1);
   unlink (part);
-  if (bk_manifest_write (m, part) == -1)
+  if (bk_manifest_write (m, part) == -1) {
+    unlink (part);
     goto out;
+  }
   bk_step ("manifest-rename");
   if (rename (part, final) == -1) {
     fprintf (stderr, "%s: renaming '%s': %m\n", progname, part);

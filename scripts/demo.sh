@@ -3,13 +3,17 @@
 #   1. a sample raw disk with data on it (1 GiB, sparse);
 #   2. `rawtrack attach`: wrap it, untouched, in a qcow2 metadata container;
 #   3. `rawtrack info`, and QEMU agreeing (qemu-img check / compare);
-#   4. a persistent bitmap, tracked writes through `rawtrack io`, and
-#      `rawtrack bitmap dump` of the dirty extents;
-#   5. `kill -9` in the middle of writes: QEMU still reads a consistent
-#      bitmap that covers every completed write;
-#   6. `rawtrack serve` exporting the disk and its dirty bitmap over NBD,
-#      read by nbdinfo, and a copy of just the dirty extents (an
-#      incremental backup) checked against the disk.
+#   4. `rawtrack backup create`: a full backup, which also starts tracking
+#      (a checkpoint bitmap);
+#   5. tracked writes through `rawtrack io`, and `kill -9` in the middle of
+#      them: QEMU still reads a consistent bitmap that covers every
+#      completed write;
+#   6. `rawtrack backup create` again: an incremental that copies only the
+#      dirty extents, a qcow2 file QEMU reads as a chain;
+#   7. `rawtrack backup restore` of both backups, verified byte for byte
+#      against the disk (and a copy taken at the full), and `verify`;
+#   8. `rawtrack serve` exporting the disk and its checkpoint bitmap over
+#      NBD, as backup tools read it.
 # Builds first if needed.  Usage: ./scripts/demo.sh [BUILDDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,16 +50,13 @@ show "$R" info disk.qcow2
 show qemu-img check -q disk.qcow2 && echo "qemu-img check: clean"
 show qemu-img compare -q -f raw -F qcow2 disk.raw disk.qcow2 && echo "qemu-img compare: identical"
 
-step "4. A persistent bitmap, tracked writes, the dirty extents"
-show "$R" bitmap add disk.qcow2 backup-1
-show "$R" io disk.qcow2 -c 'write -P 0xaa 1M 64k' -c 'write -P 0xbb 512M 3M' -c 'write -z 900M 1M'
-show "$R" bitmap dump disk.qcow2 backup-1
+step "4. A full backup into a repository (it also starts tracking)"
+show "$R" backup create disk.qcow2 repo
+cp --sparse=always disk.raw at-full.raw
 show "$R" bitmap list disk.qcow2
 
-step "5. A full backup, then kill -9 in the middle of writes"
-"$R" bitmap clear disk.qcow2 backup-1
-cp --sparse=always disk.raw backup.raw
-echo "backup.raw: full backup taken; bitmap backup-1 cleared at the same moment"
+step "5. Tracked writes, then kill -9 in the middle of more writes"
+show "$R" io disk.qcow2 -c 'write -P 0xaa 1M 64k' -c 'write -P 0xbb 512M 3M' -c 'write -z 0 1M'
 for i in $(seq 0 199); do echo "write -P 0x5a $((i * 5))M 64k"; done > cmds
 "$R" io disk.qcow2 -f cmds > done.txt &
 pid=$!
@@ -70,23 +71,29 @@ echo "writes completed before the kill: $(wc -l < done.txt)"
 echo "QEMU's view of the bitmap after the kill (no 'in-use' flag):"
 qemu-img info disk.qcow2 | sed -n '/bitmaps:/,/granularity/p'
 
-step "6. Incremental backup from the bitmap: copy only the dirty extents"
-"$R" bitmap dump disk.qcow2 backup-1 > dirty.txt
-echo "$(wc -l < done.txt) writes of 64 KiB completed; dirty: $(wc -l < dirty.txt) extent(s), $(awk '{ s += $2 } END { print s + 0 }' dirty.txt) bytes"
+step "6. An incremental backup: only what the checkpoint marks is copied"
+show "$R" backup create disk.qcow2 repo --json
+show "$R" backup list repo
+top=$(ls repo/*.qcow2 | tail -1)
+show qemu-img info --backing-chain "$top" | grep -E '^(image|backing file|virtual size|disk size)'
+for f in repo/*.qcow2; do qemu-img check -q "$f"; done && echo "qemu-img check: every backup clean"
 echo "(after a crash the bitmap may over-report the extents that were hot: at"
-echo " most 64 x 16 MiB; it never misses a change - the copy below proves it)"
-while read -r start length; do
-  "$R" cat disk.qcow2 --offset "$start" --length "$length" |
-    dd of=backup.raw bs=1M seek="$start" oflag=seek_bytes conv=notrunc status=none
-done < dirty.txt
-cmp disk.raw backup.raw && echo "backup.raw + dirty extents == disk.raw: no change was missed"
+echo " most 64 x 16 MiB; it never misses a change - the restore below proves it)"
+
+step "7. Restore both backups and compare byte for byte"
+show "$R" backup restore repo restored.raw
+cmp disk.raw restored.raw && echo "restored.raw == disk.raw: no change was missed"
+show "$R" backup restore repo:000001 restored-full.raw
+cmp at-full.raw restored-full.raw && echo "restored-full.raw == the disk at the full backup"
+show "$R" backup verify repo --source disk.qcow2
 
 if "$R" help serve >/dev/null 2>&1 && command -v nbdinfo >/dev/null; then
-  step "7. The same bitmap over NBD, as backup tools read it"
+  step "8. The checkpoint bitmap over NBD, as backup tools read it"
+  ckpt=$("$R" bitmap list disk.qcow2 | awk '/rawtrack-backup-/ { print $1 }')
   show "$R" serve disk.qcow2 --read-only --socket "$dir/nbd.sock" --run \
-    'nbdinfo --map=qemu:dirty-bitmap:backup-1 "$uri" | head -8'
+    "nbdinfo --map=qemu:dirty-bitmap:$ckpt \"\$uri\" | head -8"
 fi
 
 step "Done"
 echo "rawtrack tracked every write across kill -9, in a container QEMU reads,"
-echo "and an incremental backup built from its bitmap restores the disk exactly."
+echo "and its incremental backup restores the disk exactly."
