@@ -274,7 +274,8 @@ normalise (struct bk_range **v, size_t *n, uint64_t size)
     (*v)[i].off = s;
     (*v)[i].len = e > s ? e - s : 0;
   }
-  qsort (*v, *n, sizeof **v, cmp_range);
+  if (*n)
+    qsort (*v, *n, sizeof **v, cmp_range);
   for (i = 0; i < *n; i++) {
     if (!(*v)[i].len)
       continue;

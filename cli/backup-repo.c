@@ -604,7 +604,8 @@ load_backups (struct bk_repo *r)
     r->b[r->n++] = m;
   }
   closedir (d);
-  qsort (r->b, r->n, sizeof *r->b, cmp_seq);
+  if (r->n)
+    qsort (r->b, r->n, sizeof *r->b, cmp_seq);
   return 0;
 }
 

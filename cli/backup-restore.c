@@ -350,7 +350,8 @@ rollback_ranges (struct bk_repo *r, struct bk_manifest *b,
   }
   free (chain);
   /* Sort and merge. */
-  qsort (*v, *n, sizeof **v, cmp_range);
+  if (*n)
+    qsort (*v, *n, sizeof **v, cmp_range);
   for (i = 0, k = 0; i < *n; i++) {
     if (k && (*v)[k - 1].off + (*v)[k - 1].len >= (*v)[i].off) {
       uint64_t e = MAX ((*v)[k - 1].off + (*v)[k - 1].len,

@@ -327,7 +327,8 @@ verify_source (struct bk_repo *r, const char *source, struct findings *f,
   }
   if (bk_chain_open (r, L, &c) == -1)
     goto out;
-  qsort (dirty, nd, sizeof *dirty, cmp_range);
+  if (nd)
+    qsort (dirty, nd, sizeof *dirty, cmp_range);
 
   /* Clean clusters: not touched by any dirty range. */
   nclusters = DIV_ROUND_UP (L->vsize, BK_CLUSTER);

@@ -44,7 +44,7 @@ writes ()
 {
   seed=$((seed + 1))
   "$PYTHON" "$SRCDIR/tests/interop/backup-writes.py" "$seed" "$SIZE" "${1:-12}" >cmds
-  "$RT" io --mode process disk.qcow2 -f cmds >/dev/null
+  "$RT" io --track process disk.qcow2 -f cmds >/dev/null
 }
 
 good_backup ()
