@@ -20,8 +20,11 @@
  * of them (the multi-conn promise), as needed for durability.
  *
  * Dispatcher: each connection has one thread polling the libnbd socket
- * (direction from nbd_aio_get_direction) and an eventfd that issuers
- * poke after queuing a command; it calls nbd_aio_notify_read/write.
+ * (direction from nbd_aio_get_direction) and an eventfd; it calls
+ * nbd_aio_notify_read/write.  libnbd sends a new request from the
+ * issuing thread when it can; only when part of it is left to send
+ * (direction includes WRITE) is the dispatcher poked to wait for POLLOUT
+ * - a ready handle always wants to read, so replies need no poke.
  * Completion callbacks run there, under libnbd's handle lock, and touch
  * only the waiter.
  *
@@ -486,6 +489,8 @@ issue (struct nbd_conn *c, enum op op, void *buf, uint64_t count,
     break;
   }
   }
+  if (r != -1 && (nbd_aio_get_direction (c->h) & LIBNBD_AIO_DIRECTION_WRITE))
+    poke (c);                  /* the request is not all sent: POLLOUT */
   if (r == -1) {
     /* libnbd has called free_cb already (the callback was not run);
      * keep libnbd's reason (EINVAL, ENOTCONN, ...). */
@@ -496,7 +501,6 @@ issue (struct nbd_conn *c, enum op op, void *buf, uint64_t count,
     pthread_mutex_unlock (&cmd->w->m);
     return -1;
   }
-  poke (c);
   return 0;
 }
 

@@ -91,6 +91,10 @@ for kind in memory file qemu; do
   RAWTRACK_ALLOW_REMOTE=1 expect_ok "$RAWTRACK" io img.qcow2 -c 'read -P 0x11 0 64k'
   expect_ok "$RAWTRACK" io --data-file "$ruri" img.qcow2 -c 'read -P 0x11 0 64k'
   expect_ok "$RAWTRACK" check --allow-remote img.qcow2
+  # One request larger than the largest NBD request (32 MiB): cut in
+  # pieces sent together.
+  expect_ok "$RAWTRACK" io --allow-remote img.qcow2 -c 'write -P 0x12 16M 40M' \
+    -c 'read -P 0x12 16M 40M' -c 'write -P 0x11 0 64k'
   [ "$("$RAWTRACK" cat --allow-remote img.qcow2 --length 4 | od -An -tx1 | tr -d ' ')" = 11111111 ] ||
     die "cat over NBD"
 
@@ -118,8 +122,12 @@ EOF
     expect_ok "$RAWTRACK" serve img.qcow2 --allow-remote --run '
       fio --name=verify --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k \
         --offset=16M --size=16M --iodepth=16 --verify=crc32c --do_verify=1 \
-        --verify_fatal=1 --output=fio.out'
+        --verify_fatal=1 --output=fio.out
+      fio --name=seq --ioengine=nbd --uri="$uri" --rw=write --bs=1M \
+        --offset=32M --size=8M --iodepth=8 --verify=md5 --do_verify=1 \
+        --verify_fatal=1 --output=fio2.out'
     grep -q "err= 0" fio.out || { cat fio.out >&2; die "$kind: fio verify"; }
+    grep -q "err= 0" fio2.out || { cat fio2.out >&2; die "$kind: fio 1M verify"; }
   fi
   # QEMU sees the same, given the data file explicitly.
   expect_ok qemu-img check --image-opts "$(qopts img.qcow2)"
