@@ -41,9 +41,11 @@ $PY -c 'import nbd' 2>/dev/null || { echo "bench-backup: python3-libnbd is missi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/bench-backup.XXXXXX")"
 qpid=""
+tpid=""
 cleanup ()
 {
   [ -n "$qpid" ] && kill "$qpid" 2>/dev/null && wait "$qpid" 2>/dev/null
+  [ -n "$tpid" ] && kill "$tpid" 2>/dev/null && wait "$tpid" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -82,18 +84,20 @@ cat disk.raw >/dev/null
 
 # ---- full --------------------------------------------------------------
 declare -a f_rt f_rtn f_nc
+cp disk.qcow2 saved.qcow2
 for r in $(seq "$REPEAT"); do
   rm -rf repo-f repo-fn full.raw
-  cp disk.qcow2 saved.qcow2
-  t0=$(now); "$RAWTRACK" backup create disk.qcow2 repo-f >/dev/null; t1=$(now)
-  f_rt+=("$(echo "$t1 - $t0" | bc)")
-  cp saved.qcow2 disk.qcow2
   qnbd "$S" -r -f qcow2 disk.qcow2
   t0=$(now); nbdcopy --destination-is-zero "nbd+unix:///?socket=$S" full.raw; t1=$(now)
   f_nc+=("$(echo "$t1 - $t0" | bc)")
   t0=$(now); "$RAWTRACK" backup create "nbd+unix:///?socket=$S" repo-fn >/dev/null; t1=$(now)
   f_rtn+=("$(echo "$t1 - $t0" | bc)")
   qstop
+  # A clean container each round, so that only the last round's
+  # checkpoint is left for the incremental.
+  cp saved.qcow2 disk.qcow2
+  t0=$(now); "$RAWTRACK" backup create disk.qcow2 repo-f >/dev/null 2>&1; t1=$(now)
+  f_rt+=("$(echo "$t1 - $t0" | bc)")
 done
 rm -f full.raw
 rm -rf repo-fn
@@ -127,7 +131,7 @@ for r in $(seq "$REPEAT"); do
   for _ in $(seq 200); do [ -S "$T" ] && break; sleep 0.05; done
   t0=$(now); $PY "$here/qemu-route-incremental.py" "$S" "$ckpt" "$T" >/dev/null; t1=$(now)
   i_q+=("$(echo "$t1 - $t0" | bc)")
-  kill "$tpid"; wait "$tpid" 2>/dev/null || true
+  kill "$tpid"; wait "$tpid" 2>/dev/null || true; tpid=""
   # rawtrack over NBD, the same export.
   rm -rf repo-n; cp -r repo-saved repo-n
   t0=$(now); "$RAWTRACK" backup create "nbd+unix:///?socket=$S" repo-n --bitmap "$ckpt" >/dev/null 2>&1; t1=$(now)
