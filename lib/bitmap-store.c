@@ -5,10 +5,10 @@
  * bit stream, qcow2-facts.md §5.4) and the data clusters it points to:
  * validating a table, loading bits from it into a struct bitmap_mem, and
  * storing a struct bitmap_mem into new clusters.  The directory and the
- * header belong to bitmap-ops.c, which publishes what this file wrote.
+ * header belong to bitmap-update.c, which publishes what this file wrote.
  *
  * Locking: every function expects img->lock held; the entry points in
- * bitmap-ops.c take it.
+ * bitmap-ops.c and track.c take it.
  *
  * On-disk invariants (what QEMU checks, and what we write):
  *   1. A table has exactly ceil(ceil(ceil(size / g) / 8) / cs) entries for
@@ -21,7 +21,7 @@
  *      keeps them zero; clusters are zero-padded).
  *
  * Store ordering (nothing here is published; the caller flushes and then
- * switches the header, see bitmap-ops.c):
+ * switches the header, see bitmap-update.c):
  *
  *     bitmap_store()
  *       1. count the table entries whose bits are not all clean: k

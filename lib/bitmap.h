@@ -8,7 +8,7 @@
  *
  * Every function expects img->lock held (or the image private to the
  * caller).  Nothing here touches the header or the directory: switching
- * to what was stored is bitmap-ops.c's job.
+ * to what was stored is bitmap-update.c's job.
  */
 #ifndef RAWTRACK_BITMAP_H
 #define RAWTRACK_BITMAP_H
@@ -101,13 +101,14 @@ int bitmap_collect_clusters (struct rawtrack_image *img,
 /* Replace all the bits of the consistent bitmap `name` with bm (which must
  * have the image's virtual size and the bitmap's granularity), crash-
  * atomically: new data, table and directory, one header switch, then the
- * old clusters are freed (the update transaction of bitmap-ops.c).  The
+ * old clusters are freed (the update transaction of bitmap-update.c).  The
  * caller holds img->lock, and img->free_lock for writing if guest writes
  * may run.  Used by tests and benchmarks to produce dirty bitmaps. */
 int bitmap_replace_bits (struct rawtrack_image *img, const char *name,
                          const struct bitmap_mem *bm);
 
-/* The crash-atomic directory transaction of bitmap-ops.c (its opening
+/* ---- bitmap-update.c -------------------------------------------------- */
+/* The crash-atomic directory transaction (bitmap-update.c's opening
  * comment has the ordering).  begin clones the directory (with room for
  * `extra` more entries); the caller edits u->dir, records the clusters it
  * allocated in u->allocated and the ones to free after the switch in

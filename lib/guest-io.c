@@ -1,7 +1,10 @@
-/* rawtrack - guest writes: write, write zeroes, discard, block status.
+/* rawtrack - guest writes: write, write zeroes, discard, flush, block
+ * status.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * Owns: the write side of the guest I/O path for the three kinds of image:
+ * Owns: the write side of the guest I/O path (reads and the raw
+ * one-to-one map are guest-read.c's, one layer down) for the three kinds
+ * of image:
  *
  *   raw external data   every cluster is mapped one to one; data, zeroes
  *                       and discards go straight to the data file, and the
@@ -51,34 +54,6 @@ data_raw (const struct rawtrack_image *img)
 {
   return has_data_file (img) &&
          (img->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW) != 0;
-}
-
-bool
-normal_map_covers (struct rawtrack_image *img, uint64_t offset, uint64_t len)
-{
-  uint64_t c, last;
-
-  if (!img->normal_map || len == 0)
-    return false;
-  last = (offset + len - 1) >> img->h.cluster_bits;
-  for (c = offset >> img->h.cluster_bits; c <= last; c++)
-    if (!(__atomic_load_n (&img->normal_map[c / 64], __ATOMIC_ACQUIRE) &
-          (1ull << (c % 64))))
-      return false;
-  return true;
-}
-
-void
-normal_map_note (struct rawtrack_image *img, uint64_t offset, uint64_t len)
-{
-  uint64_t c, last;
-
-  if (!img->normal_map || len == 0)
-    return;
-  last = (offset + len - 1) >> img->h.cluster_bits;
-  for (c = offset >> img->h.cluster_bits; c <= last; c++)
-    __atomic_fetch_or (&img->normal_map[c / 64], 1ull << (c % 64),
-                       __ATOMIC_RELEASE);
 }
 
 /* Common checks for every modifying call. */
@@ -547,4 +522,21 @@ rawtrack_image_block_status (struct rawtrack_image *img, uint64_t offset,
     break;
   }
   return (int64_t) ext.bytes;
+}
+
+RAWTRACK_API int
+rawtrack_image_flush (struct rawtrack_image *img)
+{
+  int r = 0;
+
+  rt_clear_error ();
+  if (!img->writable)
+    return 0;
+  pthread_mutex_lock (&img->lock);
+  if (io_flush (img->file, "image file") == -1)
+    r = -1;
+  pthread_mutex_unlock (&img->lock);
+  if (r == 0 && img->data && io_flush (img->data, "data file") == -1)
+    r = -1;
+  return r;
 }

@@ -1,12 +1,12 @@
-/* rawtrack - the image handle: open, close, information, guest reads.
+/* rawtrack - the image handle: open, close, information.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * Owns: struct rawtrack_image's life cycle, the header write-back, and
- * the read path.
+ * Owns: struct rawtrack_image's life cycle (open, close) and the getters.
+ * Guest reads are guest-read.c's, writes and flush guest-io.c's, the
+ * header write-back qcow2-header.c's.
  *
  * Locking: img->lock is taken by every public entry point that touches
- * metadata; the internal qcow2_* functions expect it held.  Data-file
- * reads happen outside the lock (the mapping is resolved under it).
+ * metadata; the internal qcow2_* functions expect it held.
  * Between processes: a read-write open by path holds QEMU's image locks
  * on both files until close (image_lock_file).
  *
@@ -43,22 +43,6 @@ RAWTRACK_API const char *
 rawtrack_version (void)
 {
   return RAWTRACK_VERSION;
-}
-
-int
-qcow2_write_header (struct rawtrack_image *img, bool flush)
-{
-  uint8_t *buf = rt_malloc (img->cluster_size);
-  int r = -1;
-
-  if (!buf)
-    return -1;
-  if (qcow2_header_serialize (&img->h, buf, img->cluster_size) == 0 &&
-      io_write (img->file, buf, img->cluster_size, 0, "image header") == 0 &&
-      (!flush || io_flush (img->file, "image file") == 0))
-    r = 0;
-  free (buf);
-  return r;
 }
 
 static void
@@ -529,23 +513,6 @@ image_open_chain (const char *path, unsigned flags, const char *data_file,
 }
 
 RAWTRACK_API int
-rawtrack_image_flush (struct rawtrack_image *img)
-{
-  int r = 0;
-
-  rt_clear_error ();
-  if (!img->writable)
-    return 0;
-  pthread_mutex_lock (&img->lock);
-  if (io_flush (img->file, "image file") == -1)
-    r = -1;
-  pthread_mutex_unlock (&img->lock);
-  if (r == 0 && img->data && io_flush (img->data, "data file") == -1)
-    r = -1;
-  return r;
-}
-
-RAWTRACK_API int
 rawtrack_image_close (struct rawtrack_image *img)
 {
   char first[1024];
@@ -572,154 +539,6 @@ rawtrack_image_close (struct rawtrack_image *img)
   if (stop_failed)
     rt_set_error (first_errno, "%s", first);
   return r;
-}
-
-/* Read one compressed cluster and copy the part [pos, pos+n) of it. */
-int
-qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e, uint64_t pos,
-                 uint8_t *buf, uint64_t n)
-{
-  uint64_t host, clen, cs = img->cluster_size;
-  uint8_t *src, *dst;
-  int r = -1;
-
-  qcow2_compressed_desc (l2e, img->h.cluster_bits, &host, &clen);
-  if (clen > 2 * cs + 512)
-    return set_corrupt ("compressed cluster at offset %" PRIu64 " claims %"
-                        PRIu64 " bytes", host, clen);
-  src = rt_malloc (clen);
-  dst = rt_malloc (cs);
-  if (src && dst &&
-      io_read (img->file, src, clen, host, "compressed cluster") == 0 &&
-      qcow2_decompress (img->h.compression_type, src, clen, dst, cs) == 0) {
-    memcpy (buf, dst + (pos & (cs - 1)), n);
-    r = 0;
-  }
-  else if (src && dst)
-    rt_prefix_error ("compressed cluster at offset %" PRIu64 ": ", host);
-  free (src);
-  free (dst);
-  return r;
-}
-
-/* Clear the error; EINVAL for a read range outside the disk. */
-static int
-read_range (struct rawtrack_image *img, uint64_t count, uint64_t offset)
-{
-  rt_clear_error ();
-  if (offset > img->virtual_size || count > img->virtual_size - offset)
-    return set_error (EINVAL, "read of %" PRIu64 " bytes at offset %" PRIu64
-                      " is past the end of the disk (%" PRIu64 " bytes)",
-                      count, offset, img->virtual_size);
-  return 0;
-}
-
-RAWTRACK_API int
-rawtrack_image_pread (struct rawtrack_image *img, void *buf, uint64_t count,
-                      uint64_t offset)
-{
-  uint8_t *p = buf;
-
-  if (read_range (img, count, offset) == -1)
-    return -1;
-  if (img->data && normal_map_covers (img, offset, count))
-    return io_read (img->data, p, count, offset, "data file");
-  while (count > 0) {
-    struct qcow2_extent ext;
-    int r;
-
-    pthread_mutex_lock (&img->lock);
-    r = qcow2_map (img, offset, count, &ext);
-    if (r == 0 && ext.type == QCOW2_NORMAL)
-      normal_map_note (img, offset, ext.bytes);
-    if (r == 0 && ext.type == QCOW2_COMPRESSED)
-      r = qcow2_read_compressed (img, ext.l2_entry, offset, p, ext.bytes);
-    pthread_mutex_unlock (&img->lock);
-    if (r == -1)
-      return -1;
-
-    switch (ext.type) {
-    case QCOW2_UNALLOCATED:
-      if (backing_read (img, p, ext.bytes, offset) == -1)
-        return -1;
-      break;
-    case QCOW2_ZERO:
-      memset (p, 0, ext.bytes);
-      break;
-    case QCOW2_NORMAL:
-      if (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) {
-        if (!img->data)
-          return set_error (EINVAL, "the data file is not open");
-        r = io_read (img->data, p, ext.bytes, ext.host, "data file");
-      }
-      else
-        r = io_read (img->file, p, ext.bytes, ext.host, "data cluster");
-      if (r == -1)
-        return -1;
-      break;
-    case QCOW2_COMPRESSED:
-      break;
-    }
-    p += ext.bytes;
-    offset += ext.bytes;
-    count -= ext.bytes;
-  }
-  return 0;
-}
-
-/* Only clusters of a raw external data file qualify: their mapping is
- * the identity (validated by qcow2_map) and never changes while the image
- * is open (guest-io.c), which is what normal_map records.  The range is
- * inside the disk. */
-int64_t
-raw_run (struct rawtrack_image *img, uint64_t offset, uint64_t count,
-         int *fd)
-{
-  uint64_t run = 0, end = offset + count;
-
-  if (count == 0 || !img->data || !img->normal_map)
-    return 0;
-  *fd = rawtrack_io_raw_fd (img->data);
-  if (*fd < 0)
-    return 0;
-  /* From normal_map where it knows, else from the L2 tables (noting what
-   * they say for next time). */
-  while (offset + run < end) {
-    uint64_t pos = offset + run;
-    uint64_t step = MIN ((pos | (img->cluster_size - 1)) + 1, end) - pos;
-    struct qcow2_extent ext;
-    int r;
-
-    if (normal_map_covers (img, pos, step)) {
-      run += step;
-      continue;
-    }
-    pthread_mutex_lock (&img->lock);
-    r = qcow2_map (img, pos, end - pos, &ext);
-    if (r == 0 && ext.type == QCOW2_NORMAL)
-      normal_map_note (img, pos, ext.bytes);
-    pthread_mutex_unlock (&img->lock);
-    if (r == -1)
-      return -1;
-    if (ext.type != QCOW2_NORMAL)
-      break;
-    run += MIN (ext.bytes, end - pos);
-  }
-  return (int64_t) run;
-}
-
-RAWTRACK_API int64_t
-rawtrack_image_read_source (struct rawtrack_image *img, uint64_t offset,
-                            uint64_t count, int *fd, uint64_t *file_offset)
-{
-  int64_t run;
-
-  if (read_range (img, count, offset) == -1)
-    return -1;
-  run = raw_run (img, offset, count, fd);
-  if (run > 0)
-    *file_offset = offset;
-  return run;
 }
 
 /* ---- information ---------------------------------------------------- */

@@ -160,6 +160,9 @@ int qcow2_header_parse (const uint8_t *buf, size_t len,
 int qcow2_header_serialize (const struct qcow2_header *h, uint8_t *buf,
                             size_t cluster_size);
 void qcow2_header_free (struct qcow2_header *h);
+struct rawtrack_image;
+/* Write the header (cluster 0) from img->h; flushes when flush is set. */
+int qcow2_write_header (struct rawtrack_image *img, bool flush);
 /* Name of an incompatible feature bit from the table or our list. */
 const char *qcow2_feature_name (const struct qcow2_header *h, int type,
                                 int bit);
@@ -268,8 +271,6 @@ struct rawtrack_image {
   bool bitmaps_trusted;            /* extension present and autoclear bit 0 */
 };
 
-/* Write the header (cluster 0) from img->h; flushes when flush is set. */
-int qcow2_write_header (struct rawtrack_image *img, bool flush);
 /* Cluster index <-> offset helpers. */
 static inline uint64_t
 cluster_of (const struct rawtrack_image *img, uint64_t off)
@@ -378,7 +379,7 @@ enum { TRACK_LOG_NONE, TRACK_LOG_CLEAN, TRACK_LOG_CRASHED, TRACK_LOG_STALE };
 int track_log_state (const struct rawtrack_image *img, uint32_t *count,
                      uint64_t *extent_bytes);
 
-/* ---- guest-io.c -------------------------------------------------------- */
+/* ---- guest-read.c ------------------------------------------------------ */
 /* Raw external data: is all of guest [offset, offset+len) known NORMAL? */
 bool normal_map_covers (struct rawtrack_image *img, uint64_t offset,
                         uint64_t len);
@@ -386,11 +387,12 @@ bool normal_map_covers (struct rawtrack_image *img, uint64_t offset,
 void normal_map_note (struct rawtrack_image *img, uint64_t offset,
                       uint64_t len);
 /* The prefix of [offset, offset+count) that lies one to one in the data
- * file's raw_fd (image.c): its length (0: none) with the fd in *fd, or -1
+ * file's raw_fd: its length (0: none) with the fd in *fd, or -1
  * on a corrupt mapping. */
 int64_t raw_run (struct rawtrack_image *img, uint64_t offset, uint64_t count,
                  int *fd);
 
+/* ---- image.c ----------------------------------------------------------- */
 /* Take QEMU's writer locks on an image file (data false) or a data file
  * (data true), unless flags lack RAWTRACK_OPEN_RDWR or ask for no locks
  * (RAWTRACK_OPEN_NO_LOCK, RAWTRACK_NO_LOCK=1); see image.c.  -1 with
@@ -405,7 +407,7 @@ int image_lock_file (struct rawtrack_io *io, unsigned flags, bool data,
 int qcow2_decompress (int type, const void *src, size_t src_len, void *dst,
                       size_t dst_len);
 /* Read the compressed cluster of L2 entry l2e and copy its bytes for guest
- * [pos, pos+n) (within that cluster) to buf (image.c). */
+ * [pos, pos+n) (within that cluster) to buf. */
 int qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e,
                            uint64_t pos, uint8_t *buf, uint64_t n);
 /* Host byte offset and stored length of a compressed L2 entry. */

@@ -1,11 +1,13 @@
 /* rawtrack - qcow2 compressed clusters.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * Owns: decoding of the compressed-cluster L2 descriptor and decompression
- * of one stored cluster (deflate or zstd).  Writing compressed clusters is
- * not supported.
- * Locking: none.  Both functions are pure; every call builds its own
- * decoder context, so they may run outside the image lock.
+ * Owns: decoding of the compressed-cluster L2 descriptor, decompression
+ * of one stored cluster (deflate or zstd), and the guest read of a
+ * compressed cluster (qcow2_read_compressed).  Writing compressed
+ * clusters is not supported.
+ * Locking: qcow2_decompress and qcow2_compressed_desc are pure; every call
+ * builds its own decoder context, so they may run outside the image lock.
+ * qcow2_read_compressed reads the image file: caller holds img->lock.
  *
  * Invariants, following QEMU (block/qcow2-threads.c, qcow2-cluster.c):
  *  1. The stored length is only known to 512-byte precision, so the input
@@ -31,6 +33,8 @@
 #include <limits.h>
 #include <assert.h>
 #include <errno.h>
+#include <string.h>
+#include <inttypes.h>
 
 #include <zlib.h>
 #include <zstd.h>
@@ -214,4 +218,32 @@ qcow2_compressed_desc (uint64_t l2e, uint32_t cluster_bits,
   *host = l2e & ((UINT64_C (1) << x) - 1);
   nb_sectors = ((l2e >> x) & ((UINT64_C (1) << count_bits) - 1)) + 1;
   *len = nb_sectors * 512 - (*host & 511);
+}
+
+/* Read one compressed cluster and copy the part [pos, pos+n) of it. */
+int
+qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e, uint64_t pos,
+                       uint8_t *buf, uint64_t n)
+{
+  uint64_t host, clen, cs = img->cluster_size;
+  uint8_t *src, *dst;
+  int r = -1;
+
+  qcow2_compressed_desc (l2e, img->h.cluster_bits, &host, &clen);
+  if (clen > 2 * cs + 512)
+    return set_corrupt ("compressed cluster at offset %" PRIu64 " claims %"
+                        PRIu64 " bytes", host, clen);
+  src = rt_malloc (clen);
+  dst = rt_malloc (cs);
+  if (src && dst &&
+      io_read (img->file, src, clen, host, "compressed cluster") == 0 &&
+      qcow2_decompress (img->h.compression_type, src, clen, dst, cs) == 0) {
+    memcpy (buf, dst + (pos & (cs - 1)), n);
+    r = 0;
+  }
+  else if (src && dst)
+    rt_prefix_error ("compressed cluster at offset %" PRIu64 ": ", host);
+  free (src);
+  free (dst);
+  return r;
 }

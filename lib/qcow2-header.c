@@ -2,7 +2,11 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * Owns: the conversion between cluster 0 of a qcow2 file and struct
- * qcow2_header.  Pure functions over buffers: no I/O, no locking.
+ * qcow2_header (pure functions over buffers: no I/O, no locking), and the
+ * header write-back, qcow2_write_header: img->h serialised and written
+ * over cluster 0 (caller holds img->lock or owns the image).  Crash
+ * rules for what a header switch may change in one write are the
+ * callers' (bitmap-update.c, track-log.c, qcow2-alloc.c).
  *
  * Parsing applies every check QEMU applies when it opens an image, so that
  * an image we accept QEMU accepts too, and every failure names the field
@@ -486,4 +490,20 @@ qcow2_header_serialize (const struct qcow2_header *h, uint8_t *buf,
     be64_store (buf + 8, off);
   }
   return 0;
+}
+
+int
+qcow2_write_header (struct rawtrack_image *img, bool flush)
+{
+  uint8_t *buf = rt_malloc (img->cluster_size);
+  int r = -1;
+
+  if (!buf)
+    return -1;
+  if (qcow2_header_serialize (&img->h, buf, img->cluster_size) == 0 &&
+      io_write (img->file, buf, img->cluster_size, 0, "image header") == 0 &&
+      (!flush || io_flush (img->file, "image file") == 0))
+    r = 0;
+  free (buf);
+  return r;
 }
