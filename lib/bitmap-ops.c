@@ -569,7 +569,7 @@ rawtrack_bitmap_dirty_bytes (struct rawtrack_image *img, const char *name,
   struct bitmap_mem *bm;
 
   rt_clear_error ();
-  bm = load_copy (img, name, 0, rawtrack_image_virtual_size (img));
+  bm = load_copy (img, name, 0, img->virtual_size);
   if (!bm)
     return -1;
   *bytes = bitmap_mem_dirty_bytes (bm);

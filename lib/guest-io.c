@@ -336,9 +336,14 @@ rawtrack_image_write_target (struct rawtrack_image *img, uint64_t offset,
 }
 
 RAWTRACK_API int
-rawtrack_image_write_done (struct rawtrack_image *img, unsigned flags)
+rawtrack_image_write_done (struct rawtrack_image *img, uint64_t offset,
+                           uint64_t count, unsigned flags)
 {
   rt_clear_error ();
+  if (offset > img->virtual_size || count > img->virtual_size - offset)
+    return set_error (EINVAL, "write of %" PRIu64 " bytes at offset %"
+                      PRIu64 " is past the end of the disk (%" PRIu64
+                      " bytes)", count, offset, img->virtual_size);
   if ((flags & RAWTRACK_WRITE_FUA) && rawtrack_image_flush (img) == -1)
     return -1;
   return 0;

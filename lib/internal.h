@@ -3,17 +3,34 @@
  *
  * One section per .c file.  Nothing here is installed.
  *
- * Layering (each layer calls only the ones below it):
+ * Layering: a file calls only files on lower lines, never one on its own
+ * line or above (no loops).  errors.c, memory.c and datafile.c are leaves
+ * that any file may call.
  *
- *   image.c  create.c  check.c  bitmap-*.c      public entry points
- *        |        |       |        |
- *   qcow2-map.c (L1/L2)   qcow2-compress.c
- *        |
- *   qcow2-alloc.c (cluster allocation) -> qcow2-refcount.c
- *        |
- *   qcow2-header.c (header + extensions, pure parse/serialise)
- *        |
- *   struct rawtrack_io (lib/io/)               storage
+ *    1  create.c                     new images (locks files via image.c)
+ *    2  image.c                      open, close, getters
+ *       check.c                      check and repair
+ *       bitmap-ops.c                 rawtrack_bitmap_* (public operations)
+ *    3  guest-io.c                   guest writes, zeroes, discards, flush,
+ *                                    block status
+ *    4  guest-read.c                 guest reads, the raw one-to-one map
+ *       track.c                      dirty tracking of guest writes
+ *    5  track-log.c                  the tracking log in cluster 0
+ *       bitmap-update.c              the bitmap directory's transaction
+ *    6  bitmap-store.c               bitmap tables and data clusters
+ *    7  bitmap-mem.c  bitmap-dir.c   bits in memory, directory format
+ *       qcow2-map.c                  L1/L2 lookups and the L2 cache
+ *       qcow2-compress.c             compressed clusters
+ *    8  qcow2-alloc.c                cluster allocation
+ *    9  qcow2-refcount.c             refcount table and blocks
+ *       qcow2-header.c               header + extensions, the write-back
+ *   10  struct rawtrack_io (lib/io/) storage
+ *
+ * One guest request's flow goes one way down: a write enters guest-io.c,
+ * marks the bitmaps (track.c, which logs hot extents through
+ * track-log.c), maps and allocates (qcow2-map.c, qcow2-alloc.c) and
+ * reaches the backend; a read enters guest-read.c, maps, decompresses if
+ * it must, and reads.
  *
  * Locking: struct rawtrack_image.lock (a mutex) protects every metadata
  * field of the image: the header copy, L1, the L2 cache, the refcount
@@ -371,10 +388,24 @@ int track_stop (struct rawtrack_image *img);
 struct bitmap_mem *track_bitmap (struct rawtrack_image *img, const char *name,
                                  uint64_t start, uint64_t len);
 
-/* What rawtrack's tracking log in cluster 0 says (for check): NONE (no
- * log), CLEAN (rawtrack closed cleanly: the bitmaps are exact), CRASHED
- * (*count extents of *extent_bytes were hot: bits there may be
- * over-reported), STALE (another program wrote the image since). */
+/* ---- track-log.c: the tracking log in cluster 0 ----------------------- */
+/* Most extents the log holds (RAWTRACK_MAX_HOT's upper bound). */
+#define TRACK_LOG_MAX 256
+/* Put the log extension (room for max extents of 2^ext_bits bytes) into
+ * the header and set autoclear bit 63, unless a trusted one of that shape
+ * is there; write the header, flushed.  *log_off: where the payload is in
+ * cluster 0. */
+int track_log_install (struct rawtrack_image *img, uint32_t max,
+                       uint32_t ext_bits, uint64_t *log_off);
+/* Rewrite the payload at log_off in place: the extents a[] then b[], the
+ * first max of them (not flushed).  log_off 0: nothing to do. */
+int track_log_write (struct rawtrack_image *img, uint64_t log_off,
+                     uint32_t max, uint32_t ext_bits, const uint64_t *a,
+                     uint64_t nr_a, const uint64_t *b, uint64_t nr_b);
+/* What the log says (for check): NONE (no log), CLEAN (rawtrack closed
+ * cleanly: the bitmaps are exact), CRASHED (*count extents of
+ * *extent_bytes were hot: bits there may be over-reported), STALE
+ * (another program wrote the image since). */
 enum { TRACK_LOG_NONE, TRACK_LOG_CLEAN, TRACK_LOG_CRASHED, TRACK_LOG_STALE };
 int track_log_state (const struct rawtrack_image *img, uint32_t *count,
                      uint64_t *extent_bytes);

@@ -70,9 +70,9 @@
  *     HOT --(idle for idle_ms)--> COLD      committer: idle_sweep, commit
  *
  * BOOKKEEPING AND OTHER WRITERS
- *   The hot list is kept in a private header extension ("RTRC", inside
- *   cluster 0, rewritten in place by each commit) and autoclear bit 63 is
- *   set while rawtrack tracks.  QEMU keeps unknown extensions but clears
+ *   The hot list is kept in the tracking log (track-log.c: a private
+ *   header extension "RTRC" inside cluster 0, rewritten in place by each
+ *   commit) and autoclear bit 63 is set while rawtrack tracks.  QEMU keeps unknown extensions but clears
  *   unknown autoclear bits on any writable open, so a clear bit 63 means
  *   another program wrote the image since: the log is then ignored
  *   (check reports the over-report bound only when it can trust it).
@@ -104,9 +104,6 @@
 enum { MODE_SAFE, MODE_PROCESS, MODE_LAZY };
 enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 
-#define TRACK_EXT_TYPE      0x52545243u          /* "RTRC" */
-#define TRACK_EXT_MAGIC     0x72747231u          /* "rtr1" */
-#define TRACK_AUTOCLEAR     QCOW2_AUTOCLEAR_RAWTRACK
 #define DEFAULT_EXT_BITS    20                   /* 1 MiB extents */
 #define DEFAULT_MAX_HOT     64
 #define SEQ_AHEAD           7                    /* see stream_lookahead() */
@@ -115,9 +112,6 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 #define WR_BLOCK            4096                 /* see write_sectors() */
 #define DEFAULT_IDLE_MS     1000                 /* see sweep_idle() */
 #define IDLE_TICKS          4                    /* sweeps per idle period */
-/* Extension payload: magic, max, count (u32 each), pad, ext_bits (u32),
- * generation (u64), then max entries (u64 extent indexes). */
-#define LOG_HEADER          24
 
 struct range { uint64_t lo, hi; };
 
@@ -158,8 +152,8 @@ struct track {
   uint64_t commits;                /* completed commit rounds */
   int last_err;                    /* errno of the last failed commit */
   uint64_t commit_failed_at;       /* commits value when it failed */
-  uint64_t log_off;                /* byte offset of the log in cluster 0 */
-  uint64_t generation;
+  uint64_t log_off;                /* byte offset of the log in cluster 0
+                                    * (track-log.c) */
   /* Prefetch (SAFE and PROCESS modes): the committer thread runs group
    * commits that no writer waits for. */
   struct rawtrack_image *img;
@@ -240,103 +234,6 @@ add_write (struct tbm *b, uint64_t byte_lo, uint64_t byte_hi)
   }
   b->wr[b->nr_wr++] = r;
   return 0;
-}
-
-/* ---- the private log in cluster 0 -------------------------------------- */
-
-static int
-log_install (struct rawtrack_image *img, struct track *t)
-{
-  struct qcow2_header *h = &img->h;
-  uint32_t len = LOG_HEADER + t->max_hot * 8;
-  uint8_t *data, *c0;
-  size_t i, off;
-
-  for (i = 0; i < h->nr_unknown; i++)
-    if (h->unknown[i].type == TRACK_EXT_TYPE)
-      break;
-  /* Already in place from an earlier session (and nobody else wrote the
-   * image since): only find it; the first commit rewrites its contents. */
-  if (i < h->nr_unknown && (h->autoclear & TRACK_AUTOCLEAR) &&
-      h->unknown[i].len == len &&
-      be32_load (h->unknown[i].data) == TRACK_EXT_MAGIC &&
-      be32_load (h->unknown[i].data + 16) == t->ext_bits)
-    goto locate;
-  if (i == h->nr_unknown) {
-    struct qcow2_ext *u = rt_realloc (h->unknown, (i + 1) * sizeof *u);
-
-    if (!u)
-      return -1;
-    h->unknown = u;
-    h->nr_unknown++;
-    memset (&u[i], 0, sizeof u[i]);
-    u[i].type = TRACK_EXT_TYPE;
-  }
-  data = rt_calloc (1, len);
-  if (!data)
-    return -1;
-  be32_store (data, TRACK_EXT_MAGIC);
-  be32_store (data + 4, t->max_hot);
-  be32_store (data + 8, 0);
-  be32_store (data + 16, t->ext_bits);
-  free (h->unknown[i].data);
-  h->unknown[i].data = data;
-  h->unknown[i].len = len;
-  h->autoclear |= TRACK_AUTOCLEAR;
-  if (qcow2_write_header (img, true) == -1)
-    return -1;
-
- locate:
-  /* Find where the serialiser put it. */
-  c0 = rt_malloc (img->cluster_size);
-  if (!c0)
-    return -1;
-  if (qcow2_header_serialize (h, c0, img->cluster_size) == -1) {
-    free (c0);
-    return -1;
-  }
-  off = h->version == 2 ? QCOW2_V2_HEADER_LEN : QCOW2_V3_HEADER_LEN + h->extra_len;
-  while (off + 8 <= img->cluster_size) {
-    uint32_t type = be32_load (c0 + off), elen = be32_load (c0 + off + 4);
-
-    if (type == TRACK_EXT_TYPE) {
-      t->log_off = off + 8;
-      break;
-    }
-    if (type == QCOW2_EXT_END)
-      break;
-    off += 8 + ROUND_UP ((size_t) elen, 8);
-  }
-  free (c0);
-  if (!t->log_off)
-    return set_error (EIO, "tracking log extension not found after writing "
-                      "the header");
-  return 0;
-}
-
-/* Write the log: the hot list plus `extra` extents about to become hot. */
-static int
-log_write (struct rawtrack_image *img, struct track *t, const uint64_t *extra,
-           uint64_t nr_extra)
-{
-  uint8_t buf[LOG_HEADER + DEFAULT_MAX_HOT * 8 * 4];
-  uint32_t count = 0, i;
-  uint64_t j;
-
-  if (!t->log_off)
-    return 0;
-  memset (buf, 0, sizeof buf);
-  for (i = 0; i < t->nr_hot && count < t->max_hot; i++)
-    be64_store (buf + LOG_HEADER + count++ * 8, t->hot[i]);
-  for (j = 0; j < nr_extra && count < t->max_hot; j++)
-    be64_store (buf + LOG_HEADER + count++ * 8, extra[j]);
-  be32_store (buf, TRACK_EXT_MAGIC);
-  be32_store (buf + 4, t->max_hot);
-  be32_store (buf + 8, count);
-  be32_store (buf + 16, t->ext_bits);
-  t->generation++;
-  return io_write (img->file, buf, LOG_HEADER + (uint64_t) t->max_hot * 8,
-                   t->log_off, "tracking log");
 }
 
 /* ---- start ------------------------------------------------------------ */
@@ -492,7 +389,7 @@ track_start (struct rawtrack_image *img)
   }
   if (getenv ("RAWTRACK_MAX_HOT")) {
     int v = atoi (getenv ("RAWTRACK_MAX_HOT"));
-    if (v >= 2 && v <= DEFAULT_MAX_HOT * 4)
+    if (v >= 2 && v <= TRACK_LOG_MAX)
       t->max_hot = (uint32_t) v;
   }
   /* Three quarters of the hot set at most, so that prefetching leaves
@@ -609,7 +506,7 @@ track_start (struct rawtrack_image *img)
     }
   }
 
-  if (log_install (img, t) == -1)
+  if (track_log_install (img, t->max_hot, t->ext_bits, &t->log_off) == -1)
     goto out;
   r = 0;
 
@@ -969,7 +866,8 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
   if (!err && write_sectors (img, t) == -1)
     err = errno ? errno : EIO;
   pthread_mutex_lock (&img->lock);
-  if (!err && log_write (img, t, batch, nr_batch) == -1)
+  if (!err && track_log_write (img, t->log_off, t->max_hot, t->ext_bits,
+                               t->hot, t->nr_hot, batch, nr_batch) == -1)
     err = errno ? errno : EIO;
   pthread_mutex_unlock (&img->lock);
   if (!err && t->mode == MODE_SAFE &&
@@ -1438,7 +1336,8 @@ track_stop (struct rawtrack_image *img)
   if (r == 0)
     r = write_sectors (img, t);
   if (r == 0)
-    r = log_write (img, t, NULL, 0);
+    r = track_log_write (img, t->log_off, t->max_hot, t->ext_bits, t->hot,
+                         t->nr_hot, NULL, 0);
   if (r == 0)
     r = io_flush (img->file, "image file");
   pthread_mutex_unlock (&img->lock);
@@ -1495,38 +1394,5 @@ track_bitmap (struct rawtrack_image *img, const char *name, uint64_t start,
   }
   pthread_mutex_unlock (&t->lock);
   return copy;
-}
-
-int
-track_log_state (const struct rawtrack_image *img, uint32_t *count,
-                 uint64_t *extent_bytes)
-{
-  const struct qcow2_header *h = &img->h;
-  size_t i;
-
-  *count = 0;
-  *extent_bytes = 0;
-  for (i = 0; i < h->nr_unknown; i++) {
-    const struct qcow2_ext *u = &h->unknown[i];
-    uint32_t max, bits;
-
-    if (u->type != TRACK_EXT_TYPE)
-      continue;
-    if (u->len < LOG_HEADER || be32_load (u->data) != TRACK_EXT_MAGIC)
-      return TRACK_LOG_NONE;             /* not ours, or damaged */
-    if (!(h->autoclear & TRACK_AUTOCLEAR))
-      return TRACK_LOG_STALE;
-    max = be32_load (u->data + 4);
-    *count = be32_load (u->data + 8);
-    bits = be32_load (u->data + 16);
-    if (*count > max || (uint64_t) u->len < LOG_HEADER + (uint64_t) max * 8 ||
-        bits < 9 || bits > 40) {
-      *count = 0;
-      return TRACK_LOG_NONE;
-    }
-    *extent_bytes = 1ull << bits;
-    return *count ? TRACK_LOG_CRASHED : TRACK_LOG_CLEAN;
-  }
-  return TRACK_LOG_NONE;
 }
 

@@ -713,7 +713,8 @@ proto_handle_request (struct connection *c, const struct request *req,
 
   if (req->direct) {
     /* The payload is in the data file already (recv_write_direct). */
-    r = rawtrack_image_write_done (img, req->error == 0 &&
+    r = rawtrack_image_write_done (img, req->offset, req->count,
+                                   req->error == 0 &&
                                    (req->flags & NBD_CMD_FLAG_FUA)
                                    ? RAWTRACK_WRITE_FUA : 0);
     if (req->error)

@@ -166,9 +166,10 @@ RAWTRACK_API int64_t rawtrack_image_read_source (struct rawtrack_image *img,
  * crash-safe mode's rule: the bits are durable before the data may be),
  * it does the tracking, returns count and sets *fd and *file_offset.  The
  * caller then writes exactly those bytes there and calls
- * rawtrack_image_write_done with the same flags (RAWTRACK_WRITE_FUA: the
- * data and its bits are made durable), whether or not its write
- * succeeded.  It never blocks on a bitmap commit; it returns 0 instead
+ * rawtrack_image_write_done with the same range and flags
+ * (RAWTRACK_WRITE_FUA: the data and its bits are made durable), whether
+ * or not its write succeeded; write_done fails with EINVAL for a range
+ * outside the disk.  It never blocks on a bitmap commit; it returns 0 instead
  * (nothing done: use rawtrack_image_pwrite, which waits), and -1 on
  * errors (range, read-only image, corrupt mapping). */
 RAWTRACK_API int64_t rawtrack_image_write_target (struct rawtrack_image *img,
@@ -177,6 +178,7 @@ RAWTRACK_API int64_t rawtrack_image_write_target (struct rawtrack_image *img,
                                                   unsigned flags, int *fd,
                                                   uint64_t *file_offset);
 RAWTRACK_API int rawtrack_image_write_done (struct rawtrack_image *img,
+                                            uint64_t offset, uint64_t count,
                                             unsigned flags);
 
 /* Block status: the length (> 0) of the run starting at offset, at most

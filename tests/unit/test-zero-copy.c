@@ -104,7 +104,12 @@ test_attached (void)
   CHECK (n == 131072 && foff == (3u << 20) + 65536);
   if (n == 131072)
     CHECK (pwrite (dfd, got, 131072, (off_t) foff) == 131072);
-  CHECK (rawtrack_image_write_done (img, RAWTRACK_WRITE_FUA) == 0);
+  CHECK (rawtrack_image_write_done (img, (3u << 20) + 65536, 131072,
+                                   RAWTRACK_WRITE_FUA) == 0);
+  /* The completion names its range: one outside the disk is refused. */
+  CHECK (rawtrack_image_write_done (img, SIZE - 512, 1024, 0) == -1 &&
+         rawtrack_get_errno () == EINVAL &&
+         strstr (rawtrack_get_error (), "past the end"));
   CHECK (rawtrack_image_write_target (img, SIZE, 1, 0, &dfd, &foff) == -1 &&
          rawtrack_get_errno () == EINVAL);
   CHECK (rawtrack_image_close (img) == 0);
