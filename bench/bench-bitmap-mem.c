@@ -20,6 +20,7 @@
 
 #include "internal.h"
 #include "bitmap-mem.h"
+#include "random.h"
 
 #define DISK_SIZE   (UINT64_C (16) << 40)
 #define GRAN        65536u
@@ -31,10 +32,7 @@ static uint64_t rng = 0x243F6A8885A308D3ull;
 static uint64_t
 rnd (void)
 {
-  rng ^= rng >> 12;
-  rng ^= rng << 25;
-  rng ^= rng >> 27;
-  return rng * 0x2545F4914F6CDD1Dull;
+  return rt_random (&rng);
 }
 
 static double

@@ -53,6 +53,7 @@
 
 #include "rawtrack/rawtrack.h"
 #include "rawtrack/rawtrack-bitmap.h"
+#include "random.h"
 
 #define THREADS 16
 #define STEADY_PASSES 4            /* see run_phase's callers */
@@ -118,8 +119,7 @@ worker (void *arg)
       s = j->seed;                 /* every pass writes the same blocks */
 
     if (j->random) {
-      s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-      off = j->start + (s % (j->len / 4096)) * 4096;
+      off = j->start + (rt_random (&s) % (j->len / 4096)) * 4096;
       len = 4096;
     }
     else {

@@ -9,6 +9,11 @@
 #include <stdbool.h>
 
 #include "rawtrack/rawtrack.h"
+#include "vector.h"
+#include "cleanup.h"
+
+/* Lists of command-line words (pointers into argv). */
+DEFINE_VECTOR_TYPE (string_vector, const char *, realloc)
 
 extern const char *progname;  /* "rawtrack" */
 

@@ -213,16 +213,14 @@ run_command (const char *cmd, const char *sock, const char *tcp_host,
              unsigned port, const char *exportname)
 {
   size_t ulen = 3 * (PATH_MAX + NBD_MAX_STRING) + 64;
-  char *uri = malloc (ulen), *nbd = malloc (ulen);
-  char *ename = malloc (3 * NBD_MAX_STRING + 8), *spath = malloc (3 * PATH_MAX);
+  CLEANUP_FREE char *uri = malloc (ulen);
+  CLEANUP_FREE char *nbd = malloc (ulen);
+  CLEANUP_FREE char *ename = malloc (3 * NBD_MAX_STRING + 8);
+  CLEANUP_FREE char *spath = malloc (3 * PATH_MAX);
   char portstr[16];
   pid_t pid;
 
   if (!uri || !nbd || !ename || !spath) {
-    free (uri);
-    free (nbd);
-    free (ename);
-    free (spath);
     fail ("out of memory");
     return -1;
   }
@@ -265,16 +263,13 @@ run_command (const char *cmd, const char *sock, const char *tcp_host,
   }
   if (pid == -1)
     fail ("fork: %s", strerror (errno));
-  free (uri);
-  free (nbd);
-  free (ename);
-  free (spath);
   return pid;
 }
 
 /* Choose the bitmaps to export. */
 static int
-choose_bitmaps (struct nbd_export *exp, char **wanted, size_t nwanted)
+choose_bitmaps (struct nbd_export *exp, const char *const *wanted,
+                size_t nwanted)
 {
   struct rawtrack_image *img = exp->img;
   int i, n = rawtrack_image_bitmap_count (img);
@@ -326,8 +321,7 @@ struct serve_options {
   bool use_tcp, readonly, use_sendfile, tls_verify;
   const char *tls_certs, *tls_psk;
   enum tls_mode tls_mode;
-  char **wanted;                   /* --bitmap names */
-  size_t nwanted;
+  struct string_vector wanted;     /* --bitmap names */
   unsigned max_conn, threads, hs_timeout, track;
   unsigned allow_device;           /* 0 or RAWTRACK_OPEN_ALLOW_DEVICE */
   unsigned allow_remote;           /* 0 or RAWTRACK_OPEN_ALLOW_REMOTE */
@@ -336,7 +330,7 @@ struct serve_options {
 };
 
 /* Parse argv into *o.  0: go on; otherwise the exit status (1 on usage
- * errors, 0 after --help); o->wanted is freed then. */
+ * errors, 0 after --help); o->wanted is reset then. */
 static int
 parse_options (int argc, char **argv, struct serve_options *o)
 {
@@ -394,14 +388,10 @@ parse_options (int argc, char **argv, struct serve_options *o)
     case 'D': o->description = optarg; break;
     case 'r': o->readonly = true; break;
     case 'B': {
-      char **w = realloc (o->wanted, (o->nwanted + 1) * sizeof *w);
-
-      if (!w) {
+      if (string_vector_append (&o->wanted, optarg) == -1) {
         r = fail ("out of memory");
         goto err;
       }
-      o->wanted = w;
-      o->wanted[o->nwanted++] = optarg;
       break;
     }
     case 'c':
@@ -505,8 +495,7 @@ parse_options (int argc, char **argv, struct serve_options *o)
   return 0;
 
  err:
-  free (o->wanted);
-  o->wanted = NULL;
+  string_vector_reset (&o->wanted);
   return r;
 }
 
@@ -557,7 +546,7 @@ open_export (const struct serve_options *o, struct nbd_export *exp)
   exp->min_block = 1;
   exp->pref_block = 4096;
   exp->max_block = NBD_MAX_PAYLOAD;
-  return choose_bitmaps (exp, o->wanted, o->nwanted) != 0;
+  return choose_bitmaps (exp, o->wanted.ptr, o->wanted.len) != 0;
 }
 
 static void
@@ -628,7 +617,7 @@ cmd_serve (int argc, char **argv)
     status = usage_error ("serve", "say where to listen: --socket PATH or "
                           "--listen[=ADDR[:PORT]]");
   if (status != 0) {
-    free (o.wanted);
+    string_vector_reset (&o.wanted);
     return status;
   }
 
@@ -638,7 +627,7 @@ cmd_serve (int argc, char **argv)
     tls = tls_config_new (o.tls_certs, o.tls_psk, o.tls_verify, err,
                           sizeof err);
     if (!tls) {
-      free (o.wanted);
+      string_vector_reset (&o.wanted);
       return fail ("%s", err);
     }
   }
@@ -646,7 +635,7 @@ cmd_serve (int argc, char **argv)
     status = 1;
     if (exp.img)
       goto out_image;
-    free (o.wanted);
+    string_vector_reset (&o.wanted);
     tls_config_free (tls);
     return status;
   }
@@ -731,7 +720,7 @@ cmd_serve (int argc, char **argv)
       status = 1;
   }
   close_export (&exp);
-  free (o.wanted);
+  string_vector_reset (&o.wanted);
   if (quit_pipe[0] >= 0) {
     close (quit_pipe[0]);
     close (quit_pipe[1]);

@@ -52,29 +52,11 @@
 int
 cluster_list_add (struct cluster_list *l, uint64_t offset, uint64_t n)
 {
+  struct cluster_run r = { offset, n };
+
   if (n == 0)
     return 0;
-  if (l->nr == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 16;
-    struct cluster_run *r = rt_realloc (l->runs, cap * sizeof *r);
-
-    if (!r)
-      return -1;
-    l->runs = r;
-    l->cap = cap;
-  }
-  l->runs[l->nr].offset = offset;
-  l->runs[l->nr].n = n;
-  l->nr++;
-  return 0;
-}
-
-void
-cluster_list_reset (struct cluster_list *l)
-{
-  free (l->runs);
-  l->runs = NULL;
-  l->nr = l->cap = 0;
+  return cluster_list_append (l, r);
 }
 
 int
@@ -83,8 +65,8 @@ cluster_list_free_all (struct rawtrack_image *img, struct cluster_list *l)
   int r = 0;
   size_t i;
 
-  for (i = 0; i < l->nr; i++)
-    if (qcow2_free_clusters (img, l->runs[i].offset, l->runs[i].n) == -1)
+  for (i = 0; i < l->len; i++)
+    if (qcow2_free_clusters (img, l->ptr[i].offset, l->ptr[i].n) == -1)
       r = -1;
   cluster_list_reset (l);
   return r;

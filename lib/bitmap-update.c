@@ -122,7 +122,7 @@ void
 bitmap_update_end (struct rawtrack_image *img, struct bitmap_update *u,
                    bool give_back)
 {
-  if (give_back && u->allocated.nr) {
+  if (give_back && u->allocated.len) {
     const char *msg = rawtrack_get_error ();
     int err = rawtrack_get_errno ();
     char saved[1024];

@@ -18,6 +18,7 @@
 
 #include "internal.h"
 #include "bitmap-mem.h"
+#include "vector.h"
 
 /* A run of clusters in the image file: [offset, offset + n * cluster size). */
 struct cluster_run {
@@ -25,15 +26,11 @@ struct cluster_run {
   uint64_t n;                      /* clusters */
 };
 
-/* A growable list of runs: clusters to free later, or to give back when an
- * update fails before it is published. */
-struct cluster_list {
-  struct cluster_run *runs;
-  size_t nr, cap;
-};
+/* A growable list of runs (ptr[0..len-1]): clusters to free later, or to
+ * give back when an update fails before it is published. */
+DEFINE_VECTOR_TYPE (cluster_list, struct cluster_run, rt_realloc)
 
 int cluster_list_add (struct cluster_list *l, uint64_t offset, uint64_t n);
-void cluster_list_reset (struct cluster_list *l);
 /* Drop one reference from every run (qcow2_free_clusters); keeps going
  * after an error and returns -1 if any run failed.  Empties the list. */
 int cluster_list_free_all (struct rawtrack_image *img, struct cluster_list *l);

@@ -96,6 +96,7 @@
 #include "internal.h"
 #include "byteorder.h"
 #include "arith.h"
+#include "vector.h"
 
 #define FIX_LEAKS   RAWTRACK_CHECK_REPAIR_LEAKS
 #define FIX_ERRORS  (RAWTRACK_CHECK_REPAIR_ALL & ~RAWTRACK_CHECK_REPAIR_LEAKS)
@@ -129,6 +130,7 @@ struct zero_fix {
   uint32_t idx;               /* entry index */
   uint64_t host;              /* the misaligned host offset */
 };
+DEFINE_VECTOR_TYPE (zero_fixes, struct zero_fix, rt_realloc)
 
 /* An L2 table of the active L1, and how many L1 entries (active or
  * snapshot) point to it. */
@@ -182,8 +184,7 @@ struct pass {
 
   struct l2ref *l2r;          /* active L2 tables, sorted by offset */
   size_t nl2r;
-  struct zero_fix *zf;        /* deferred R4 fixes */
-  size_t nzf, zf_cap;
+  struct zero_fixes zf;       /* deferred R4 fixes */
 
   struct snapshot *sn;
   uint32_t nb_sn;
@@ -518,20 +519,9 @@ zero_entry (struct pass *p, uint64_t l2_off, uint32_t i)
 static int
 defer_zero (struct pass *p, uint64_t l2_off, uint32_t i, uint64_t host)
 {
-  if (p->nzf == p->zf_cap) {
-    size_t cap = p->zf_cap ? p->zf_cap * 2 : 16;
-    struct zero_fix *q = rt_realloc (p->zf, cap * sizeof *q);
+  struct zero_fix z = { .l2_off = l2_off, .idx = i, .host = host };
 
-    if (!q)
-      return -1;
-    p->zf = q;
-    p->zf_cap = cap;
-  }
-  p->zf[p->nzf].l2_off = l2_off;
-  p->zf[p->nzf].idx = i;
-  p->zf[p->nzf].host = host;
-  p->nzf++;
-  return 0;
+  return zero_fixes_append (&p->zf, z);
 }
 
 static int
@@ -556,16 +546,16 @@ apply_zero_fixes (struct pass *p)
 {
   size_t k, n;
 
-  if (p->nzf == 0)
+  if (p->zf.len == 0)
     return;
-  qsort (p->zf, p->nzf, sizeof *p->zf, zero_fix_cmp);
-  for (k = 0; k < p->nzf; k += n) {
-    const struct zero_fix *z = &p->zf[k];
+  qsort (p->zf.ptr, p->zf.len, sizeof *p->zf.ptr, zero_fix_cmp);
+  for (k = 0; k < p->zf.len; k += n) {
+    const struct zero_fix *z = &p->zf.ptr[k];
     bool alone;
     size_t j;
 
-    for (n = 1; k + n < p->nzf && p->zf[k + n].l2_off == z->l2_off &&
-                p->zf[k + n].idx == z->idx; n++)
+    for (n = 1; k + n < p->zf.len && p->zf.ptr[k + n].l2_off == z->l2_off &&
+                p->zf.ptr[k + n].idx == z->idx; n++)
       ;
     alone = imrt_get (p, z->l2_off >> p->cb) == n;
     if (alone && zero_entry (p, z->l2_off, z->idx) == 0) {
@@ -592,9 +582,7 @@ apply_zero_fixes (struct pass *p)
       inc_refs (p, z->host, p->cs);
     }
   }
-  free (p->zf);
-  p->zf = NULL;
-  p->nzf = p->zf_cap = 0;
+  zero_fixes_reset (&p->zf);
 }
 
 /* Count what the L2 table at l2_off references and validate its entries
@@ -1603,7 +1591,7 @@ rawtrack_image_check (struct rawtrack_image *img, unsigned repair,
  out:
   pthread_mutex_unlock (&img->lock);
   free_snapshots (&p);
-  free (p.zf);
+  zero_fixes_reset (&p.zf);
   free (p.l2r);
   free (p.imrt);
   free (p.l2buf);

@@ -42,6 +42,7 @@
 #include "internal.h"
 #include "byteorder.h"
 #include "arith.h"
+#include "cleanup.h"
 
 static bool
 has_data_file (const struct rawtrack_image *img)
@@ -537,10 +538,10 @@ rawtrack_image_flush (struct rawtrack_image *img)
   rt_clear_error ();
   if (!img->writable)
     return 0;
-  pthread_mutex_lock (&img->lock);
-  if (io_flush (img->file, "image file") == -1)
-    r = -1;
-  pthread_mutex_unlock (&img->lock);
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
+    r = io_flush (img->file, "image file");
+  }
   if (r == 0 && img->data && io_flush (img->data, "data file") == -1)
     r = -1;
   return r;

@@ -41,6 +41,7 @@
 
 #include "internal.h"
 #include "arith.h"
+#include "cleanup.h"
 
 /* qcow2 deflate window: 4 KiB, raw stream (negative = no zlib wrapper). */
 #define DEFLATE_WINDOW_BITS (-12)
@@ -226,8 +227,8 @@ qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e, uint64_t pos,
                        uint8_t *buf, uint64_t n)
 {
   uint64_t host, clen, cs = img->cluster_size;
-  uint8_t *src, *dst;
-  int r = -1;
+  CLEANUP_FREE uint8_t *src = NULL;
+  CLEANUP_FREE uint8_t *dst = NULL;
 
   qcow2_compressed_desc (l2e, img->h.cluster_bits, &host, &clen);
   if (clen > 2 * cs + 512)
@@ -235,15 +236,13 @@ qcow2_read_compressed (struct rawtrack_image *img, uint64_t l2e, uint64_t pos,
                         PRIu64 " bytes", host, clen);
   src = rt_malloc (clen);
   dst = rt_malloc (cs);
-  if (src && dst &&
-      io_read (img->file, src, clen, host, "compressed cluster") == 0 &&
-      qcow2_decompress (img->h.compression_type, src, clen, dst, cs) == 0) {
-    memcpy (buf, dst + (pos & (cs - 1)), n);
-    r = 0;
-  }
-  else if (src && dst)
+  if (!src || !dst)
+    return -1;
+  if (io_read (img->file, src, clen, host, "compressed cluster") == -1 ||
+      qcow2_decompress (img->h.compression_type, src, clen, dst, cs) == -1) {
     rt_prefix_error ("compressed cluster at offset %" PRIu64 ": ", host);
-  free (src);
-  free (dst);
-  return r;
+    return -1;
+  }
+  memcpy (buf, dst + (pos & (cs - 1)), n);
+  return 0;
 }

@@ -32,6 +32,7 @@
 #include "internal.h"
 #include "byteorder.h"
 #include "arith.h"
+#include "cleanup.h"
 
 /* QEMU's feature name table, in QEMU's order. */
 static const struct {
@@ -495,15 +496,12 @@ qcow2_header_serialize (const struct qcow2_header *h, uint8_t *buf,
 int
 qcow2_write_header (struct rawtrack_image *img, bool flush)
 {
-  uint8_t *buf = rt_malloc (img->cluster_size);
-  int r = -1;
+  CLEANUP_FREE uint8_t *buf = rt_malloc (img->cluster_size);
 
-  if (!buf)
+  if (!buf ||
+      qcow2_header_serialize (&img->h, buf, img->cluster_size) == -1 ||
+      io_write (img->file, buf, img->cluster_size, 0, "image header") == -1 ||
+      (flush && io_flush (img->file, "image file") == -1))
     return -1;
-  if (qcow2_header_serialize (&img->h, buf, img->cluster_size) == 0 &&
-      io_write (img->file, buf, img->cluster_size, 0, "image header") == 0 &&
-      (!flush || io_flush (img->file, "image file") == 0))
-    r = 0;
-  free (buf);
-  return r;
+  return 0;
 }

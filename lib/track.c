@@ -100,6 +100,7 @@
 #include "bitmap.h"
 #include "byteorder.h"
 #include "arith.h"
+#include "vector.h"
 
 enum { MODE_SAFE, MODE_PROCESS, MODE_LAZY };
 enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
@@ -114,6 +115,8 @@ enum { EXT_COLD = 0, EXT_PENDING = 1, EXT_HOT = 2 };
 #define IDLE_TICKS          4                    /* sweeps per idle period */
 
 struct range { uint64_t lo, hi; };
+DEFINE_VECTOR_TYPE (range_list, struct range, rt_realloc)
+DEFINE_VECTOR_TYPE (extent_list, uint64_t, rt_realloc)
 
 struct tbm {                       /* one tracked bitmap */
   uint32_t dir_index;
@@ -122,8 +125,7 @@ struct tbm {                       /* one tracked bitmap */
   uint8_t *disk;                   /* what was last written to disk */
   uint64_t disk_len;               /* table_size * cluster size */
   uint64_t data_off;               /* stream byte j at data_off + j */
-  struct range *wr;                /* sectors to write in this commit */
-  size_t nr_wr, cap_wr;
+  struct range_list wr;            /* sectors to write in this commit */
 };
 
 struct track {
@@ -142,10 +144,8 @@ struct track {
   uint8_t *quiet;                  /* per extent: idle sweeps while hot */
   uint64_t *hot;                   /* hot extents, oldest first */
   uint32_t nr_hot, max_hot;
-  uint64_t *pend;
-  uint64_t nr_pend, cap_pend;
-  uint64_t *stale;                 /* cold, but all-ones may be on disk */
-  uint64_t nr_stale, cap_stale;
+  struct extent_list pend;         /* extents queued for the next commit */
+  struct extent_list stale;        /* cold, but all-ones may be on disk */
   struct rawtrack_io_vec *vec;     /* every bitmap's wr, for write_sectors */
   size_t cap_vec;
   bool committing;
@@ -217,23 +217,13 @@ add_write (struct tbm *b, uint64_t byte_lo, uint64_t byte_hi)
   struct range r = { ROUND_DOWN (byte_lo, 512),
                      MIN (ROUND_UP (byte_hi, 512), b->disk_len) };
 
-  if (b->nr_wr && r.lo <= b->wr[b->nr_wr - 1].hi &&
-      r.hi >= b->wr[b->nr_wr - 1].lo) {
-    b->wr[b->nr_wr - 1].lo = MIN (b->wr[b->nr_wr - 1].lo, r.lo);
-    b->wr[b->nr_wr - 1].hi = MAX (b->wr[b->nr_wr - 1].hi, r.hi);
+  if (b->wr.len && r.lo <= b->wr.ptr[b->wr.len - 1].hi &&
+      r.hi >= b->wr.ptr[b->wr.len - 1].lo) {
+    b->wr.ptr[b->wr.len - 1].lo = MIN (b->wr.ptr[b->wr.len - 1].lo, r.lo);
+    b->wr.ptr[b->wr.len - 1].hi = MAX (b->wr.ptr[b->wr.len - 1].hi, r.hi);
     return 0;
   }
-  if (b->nr_wr == b->cap_wr) {
-    size_t cap = b->cap_wr ? b->cap_wr * 2 : 16;
-    struct range *n = rt_realloc (b->wr, cap * sizeof *n);
-
-    if (!n)
-      return -1;
-    b->wr = n;
-    b->cap_wr = cap;
-  }
-  b->wr[b->nr_wr++] = r;
-  return 0;
+  return range_list_append (&b->wr, r);
 }
 
 /* ---- start ------------------------------------------------------------ */
@@ -318,7 +308,7 @@ track_free (struct track *t)
   for (i = 0; i < t->nr; i++) {
     bitmap_mem_free (t->bm[i].base);
     free (t->bm[i].disk);
-    free (t->bm[i].wr);
+    range_list_reset (&t->bm[i].wr);
   }
   free (t->bm);
   bitmap_mem_free (t->delta);
@@ -328,8 +318,8 @@ track_free (struct track *t)
   free (t->ref);
   free (t->quiet);
   free (t->hot);
-  free (t->pend);
-  free (t->stale);
+  extent_list_reset (&t->pend);
+  extent_list_reset (&t->stale);
   free (t->vec);
   pthread_mutex_destroy (&t->lock);
   pthread_cond_destroy (&t->cond);
@@ -666,7 +656,7 @@ write_sectors (struct rawtrack_image *img, struct track *t)
   uint32_t k;
 
   for (k = 0; k < t->nr; k++)
-    n += t->bm[k].nr_wr;
+    n += t->bm[k].wr.len;
   if (n == 0)
     return 0;
   if (n > t->cap_vec) {
@@ -687,30 +677,30 @@ write_sectors (struct rawtrack_image *img, struct track *t)
      * already (disk is the on-disk image), so a torn wider write is still
      * a superset.  Widened ranges may meet: sorted, then merged (only
      * here: elsewhere the ranges are in no order, and go as they are). */
-    if (batch && b->nr_wr > 0) {     /* (wr is NULL until first used) */
-      for (w = 0; w < b->nr_wr; w++) {
-        uint64_t lo = ROUND_DOWN (b->data_off + b->wr[w].lo, WR_BLOCK);
-        uint64_t hi = ROUND_UP (b->data_off + b->wr[w].hi, WR_BLOCK);
+    if (batch && b->wr.len > 0) {     /* (wr is NULL until first used) */
+      for (w = 0; w < b->wr.len; w++) {
+        uint64_t lo = ROUND_DOWN (b->data_off + b->wr.ptr[w].lo, WR_BLOCK);
+        uint64_t hi = ROUND_UP (b->data_off + b->wr.ptr[w].hi, WR_BLOCK);
 
-        b->wr[w].lo = MAX (lo, b->data_off) - b->data_off;
-        b->wr[w].hi = MIN (hi - b->data_off, b->disk_len);
+        b->wr.ptr[w].lo = MAX (lo, b->data_off) - b->data_off;
+        b->wr.ptr[w].hi = MIN (hi - b->data_off, b->disk_len);
       }
-      qsort (b->wr, b->nr_wr, sizeof *b->wr, range_cmp);
+      qsort (b->wr.ptr, b->wr.len, sizeof *b->wr.ptr, range_cmp);
     }
-    for (w = 0; w < b->nr_wr; w++) {
+    for (w = 0; w < b->wr.len; w++) {
       struct rawtrack_io_vec *prev = n ? &t->vec[n - 1] : NULL;
 
       if (batch && w > 0 &&
-          b->data_off + b->wr[w].lo <= prev->offset + prev->count) {
+          b->data_off + b->wr.ptr[w].lo <= prev->offset + prev->count) {
         uint64_t end = MAX (prev->offset + prev->count,
-                            b->data_off + b->wr[w].hi);
+                            b->data_off + b->wr.ptr[w].hi);
 
         prev->count = end - prev->offset;
         continue;
       }
-      t->vec[n].buf = b->disk + b->wr[w].lo;
-      t->vec[n].count = b->wr[w].hi - b->wr[w].lo;
-      t->vec[n].offset = b->data_off + b->wr[w].lo;
+      t->vec[n].buf = b->disk + b->wr.ptr[w].lo;
+      t->vec[n].count = b->wr.ptr[w].hi - b->wr.ptr[w].lo;
+      t->vec[n].offset = b->data_off + b->wr.ptr[w].lo;
       n++;
     }
   }
@@ -768,17 +758,10 @@ remember_stale (struct track *t, const uint64_t *e, uint64_t n)
 {
   uint64_t i;
 
-  if (t->nr_stale + n > t->cap_stale) {
-    uint64_t cap = MAX (t->cap_stale * 2, t->nr_stale + n);
-    uint64_t *p = rt_realloc (t->stale, cap * sizeof *p);
-
-    if (!p)
-      return;
-    t->stale = p;
-    t->cap_stale = cap;
-  }
+  if (extent_list_reserve (&t->stale, n) == -1)
+    return;
   for (i = 0; i < n; i++)
-    t->stale[t->nr_stale++] = e[i];
+    t->stale.ptr[t->stale.len++] = e[i];
 }
 
 /* Run one group commit: make the queued extents hot, cooling the oldest
@@ -795,7 +778,7 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
   int err = 0;
 
   t->committing = true;
-  nr_batch = idle ? 0 : MIN (t->nr_pend, (uint64_t) t->max_hot);
+  nr_batch = idle ? 0 : MIN (t->pend.len, (uint64_t) t->max_hot);
   batch = rt_malloc ((nr_batch ? nr_batch : 1) * sizeof *batch);
   victims = rt_malloc ((size_t) t->max_hot * sizeof *victims);
   if (!batch || !victims) {
@@ -803,10 +786,8 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
     nr_batch = 0;                      /* the queue stays as it is */
     goto done_locked;
   }
-  memcpy (batch, t->pend, nr_batch * sizeof *batch);
-  memmove (t->pend, t->pend + nr_batch,
-           (t->nr_pend - nr_batch) * sizeof *t->pend);
-  t->nr_pend -= nr_batch;
+  memcpy (batch, t->pend.ptr, nr_batch * sizeof *batch);
+  extent_list_remove_front (&t->pend, nr_batch);
 
   /* Cooling: the extent's sequence number is odd from before it stops
    * being hot until its summary is exact again, so a lock-free writer
@@ -832,7 +813,7 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
     victims[nr_victims++] = v;
   }
   for (k = 0; k < t->nr; k++)
-    t->bm[k].nr_wr = 0;
+    t->bm[k].wr.len = 0;
   for (i = 0; i < nr_victims && !err; i++)
     if (cool_prepare (img, t, victims[i], false) == -1)
       err = errno;
@@ -858,7 +839,7 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
     if (write_sectors (img, t) == -1)
       err = errno ? errno : EIO;
     for (k = 0; k < t->nr; k++)
-      t->bm[k].nr_wr = 0;
+      t->bm[k].wr.len = 0;
   }
   for (i = 0; i < nr_batch && !err; i++)
     if (hot_prepare (img, t, batch[i]) == -1)
@@ -913,7 +894,7 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
   free (victims);
   pthread_cond_broadcast (&t->cond);
   /* Queued work, or (idle cooling) hot extents to watch: the committer. */
-  if (t->has_committer && (t->nr_pend || (t->idle_ms && t->nr_hot)))
+  if (t->has_committer && (t->pend.len || (t->idle_ms && t->nr_hot)))
     pthread_cond_signal (&t->kick);
 }
 
@@ -961,7 +942,7 @@ committer (void *arg)
 
     if (t->stop)
       break;
-    if (t->nr_pend && !t->committing) {
+    if (t->pend.len && !t->committing) {
       commit (t->img, t, false);
       continue;
     }
@@ -1025,16 +1006,8 @@ stream_lookahead (const struct track *t, uint64_t offset, uint64_t len)
 static bool
 queue_extent (struct track *t, uint64_t e)
 {
-  if (t->nr_pend == t->cap_pend) {
-    uint64_t cap = t->cap_pend ? t->cap_pend * 2 : 64;
-    uint64_t *n = rt_realloc (t->pend, cap * sizeof *n);
-
-    if (!n)
-      return false;
-    t->pend = n;
-    t->cap_pend = cap;
-  }
-  t->pend[t->nr_pend++] = e;
+  if (extent_list_append (&t->pend, e) == -1)
+    return false;
   est_set (t, e, EXT_PENDING);
   return true;
 }
@@ -1060,7 +1033,7 @@ queue_riders (struct track *t, uint64_t e)
   uint64_t lo = e / t->span * t->span, k;
 
   for (k = lo; k < lo + t->span && k < t->nr_ext &&
-               t->nr_hot + t->nr_pend < t->max_hot; k++)
+               t->nr_hot + t->pend.len < t->max_hot; k++)
     if (k != e && !queue_ahead (t, k))
       return false;
   return true;
@@ -1193,9 +1166,9 @@ prefetch (struct track *t, uint64_t offset, uint64_t len)
       !bitmap_mem_all_set_atomic (t->delta, start, q - start))
     return;
   pthread_mutex_lock (&t->lock);
-  before = t->nr_pend;
+  before = t->pend.len;
   (void) queue_stream (t, e + 1, last);  /* no memory: writers will wait */
-  if (t->nr_pend > before)
+  if (t->pend.len > before)
     pthread_cond_signal (&t->kick);
   pthread_mutex_unlock (&t->lock);
 }
@@ -1320,7 +1293,7 @@ track_stop (struct rawtrack_image *img)
 
   /* SAFE / PROCESS: cool every hot extent, write, sync. */
   for (k = 0; k < t->nr; k++)
-    t->bm[k].nr_wr = 0;
+    t->bm[k].wr.len = 0;
   while (t->nr_hot && r == 0) {
     uint64_t v = t->hot[--t->nr_hot];
 
@@ -1328,8 +1301,8 @@ track_stop (struct rawtrack_image *img)
     if (cool_prepare (img, t, v, false) == -1)
       r = -1;
   }
-  while (t->nr_stale && r == 0)
-    if (cool_prepare (img, t, t->stale[--t->nr_stale], true) == -1)
+  while (t->stale.len && r == 0)
+    if (cool_prepare (img, t, t->stale.ptr[--t->stale.len], true) == -1)
       r = -1;
   fold_delta (t, 0, img->virtual_size);
   pthread_mutex_lock (&img->lock);

@@ -103,15 +103,13 @@ meta_match (const struct nbd_export *exp, const char *q, size_t len,
 void
 extent_list_reset (struct extent_list *l)
 {
-  l->nr = 0;
+  l->ext.len = 0;
 }
 
 void
 extent_list_free (struct extent_list *l)
 {
-  free (l->e);
-  l->e = NULL;
-  l->nr = l->cap = 0;
+  extents_reset (&l->ext);
 }
 
 /* Append [.., +length) with flags, merging with an equal neighbour.
@@ -119,27 +117,19 @@ extent_list_free (struct extent_list *l)
 static int
 append (struct extent_list *l, size_t max, uint64_t length, uint32_t flags)
 {
-  if (l->nr > 0 && l->e[l->nr - 1].flags == flags) {
-    l->e[l->nr - 1].length += length;
+  struct extent e = { length, flags };
+
+  if (l->ext.len > 0 && l->ext.ptr[l->ext.len - 1].flags == flags) {
+    l->ext.ptr[l->ext.len - 1].length += length;
     l->end += length;
     return 0;
   }
-  if (l->nr >= max)
+  if (l->ext.len >= max)
     return 1;
-  if (l->nr == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 16;
-    struct extent *e = realloc (l->e, cap * sizeof *e);
-
-    if (!e) {
-      errno = ENOMEM;
-      return -1;
-    }
-    l->e = e;
-    l->cap = cap;
+  if (extents_append (&l->ext, e) == -1) {
+    errno = ENOMEM;
+    return -1;
   }
-  l->e[l->nr].length = length;
-  l->e[l->nr].flags = flags;
-  l->nr++;
   l->end += length;
   return 0;
 }
@@ -150,13 +140,13 @@ extent_list_truncate (struct extent_list *l, uint64_t start, uint64_t end)
   uint64_t pos = start;
   size_t i;
 
-  for (i = 0; i < l->nr; i++) {
-    if (pos + l->e[i].length >= end) {
-      l->e[i].length = end - pos;
-      l->nr = i + 1;
+  for (i = 0; i < l->ext.len; i++) {
+    if (pos + l->ext.ptr[i].length >= end) {
+      l->ext.ptr[i].length = end - pos;
+      l->ext.len = i + 1;
       break;
     }
-    pos += l->e[i].length;
+    pos += l->ext.ptr[i].length;
   }
   l->end = end;
 }
@@ -249,7 +239,7 @@ int
 meta_extents (struct nbd_export *exp, uint32_t index, uint64_t offset,
               uint64_t count, size_t max, struct extent_list *out)
 {
-  out->nr = 0;
+  out->ext.len = 0;
   out->end = offset;
   switch (index) {
   case META_BASE_ALLOCATION:
@@ -273,7 +263,7 @@ meta_extents (struct nbd_export *exp, uint32_t index, uint64_t offset,
       errno = e ? e : EIO;
       return -1;
     }
-    if (out->nr == 0) {
+    if (out->ext.len == 0) {
       /* Cannot happen for a range inside the disk; never report nothing. */
       errno = EIO;
       return -1;

@@ -649,7 +649,7 @@ do_block_status (struct connection *c, const struct request *req)
   /* Every context covers exactly [offset, end), as qemu does. */
   for (i = 0; i < n; i++) {
     extent_list_truncate (&lists[i], req->offset, end);
-    total += HDR_MAX + 8 + lists[i].nr * 16;
+    total += HDR_MAX + 8 + lists[i].ext.len * 16;
   }
 
   bufs = malloc (total);
@@ -665,25 +665,25 @@ do_block_status (struct connection *c, const struct request *req)
     uint8_t *q;
 
     if (c->extended) {
-      len = 8 + lists[i].nr * 16;
+      len = 8 + lists[i].ext.len * 16;
       h = chunk_header (c, p, req, flags, NBD_REPLY_TYPE_BLOCK_STATUS_EXT,
                         len);
       be32_store (p + h, c->meta[i]);
-      be32_store (p + h + 4, (uint32_t) lists[i].nr);
+      be32_store (p + h + 4, (uint32_t) lists[i].ext.len);
       q = p + h + 8;
-      for (j = 0; j < lists[i].nr; j++, q += 16) {
-        be64_store (q, lists[i].e[j].length);
-        be64_store (q + 8, lists[i].e[j].flags);
+      for (j = 0; j < lists[i].ext.len; j++, q += 16) {
+        be64_store (q, lists[i].ext.ptr[j].length);
+        be64_store (q + 8, lists[i].ext.ptr[j].flags);
       }
     }
     else {
-      len = 4 + lists[i].nr * 8;
+      len = 4 + lists[i].ext.len * 8;
       h = chunk_header (c, p, req, flags, NBD_REPLY_TYPE_BLOCK_STATUS, len);
       be32_store (p + h, c->meta[i]);
       q = p + h + 4;
-      for (j = 0; j < lists[i].nr; j++, q += 8) {
-        be32_store (q, (uint32_t) lists[i].e[j].length);
-        be32_store (q + 4, lists[i].e[j].flags);
+      for (j = 0; j < lists[i].ext.len; j++, q += 8) {
+        be32_store (q, (uint32_t) lists[i].ext.ptr[j].length);
+        be32_store (q + 4, lists[i].ext.ptr[j].flags);
       }
     }
     iov[i].iov_base = p;

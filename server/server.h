@@ -45,6 +45,7 @@
 #include <sys/uio.h>
 
 #include "rawtrack/rawtrack.h"
+#include "vector.h"
 
 /* ---- the export (built by serve.c or the fuzzer, read-only afterwards) -- */
 struct nbd_export {
@@ -315,9 +316,10 @@ struct extent {
   uint32_t flags;
 };
 
+DEFINE_VECTOR_TYPE (extents, struct extent, realloc)
+
 struct extent_list {
-  struct extent *e;
-  size_t nr, cap;
+  struct extents ext;              /* ext.ptr[0 .. ext.len-1] */
   uint64_t end;                    /* offset just past the last extent */
 };
 

@@ -51,6 +51,7 @@
 #include "internal.h"
 #include "arith.h"
 #include "io-shims.h"
+#include "vector.h"
 
 #define SECTOR_SHIFT 9
 #define SECTOR (1u << SECTOR_SHIFT)
@@ -83,6 +84,10 @@ struct unit {
   bool garble;                  /* write random bytes instead */
 };
 
+/* Plain realloc: a backend reports through errno only, never through the
+ * library's error message. */
+DEFINE_VECTOR_TYPE (pending_list, struct pending, realloc)
+
 struct crash_io {
   struct rawtrack_io io;        /* must be first */
   struct rawtrack_io *inner;
@@ -90,8 +95,7 @@ struct crash_io {
 
   pthread_mutex_t lock;         /* protects everything below; held across
                                  * every call into inner */
-  struct pending *ops;          /* the cache, in call order */
-  size_t nr_ops, cap_ops;
+  struct pending_list ops;      /* the cache, in call order */
   uint64_t pending_bytes;       /* sum of ->charge (invariant 4) */
   uint64_t max_pending;
   uint64_t rng;                 /* splitmix64 state */
@@ -142,8 +146,8 @@ free_ops (struct crash_io *c, size_t from, size_t to)
   size_t i;
 
   for (i = from; i < to; i++) {
-    c->pending_bytes -= c->ops[i].charge;
-    free (c->ops[i].data);
+    c->pending_bytes -= c->ops.ptr[i].charge;
+    free (c->ops.ptr[i].data);
   }
 }
 
@@ -154,8 +158,7 @@ discard_ops (struct crash_io *c, size_t n)
   if (n == 0)
     return;
   free_ops (c, 0, n);
-  memmove (c->ops, c->ops + n, (c->nr_ops - n) * sizeof *c->ops);
-  c->nr_ops -= n;
+  pending_list_remove_front (&c->ops, n);
 }
 
 /* ---- the view through the cache (invariant 1) ------------------------- */
@@ -170,8 +173,8 @@ visible_size (struct crash_io *c)
   if (s == -1)
     return -1;
   size = (uint64_t) s;
-  for (i = 0; i < c->nr_ops; i++) {
-    const struct pending *p = &c->ops[i];
+  for (i = 0; i < c->ops.len; i++) {
+    const struct pending *p = &c->ops.ptr[i];
 
     switch (p->kind) {
     case P_WRITE:
@@ -274,8 +277,8 @@ do_flush (struct crash_io *c)
 {
   size_t i;
 
-  for (i = 0; i < c->nr_ops; i++) {
-    if (apply_op (c, &c->ops[i]) == -1) {
+  for (i = 0; i < c->ops.len; i++) {
+    if (apply_op (c, &c->ops.ptr[i]) == -1) {
       int saved = errno;
 
       discard_ops (c, i);
@@ -283,7 +286,7 @@ do_flush (struct crash_io *c)
       return -1;
     }
   }
-  discard_ops (c, c->nr_ops);
+  discard_ops (c, c->ops.len);
   return rawtrack_io_flush (c->inner);
 }
 
@@ -318,7 +321,7 @@ op_units (const struct pending *p)
 static int
 apply_unit (struct crash_io *c, const struct unit *u)
 {
-  const struct pending *p = &c->ops[u->op];
+  const struct pending *p = &c->ops.ptr[u->op];
   uint8_t junk[SECTOR];
   uint64_t i;
 
@@ -349,7 +352,7 @@ settle_epoch (struct crash_io *c, struct unit *units, size_t from, size_t to)
   size_t n = 0, i, j;
 
   for (i = from; i < to; i++) {
-    const struct pending *p = &c->ops[i];
+    const struct pending *p = &c->ops.ptr[i];
     uint64_t unit = UINT64_C (1) << p->shift;
     uint64_t pos = p->offset, end = p->offset + p->count;
 
@@ -395,8 +398,8 @@ do_crash (struct crash_io *c)
   size_t i, from = 0;
   int r = 0, saved;
 
-  for (i = 0; i < c->nr_ops; i++)
-    total += op_units (&c->ops[i]);
+  for (i = 0; i < c->ops.len; i++)
+    total += op_units (&c->ops.ptr[i]);
   /* Invariant 4 bounds total.  If the memory is not there anyway, losing
    * every pending operation is a legitimate crash outcome. */
   if (total > 0 && total <= SIZE_MAX / sizeof *units)
@@ -404,12 +407,12 @@ do_crash (struct crash_io *c)
 
   if (units) {
     /* Each truncate closes an epoch (invariant 3). */
-    for (i = 0; i <= c->nr_ops && r == 0; i++) {
-      if (i < c->nr_ops && c->ops[i].kind != P_TRUNCATE)
+    for (i = 0; i <= c->ops.len && r == 0; i++) {
+      if (i < c->ops.len && c->ops.ptr[i].kind != P_TRUNCATE)
         continue;
       r = settle_epoch (c, units, from, i);
-      if (r == 0 && i < c->nr_ops && random_below (c, 2) == 0)
-        r = rawtrack_io_truncate (c->inner, c->ops[i].offset);
+      if (r == 0 && i < c->ops.len && random_below (c, 2) == 0)
+        r = rawtrack_io_truncate (c->inner, c->ops.ptr[i].offset);
       from = i + 1;
     }
     if (r == 0)
@@ -418,7 +421,7 @@ do_crash (struct crash_io *c)
 
   saved = errno;
   free (units);
-  discard_ops (c, c->nr_ops);
+  discard_ops (c, c->ops.len);
   c->crashed = true;
   errno = saved;
   return r;
@@ -502,20 +505,8 @@ push (struct crash_io *c, enum pkind kind, uint64_t offset, uint64_t count,
     return -1;
   }
 
-  if (c->nr_ops == c->cap_ops) {
-    size_t cap = c->cap_ops ? c->cap_ops * 2 : 64;
-    struct pending *ops;
-
-    if (cap > SIZE_MAX / sizeof *ops) {
-      errno = ENOMEM;
-      return -1;
-    }
-    ops = rt_realloc (c->ops, cap * sizeof *ops);
-    if (ops == NULL)
-      return -1;
-    c->ops = ops;
-    c->cap_ops = cap;
-  }
+  if (pending_list_reserve (&c->ops, 1) == -1)
+    return -1;
   if (kind == P_WRITE) {
     p.data = rt_malloc ((size_t) count);
     if (p.data == NULL)
@@ -523,7 +514,7 @@ push (struct crash_io *c, enum pkind kind, uint64_t offset, uint64_t count,
     memcpy (p.data, buf, (size_t) count);
   }
   p.charge = charge;
-  c->ops[c->nr_ops++] = p;
+  c->ops.ptr[c->ops.len++] = p;
   c->pending_bytes = total;
   return 0;
 }
@@ -541,8 +532,8 @@ crash_pread (struct rawtrack_io *io, void *buf, uint64_t count,
     goto out;
   if (rawtrack_io_pread (c->inner, buf, count, offset) == -1)
     goto out;
-  for (i = 0; i < c->nr_ops; i++)
-    overlay (&c->ops[i], buf, count, offset);
+  for (i = 0; i < c->ops.len; i++)
+    overlay (&c->ops.ptr[i], buf, count, offset);
   r = 0;
  out:
   unlock (c);
@@ -671,8 +662,8 @@ crash_close (struct rawtrack_io *io)
    * cannot fail, so an error here is dropped with the rest. */
   if (!c->crashed)
     do_flush (c);
-  discard_ops (c, c->nr_ops);
-  free (c->ops);
+  discard_ops (c, c->ops.len);
+  pending_list_reset (&c->ops);
   if (c->own_inner)
     rawtrack_io_close (c->inner);
   pthread_mutex_destroy (&c->lock);
@@ -732,8 +723,8 @@ crash_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
     errno = EINVAL;
     goto out;
   }
-  for (i = 0; i < c->nr_ops; i++) {
-    const struct pending *p = &c->ops[i];
+  for (i = 0; i < c->ops.len; i++) {
+    const struct pending *p = &c->ops.ptr[i];
 
     /* A pending truncate moves the end; keep it simple and call it all
      * data until the next flush. */
@@ -754,9 +745,9 @@ crash_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
   if (r <= 0)
     goto out;
   len = (uint64_t) r;
-  for (i = 0; i < c->nr_ops; i++)
-    if (c->ops[i].offset > offset && c->ops[i].offset < offset + len)
-      len = c->ops[i].offset - offset;
+  for (i = 0; i < c->ops.len; i++)
+    if (c->ops.ptr[i].offset > offset && c->ops.ptr[i].offset < offset + len)
+      len = c->ops.ptr[i].offset - offset;
   r = (int64_t) len;
  out:
   unlock (c);
@@ -890,7 +881,7 @@ io_crash_pending (struct rawtrack_io *io)
   uint64_t n;
 
   lock (c);
-  n = c->nr_ops;
+  n = c->ops.len;
   unlock (c);
   return n;
 }

@@ -39,6 +39,7 @@
 #include "arith.h"
 #include "io/io-shims.h"
 #include "rawtrack/rawtrack-bitmap.h"
+#include "random.h"
 
 #define VSIZE   (8u * 1024 * 1024)
 #define SECTORS (VSIZE / 512)
@@ -50,14 +51,6 @@ static uint64_t meta0_len;
 static int failures;
 static bool quiet;                     /* negative control: count, don't print */
 
-static uint64_t
-rnd (uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 static void
 setup (void)
@@ -70,7 +63,7 @@ setup (void)
   data0 = malloc (VSIZE);
   assert (data0 && meta);
   for (i = 0; i < VSIZE; i += 8) {
-    uint64_t v = rnd (&s);
+    uint64_t v = rt_random (&s);
     memcpy (data0 + i, &v, 8);
   }
   assert (rawtrack_attach_io (meta, VSIZE, "disk.raw", 65536) == 0);
@@ -100,24 +93,24 @@ setup (void)
 static int
 run_op (struct rawtrack_image *img, uint64_t *s, uint8_t *buf)
 {
-  uint64_t kind = rnd (s) % 10, off, len;
+  uint64_t kind = rt_random (s) % 10, off, len;
 
   if (kind == 9)
     return rawtrack_image_flush (img);
-  off = (rnd (s) % SECTORS) * 512;
-  if (rnd (s) % 4 == 0)
-    off += rnd (s) % 512;              /* unaligned now and then */
-  len = 1 + rnd (s) % (256 * 1024);
+  off = (rt_random (s) % SECTORS) * 512;
+  if (rt_random (s) % 4 == 0)
+    off += rt_random (s) % 512;              /* unaligned now and then */
+  len = 1 + rt_random (s) % (256 * 1024);
   if (off >= VSIZE)
     off = VSIZE - 1;
   if (len > VSIZE - off)
     len = VSIZE - off;
   if (kind == 8)
     return rawtrack_image_zero (img, len, off,
-                                rnd (s) % 2 ? RAWTRACK_ZERO_MAY_TRIM : 0);
+                                rt_random (s) % 2 ? RAWTRACK_ZERO_MAY_TRIM : 0);
   if (kind == 7)
     return rawtrack_image_trim (img, len, off, 0);
-  memset (buf, (int) (1 + rnd (s) % 255), len);
+  memset (buf, (int) (1 + rt_random (s) % 255), len);
   return rawtrack_image_pwrite (img, buf, len, off, 0);
 }
 
@@ -360,7 +353,7 @@ main (void)
       }
       else {
         uint64_t s = seed * 7919 + (uint64_t) target;
-        run (seed, target, 1 + rnd (&s) % total, 0, true);
+        run (seed, target, 1 + rt_random (&s) % total, 0, true);
         runs++;
       }
     }
@@ -369,7 +362,7 @@ main (void)
       uint64_t total = run (seed, 0, 0, RAWTRACK_OPEN_TRACK_LAZY, true);
       uint64_t s = seed;
       if (total)
-        run (seed, 0, 1 + rnd (&s) % total, RAWTRACK_OPEN_TRACK_LAZY, true);
+        run (seed, 0, 1 + rt_random (&s) % total, RAWTRACK_OPEN_TRACK_LAZY, true);
       runs++;
     }
   }

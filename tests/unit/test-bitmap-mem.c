@@ -20,6 +20,7 @@
 
 #include "internal.h"
 #include "bitmap-mem.h"
+#include "random.h"
 
 /* ---- the model -------------------------------------------------------- */
 
@@ -152,13 +153,7 @@ static uint64_t rng_state;
 static uint64_t
 rnd (void)
 {
-  uint64_t x = rng_state;
-
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  rng_state = x;
-  return x * 0x2545F4914F6CDD1Dull;
+  return rt_random (&rng_state);
 }
 
 static uint64_t

@@ -36,6 +36,7 @@
 #include "bitmap.h"
 #include "byteorder.h"
 #include "io/io-shims.h"
+#include "random.h"
 
 #define MiB (1024ull * 1024)
 #define WF (IO_OP_WRITE | IO_OP_FLUSH)
@@ -46,11 +47,7 @@ static uint64_t rng = 42;
 static uint64_t
 rnd (void)
 {
-  uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
+  return rt_random (&rng);
 }
 
 /* ---- image bytes ------------------------------------------------------ */

@@ -20,6 +20,7 @@
 #include <zstd.h>
 
 #include "internal.h"
+#include "random.h"
 
 #define DEFLATE 0
 #define ZSTD 1
@@ -29,11 +30,7 @@ static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static uint64_t
 rng (void)
 {
-  /* xorshift64* */
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return rng_state * 0x2545f4914f6cdd1dull;
+  return rt_random (&rng_state);
 }
 
 static void *

@@ -14,15 +14,11 @@
 
 #include "internal.h"
 #include "byteorder.h"
+#include "test.h"
 
 #define CS 65536
 
 static uint8_t buf[CS], buf2[CS];
-static int failures;
-
-#define CHECK(cond) do { if (!(cond)) { \
-  fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-  failures++; } } while (0)
 
 static void
 base_v3 (struct qcow2_header *h)
@@ -47,7 +43,7 @@ expect_reject (const uint8_t *b, size_t len, const char *needle, int err)
 
   if (qcow2_header_parse (b, len, &h) == 0) {
     fprintf (stderr, "accepted a header that should mention '%s'\n", needle);
-    failures++;
+    test_failures++;
     qcow2_header_free (&h);
     return;
   }
@@ -55,12 +51,12 @@ expect_reject (const uint8_t *b, size_t len, const char *needle, int err)
   if (!msg || !strstr (msg, needle)) {
     fprintf (stderr, "message '%s' does not mention '%s'\n",
              msg ? msg : "(null)", needle);
-    failures++;
+    test_failures++;
   }
   if (err && rawtrack_get_errno () != err) {
     fprintf (stderr, "errno %d for '%s', expected %d\n",
              rawtrack_get_errno (), needle, err);
-    failures++;
+    test_failures++;
   }
 }
 
@@ -280,10 +276,5 @@ main (void)
   test_v2_backing ();
   test_rejects ();
   test_bitmap_dir ();
-  if (failures) {
-    fprintf (stderr, "test-header: %d failures\n", failures);
-    return 1;
-  }
-  printf ("test-header: ok\n");
-  return 0;
+  return test_exit ("test-header");
 }

@@ -16,14 +16,9 @@
 
 #include "internal.h"
 #include "io/io-shims.h"
+#include "test.h"
 
-static int failures;
 static char dir[] = "/tmp/rawtrack-test-image-XXXXXX";
-
-#define CHECK(cond) do { if (!(cond)) { \
-  fprintf (stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__, \
-           #cond, rawtrack_get_error () ? rawtrack_get_error () : ""); \
-  failures++; } } while (0)
 
 static void
 fill (uint8_t *p, size_t n, unsigned seed)
@@ -308,10 +303,5 @@ main (void)
     if (system (cmd) != 0)
       fprintf (stderr, "warning: could not remove %s\n", dir);
   }
-  if (failures) {
-    fprintf (stderr, "test-image: %d failures\n", failures);
-    return 1;
-  }
-  printf ("test-image: ok\n");
-  return 0;
+  return test_exit ("test-image");
 }

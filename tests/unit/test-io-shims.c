@@ -22,23 +22,7 @@
 #include "internal.h"
 #include "rawtrack/rawtrack-io.h"
 #include "io/io-shims.h"
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf (stderr, "test-io-shims: %s:%d: check failed: %s "        \
-               "(errno: %s)\n", __FILE__, __LINE__, #cond,              \
-               strerror (errno));                                       \
-      exit (1);                                                         \
-    }                                                                   \
-  } while (0)
-
-#define CHECK_ERR(expr, err)                                            \
-  do {                                                                  \
-    errno = 0;                                                          \
-    CHECK ((expr) == -1);                                               \
-    CHECK (errno == (err));                                             \
-  } while (0)
+#include "test.h"
 
 static bool
 all_equal (const uint8_t *p, uint64_t len, uint8_t v)
@@ -57,9 +41,9 @@ write_bytes (struct rawtrack_io *io, uint64_t offset, uint64_t len, uint8_t v,
 {
   uint8_t *buf = malloc (len);
 
-  CHECK (buf != NULL);
+  REQUIRE (buf != NULL);
   memset (buf, v, len);
-  CHECK (rawtrack_io_pwrite (io, buf, len, offset, flags) == 0);
+  REQUIRE (rawtrack_io_pwrite (io, buf, len, offset, flags) == 0);
   free (buf);
 }
 
@@ -68,9 +52,9 @@ expect_bytes (struct rawtrack_io *io, uint64_t offset, uint64_t len, uint8_t v)
 {
   uint8_t *buf = malloc (len);
 
-  CHECK (buf != NULL);
-  CHECK (rawtrack_io_pread (io, buf, len, offset) == 0);
-  CHECK (all_equal (buf, len, v));
+  REQUIRE (buf != NULL);
+  REQUIRE (rawtrack_io_pread (io, buf, len, offset) == 0);
+  REQUIRE (all_equal (buf, len, v));
   free (buf);
 }
 
@@ -79,7 +63,7 @@ size_of (struct rawtrack_io *io)
 {
   int64_t s = rawtrack_io_get_size (io);
 
-  CHECK (s >= 0);
+  REQUIRE (s >= 0);
   return (uint64_t) s;
 }
 
@@ -93,80 +77,80 @@ test_fault (void)
   int is_data, n;
 
   inner = rawtrack_io_mem_new (NULL, 0, 0);
-  CHECK (inner != NULL);
+  REQUIRE (inner != NULL);
   io = io_fault_new (inner, true);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
 
   /* Unarmed: everything passes through and is counted. */
   write_bytes (io, 0, 512, 1, 0);
   write_bytes (io, 512, 512, 1, 0);
   write_bytes (io, 1024, 512, 1, 0);
-  CHECK (io_fault_count (io, IO_OP_WRITE) == 3);
-  CHECK (io_fault_count (io, IO_OP_READ) == 0);
-  CHECK (!io_fault_fired (io));
-  CHECK (size_of (io) == 1536);
-  CHECK (rawtrack_io_caps (io) == rawtrack_io_caps (inner));
-  CHECK (rawtrack_io_extent (io, 0, 100, &is_data) == 100 && is_data);
+  REQUIRE (io_fault_count (io, IO_OP_WRITE) == 3);
+  REQUIRE (io_fault_count (io, IO_OP_READ) == 0);
+  REQUIRE (!io_fault_fired (io));
+  REQUIRE (size_of (io) == 1536);
+  REQUIRE (rawtrack_io_caps (io) == rawtrack_io_caps (inner));
+  REQUIRE (rawtrack_io_extent (io, 0, 100, &is_data) == 100 && is_data);
 
   /* Transient: only the 2nd write from now fails, and writes nothing. */
   io_fault_set (io, IO_OP_WRITE, 2, 0, false);
   write_bytes (io, 0, 512, 2, 0);
   memset (buf, 3, sizeof buf);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 512, 0), EIO);
-  CHECK (io_fault_fired (io));
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 512, 0), EIO);
+  REQUIRE (io_fault_fired (io));
   expect_bytes (inner, 512, 512, 1);
   write_bytes (io, 1024, 512, 4, 0);
   write_bytes (io, 512, 512, 5, 0);
   expect_bytes (io, 0, 512, 2);
   expect_bytes (io, 512, 512, 5);
   expect_bytes (io, 1024, 512, 4);
-  CHECK (io_fault_count (io, IO_OP_WRITE) == 7);
-  CHECK (io_fault_count (io, IO_OP_READ) == 3);
-  CHECK (io_fault_fired (io));
+  REQUIRE (io_fault_count (io, IO_OP_WRITE) == 7);
+  REQUIRE (io_fault_count (io, IO_OP_READ) == 3);
+  REQUIRE (io_fault_fired (io));
 
   /* Persistent on writes and flushes: the 3rd and all later fail; reads
    * are not in the mask and keep working. */
   io_fault_set (io, IO_OP_WRITE | IO_OP_FLUSH, 3, ENOSPC, true);
-  CHECK (!io_fault_fired (io));
-  CHECK (rawtrack_io_flush (io) == 0);
+  REQUIRE (!io_fault_fired (io));
+  REQUIRE (rawtrack_io_flush (io) == 0);
   write_bytes (io, 0, 512, 6, 0);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), ENOSPC);
-  CHECK (io_fault_fired (io));
-  CHECK_ERR (rawtrack_io_flush (io), ENOSPC);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), ENOSPC);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), ENOSPC);
+  REQUIRE (io_fault_fired (io));
+  REQUIRE_ERR (rawtrack_io_flush (io), ENOSPC);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), ENOSPC);
   expect_bytes (io, 0, 512, 6);
-  CHECK (rawtrack_io_zero (io, 10, 0, 0) == 0);
+  REQUIRE (rawtrack_io_zero (io, 10, 0, 0) == 0);
 
   /* Disarm. */
   io_fault_set (io, IO_OP_ALL, 0, 0, false);
-  CHECK (!io_fault_fired (io));
+  REQUIRE (!io_fault_fired (io));
   write_bytes (io, 0, 512, 7, 0);
-  CHECK (rawtrack_io_flush (io) == 0);
+  REQUIRE (rawtrack_io_flush (io) == 0);
 
   /* Zero, trim and truncate faults leave inner untouched. */
   io_fault_set (io, IO_OP_ZERO, 1, EIO, false);
-  CHECK_ERR (rawtrack_io_zero (io, 512, 0, 0), EIO);
+  REQUIRE_ERR (rawtrack_io_zero (io, 512, 0, 0), EIO);
   expect_bytes (inner, 0, 512, 7);
   io_fault_set (io, IO_OP_TRIM, 1, EIO, false);
-  CHECK_ERR (rawtrack_io_trim (io, 512, 0), EIO);
+  REQUIRE_ERR (rawtrack_io_trim (io, 512, 0), EIO);
   expect_bytes (inner, 0, 512, 7);
   io_fault_set (io, IO_OP_TRUNCATE, 1, EROFS, false);
-  CHECK_ERR (rawtrack_io_truncate (io, 0), EROFS);
-  CHECK (size_of (inner) == 1536);
+  REQUIRE_ERR (rawtrack_io_truncate (io, 0), EROFS);
+  REQUIRE (size_of (inner) == 1536);
   io_fault_set (io, IO_OP_READ, 1, EIO, false);
-  CHECK_ERR (rawtrack_io_pread (io, buf, 10, 0), EIO);
-  CHECK (rawtrack_io_pread (io, buf, 10, 0) == 0);
-  CHECK (rawtrack_io_trim (io, 512, 0) == 0);
-  CHECK (rawtrack_io_truncate (io, 1024) == 0);
-  CHECK (size_of (io) == 1024);
+  REQUIRE_ERR (rawtrack_io_pread (io, buf, 10, 0), EIO);
+  REQUIRE (rawtrack_io_pread (io, buf, 10, 0) == 0);
+  REQUIRE (rawtrack_io_trim (io, 512, 0) == 0);
+  REQUIRE (rawtrack_io_truncate (io, 1024) == 0);
+  REQUIRE (size_of (io) == 1024);
 
-  CHECK (io_fault_count (io, IO_OP_ALL) ==
+  REQUIRE (io_fault_count (io, IO_OP_ALL) ==
          io_fault_count (io, IO_OP_READ) + io_fault_count (io, IO_OP_WRITE) +
          io_fault_count (io, IO_OP_FLUSH) + io_fault_count (io, IO_OP_ZERO) +
          io_fault_count (io, IO_OP_TRIM) +
          io_fault_count (io, IO_OP_TRUNCATE));
-  CHECK (io_fault_count (io, IO_OP_ZERO) == 2);
-  CHECK (io_fault_count (io, IO_OP_TRUNCATE) == 2);
+  REQUIRE (io_fault_count (io, IO_OP_ZERO) == 2);
+  REQUIRE (io_fault_count (io, IO_OP_TRUNCATE) == 2);
 
   /* The SQLite loop: fail call n = 1, 2, ... of a 6-call operation until
    * it runs without the fault firing. */
@@ -180,24 +164,24 @@ test_fault (void)
     if (rawtrack_io_flush (io) == -1)
       failed++;
     if (!io_fault_fired (io)) {
-      CHECK (failed == 0);
+      REQUIRE (failed == 0);
       break;
     }
-    CHECK (failed == 1);
+    REQUIRE (failed == 1);
   }
-  CHECK (n == 7);
+  REQUIRE (n == 7);
 
   rawtrack_io_close (io);       /* closes inner too */
 
   /* Without ownership, inner outlives the shim. */
   inner = rawtrack_io_mem_new (NULL, 0, 0);
   io = io_fault_new (inner, false);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   rawtrack_io_close (io);
   write_bytes (inner, 0, 10, 1, 0);
   rawtrack_io_close (inner);
 
-  CHECK (io_fault_new (NULL, false) == NULL);
+  REQUIRE (io_fault_new (NULL, false) == NULL);
 }
 
 /* ---- crash shim: read-your-writes against a model ----------------------- */
@@ -230,10 +214,10 @@ model_check (const struct model *m, struct rawtrack_io *io)
 {
   static uint8_t buf[MODEL_MAX];
 
-  CHECK (size_of (io) == m->size);
+  REQUIRE (size_of (io) == m->size);
   memset (buf, 0xee, sizeof buf);
-  CHECK (rawtrack_io_pread (io, buf, MODEL_MAX, 0) == 0);
-  CHECK (memcmp (buf, m->b, MODEL_MAX) == 0);
+  REQUIRE (rawtrack_io_pread (io, buf, MODEL_MAX, 0) == 0);
+  REQUIRE (memcmp (buf, m->b, MODEL_MAX) == 0);
 }
 
 static void
@@ -246,10 +230,10 @@ test_crash_view (void)
   int is_data;
 
   inner = rawtrack_io_mem_new (NULL, 0, 0);
-  CHECK (inner != NULL);
+  REQUIRE (inner != NULL);
   write_bytes (inner, 0, 65536, 0x11, 0);
   io = io_crash_new (inner, false, 42);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   memset (&m, 0, sizeof m);
   model_write (&m, 0, 65536, 0x11);
   model_check (&m, io);
@@ -259,48 +243,48 @@ test_crash_view (void)
   model_write (&m, 1000, 2000, 0x22);
   write_bytes (io, 70000, 1000, 0x33, 0);
   model_write (&m, 70000, 1000, 0x33);
-  CHECK (rawtrack_io_zero (io, 500, 2000, 0) == 0);
+  REQUIRE (rawtrack_io_zero (io, 500, 2000, 0) == 0);
   model_write (&m, 2000, 500, 0);
-  CHECK (rawtrack_io_trim (io, 100, 0) == 0);
+  REQUIRE (rawtrack_io_trim (io, 100, 0) == 0);
   model_write (&m, 0, 100, 0);
   /* A trim past the end does not extend. */
-  CHECK (rawtrack_io_trim (io, 10000, 70500) == 0);
+  REQUIRE (rawtrack_io_trim (io, 10000, 70500) == 0);
   model_write (&m, 70500, 500, 0);
   model_check (&m, io);
-  CHECK (io_crash_pending (io) == 5);
+  REQUIRE (io_crash_pending (io) == 5);
   data = rawtrack_io_mem_data (inner, &size);
-  CHECK (size == 65536 && all_equal (data, 65536, 0x11));
+  REQUIRE (size == 65536 && all_equal (data, 65536, 0x11));
 
   /* Truncate, then write past the new end: the gap reads as zeros. */
-  CHECK (rawtrack_io_truncate (io, 60000) == 0);
+  REQUIRE (rawtrack_io_truncate (io, 60000) == 0);
   model_truncate (&m, 60000);
   write_bytes (io, 60005, 5, 0x44, 0);
   model_write (&m, 60005, 5, 0x44);
   model_check (&m, io);
 
   /* Extents see pending writes as data and cut inner runs at them. */
-  CHECK (rawtrack_io_extent (io, 1000, 10, &is_data) == 10 && is_data);
+  REQUIRE (rawtrack_io_extent (io, 1000, 10, &is_data) == 10 && is_data);
 
   /* Flush applies the list in order: inner now holds the model. */
-  CHECK (rawtrack_io_flush (io) == 0);
-  CHECK (io_crash_pending (io) == 0);
+  REQUIRE (rawtrack_io_flush (io) == 0);
+  REQUIRE (io_crash_pending (io) == 0);
   data = rawtrack_io_mem_data (inner, &size);
-  CHECK (size == m.size && memcmp (data, m.b, size) == 0);
+  REQUIRE (size == m.size && memcmp (data, m.b, size) == 0);
   model_check (&m, io);
 
   /* FUA is durable at once. */
   write_bytes (io, 0, 512, 0x55, RAWTRACK_IO_FUA);
   model_write (&m, 0, 512, 0x55);
-  CHECK (io_crash_pending (io) == 0);
+  REQUIRE (io_crash_pending (io) == 0);
   data = rawtrack_io_mem_data (inner, &size);
-  CHECK (all_equal (data, 512, 0x55));
+  REQUIRE (all_equal (data, 512, 0x55));
 
   /* Bad ranges. */
-  CHECK_ERR (rawtrack_io_pwrite (io, data, 10, UINT64_MAX - 5, 0), EINVAL);
-  CHECK_ERR (rawtrack_io_pread (io, m.b, 10, UINT64_MAX - 5), EINVAL);
-  CHECK_ERR (rawtrack_io_zero (io, 10, UINT64_MAX - 5, 0), EINVAL);
-  CHECK_ERR (rawtrack_io_truncate (io, UINT64_MAX), EINVAL);
-  CHECK (io_crash_pending (io) == 0);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, data, 10, UINT64_MAX - 5, 0), EINVAL);
+  REQUIRE_ERR (rawtrack_io_pread (io, m.b, 10, UINT64_MAX - 5), EINVAL);
+  REQUIRE_ERR (rawtrack_io_zero (io, 10, UINT64_MAX - 5, 0), EINVAL);
+  REQUIRE_ERR (rawtrack_io_truncate (io, UINT64_MAX), EINVAL);
+  REQUIRE (io_crash_pending (io) == 0);
 
   /* Closing without a crash drains the cache into inner. */
   write_bytes (io, 512, 512, 0x66, 0);
@@ -311,12 +295,12 @@ test_crash_view (void)
   /* Extents over an all-zero inner: a pending write cuts the hole. */
   inner = rawtrack_io_mem_new (NULL, 65536, 0);
   io = io_crash_new (inner, true, 1);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   write_bytes (io, 8192, 100, 0x77, 0);
-  CHECK (rawtrack_io_extent (io, 0, 65536, &is_data) == 8192 && !is_data);
-  CHECK (rawtrack_io_extent (io, 8192, 65536, &is_data) == 100 && is_data);
-  CHECK (rawtrack_io_flush (io) == 0);
-  CHECK (rawtrack_io_extent (io, 8192, 65536, &is_data) == 512 && is_data);
+  REQUIRE (rawtrack_io_extent (io, 0, 65536, &is_data) == 8192 && !is_data);
+  REQUIRE (rawtrack_io_extent (io, 8192, 65536, &is_data) == 100 && is_data);
+  REQUIRE (rawtrack_io_flush (io) == 0);
+  REQUIRE (rawtrack_io_extent (io, 8192, 65536, &is_data) == 512 && is_data);
   rawtrack_io_close (io);       /* closes inner too */
 }
 
@@ -372,7 +356,7 @@ check_unit (const uint8_t *data, uint64_t size, uint64_t s, uint64_t e,
   else if (is_old)
     t->dropped++;
   else {
-    CHECK (garble);
+    REQUIRE (garble);
     t->garbled++;
   }
 }
@@ -392,18 +376,18 @@ crash_once (uint64_t seed, bool garble, struct tally *t)
 
   /* Old content, then two flushed writes: "durable". */
   inner = rawtrack_io_mem_new (NULL, BASE, 0);
-  CHECK (inner != NULL);
+  REQUIRE (inner != NULL);
   memset (durable, 0, sizeof durable);
   for (i = 0; i < BASE; i++)
     durable[i] = old_byte (i);
-  CHECK (rawtrack_io_pwrite (inner, durable, BASE, 0, 0) == 0);
+  REQUIRE (rawtrack_io_pwrite (inner, durable, BASE, 0, 0) == 0);
 
   io = io_crash_new (inner, false, seed);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   io_crash_set_garble (io, garble);
   write_bytes (io, 0, 4096, 0xa1, 0);
   write_bytes (io, 5000, 100, 0xa2, 0);
-  CHECK (rawtrack_io_flush (io) == 0);
+  REQUIRE (rawtrack_io_flush (io) == 0);
   memset (durable, 0xa1, 4096);
   memset (durable + 5000, 0xa2, 100);
 
@@ -415,33 +399,33 @@ crash_once (uint64_t seed, bool garble, struct tally *t)
     if (p->kind == 0)
       write_bytes (io, p->off, p->len, p->v, 0);
     else
-      CHECK (rawtrack_io_zero (io, p->len, p->off, 0) == 0);
+      REQUIRE (rawtrack_io_zero (io, p->len, p->off, 0) == 0);
     memset (covered + p->off, 1, p->len);
   }
-  CHECK (io_crash_pending (io) == NR_PENDING);
-  CHECK (io_crash_crash (io) == 0);
-  CHECK (io_crash_crashed (io));
+  REQUIRE (io_crash_pending (io) == NR_PENDING);
+  REQUIRE (io_crash_crash (io) == 0);
+  REQUIRE (io_crash_crashed (io));
 
   /* Everything fails with EIO from now on. */
-  CHECK_ERR (rawtrack_io_pread (io, buf, 1, 0), EIO);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 1, 0, 0), EIO);
-  CHECK_ERR (rawtrack_io_flush (io), EIO);
-  CHECK_ERR (rawtrack_io_zero (io, 1, 0, 0), EIO);
-  CHECK_ERR (rawtrack_io_trim (io, 1, 0), EIO);
-  CHECK_ERR (rawtrack_io_truncate (io, 0), EIO);
-  CHECK_ERR (rawtrack_io_get_size (io), EIO);
-  CHECK_ERR (rawtrack_io_extent (io, 0, 1, &is_data), EIO);
-  CHECK_ERR (io->ops->block_size (io, &min, &pref, &max), EIO);
-  CHECK (rawtrack_io_caps (io) == 0);
-  CHECK (io_crash_crash (io) == 0);
+  REQUIRE_ERR (rawtrack_io_pread (io, buf, 1, 0), EIO);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 1, 0, 0), EIO);
+  REQUIRE_ERR (rawtrack_io_flush (io), EIO);
+  REQUIRE_ERR (rawtrack_io_zero (io, 1, 0, 0), EIO);
+  REQUIRE_ERR (rawtrack_io_trim (io, 1, 0), EIO);
+  REQUIRE_ERR (rawtrack_io_truncate (io, 0), EIO);
+  REQUIRE_ERR (rawtrack_io_get_size (io), EIO);
+  REQUIRE_ERR (rawtrack_io_extent (io, 0, 1, &is_data), EIO);
+  REQUIRE_ERR (io->ops->block_size (io, &min, &pref, &max), EIO);
+  REQUIRE (rawtrack_io_caps (io) == 0);
+  REQUIRE (io_crash_crash (io) == 0);
   rawtrack_io_close (io);
 
   /* Every byte no pending write touched is exactly as flushed. */
   data = rawtrack_io_mem_data (inner, &size);
-  CHECK (size >= BASE && size <= BASE + 1200);
+  REQUIRE (size >= BASE && size <= BASE + 1200);
   for (i = 0; i < BASE + 1200; i++)
     if (!covered[i])
-      CHECK ((i < size ? data[i] : 0) == durable[i]);
+      REQUIRE ((i < size ? data[i] : 0) == durable[i]);
 
   /* Every pending unit is old or new (or, garbling, anything). */
   for (k = 0; k < NR_PENDING; k++) {
@@ -459,7 +443,7 @@ crash_once (uint64_t seed, bool garble, struct tally *t)
   /* The file only grew as far as a unit of the extending write that
    * made it. */
   if (size > BASE)
-    CHECK (data[size - 1] == 0xb4 || garble);
+    REQUIRE (data[size - 1] == 0xb4 || garble);
   rawtrack_io_close (inner);
 }
 
@@ -471,10 +455,10 @@ test_crash_seeds (void)
 
   for (seed = 0; seed < 300; seed++)
     crash_once (seed, false, &t);
-  CHECK (t.kept > 0 && t.dropped > 0 && t.garbled == 0);
+  REQUIRE (t.kept > 0 && t.dropped > 0 && t.garbled == 0);
   for (seed = 0; seed < 100; seed++)
     crash_once (seed, true, &g);
-  CHECK (g.kept > 0 && g.dropped > 0 && g.garbled > 0);
+  REQUIRE (g.kept > 0 && g.dropped > 0 && g.garbled > 0);
 }
 
 /* Two writes to the same sectors: each unit ends up with one of the
@@ -491,27 +475,27 @@ test_crash_overlap (void)
     const uint8_t *data;
     uint64_t size, s, i;
 
-    CHECK (io != NULL);
+    REQUIRE (io != NULL);
     write_bytes (io, 0, 1024, 0xbb, 0);
     write_bytes (io, 512, 1024, 0xcc, 0);
-    CHECK (io_crash_crash (io) == 0);
+    REQUIRE (io_crash_crash (io) == 0);
     rawtrack_io_close (io);
     data = rawtrack_io_mem_data (inner, &size);
-    CHECK (size == 4096);
+    REQUIRE (size == 4096);
     for (s = 0; s < 1536; s += 512) {
       uint8_t v = data[s];
 
       for (i = s; i < s + 512; i++)
-        CHECK (data[i] == v);
-      CHECK (v == 0 || (v == 0xbb && s < 1024) || (v == 0xcc && s >= 512));
+        REQUIRE (data[i] == v);
+      REQUIRE (v == 0 || (v == 0xbb && s < 1024) || (v == 0xcc && s >= 512));
       seen_old |= v == 0;
       seen_b |= v == 0xbb;
       seen_c |= v == 0xcc;
     }
-    CHECK (all_equal (data + 1536, 4096 - 1536, 0));
+    REQUIRE (all_equal (data + 1536, 4096 - 1536, 0));
     rawtrack_io_close (inner);
   }
-  CHECK (seen_old && seen_b && seen_c);
+  REQUIRE (seen_old && seen_b && seen_c);
 }
 
 /* A truncate is a barrier: what was flushed below the new size stays. */
@@ -528,25 +512,25 @@ test_crash_truncate (void)
 
     write_bytes (inner, 0, 8192, 0x11, 0);
     io = io_crash_new (inner, false, seed);
-    CHECK (io != NULL);
-    CHECK (rawtrack_io_truncate (io, 1000) == 0);
+    REQUIRE (io != NULL);
+    REQUIRE (rawtrack_io_truncate (io, 1000) == 0);
     write_bytes (io, 2000, 1000, 0x22, 0);
-    CHECK (size_of (io) == 3000);
+    REQUIRE (size_of (io) == 3000);
     expect_bytes (io, 1000, 1000, 0);
-    CHECK (io_crash_crash (io) == 0);
+    REQUIRE (io_crash_crash (io) == 0);
     rawtrack_io_close (io);
 
     data = rawtrack_io_mem_data (inner, &size);
-    CHECK (size == 1000 || size >= 2000);
+    REQUIRE (size == 1000 || size >= 2000);
     for (i = 0; i < size; i++) {
       uint8_t b = data[i];
 
       if (i < 1000)
-        CHECK (b == 0x11);
+        REQUIRE (b == 0x11);
       else if (i >= 2000 && i < 3000)
-        CHECK (b == 0x22 || b == 0x11 || b == 0);
+        REQUIRE (b == 0x22 || b == 0x11 || b == 0);
       else
-        CHECK (b == 0x11 || b == 0);
+        REQUIRE (b == 0x11 || b == 0);
     }
     rawtrack_io_close (inner);
   }
@@ -574,15 +558,15 @@ test_batch_through_shims (void)
    * range is written, the third never attempted. */
   inner = rawtrack_io_mem_new (NULL, 131072, 0);
   io = io_fault_new (inner, false);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   io_fault_set (io, IO_OP_WRITE, 2, ENOSPC, false);
-  CHECK_ERR (rawtrack_io_pwrite_batch (io, v, 3), ENOSPC);
-  CHECK (io_fault_count (io, IO_OP_WRITE) == 2);
+  REQUIRE_ERR (rawtrack_io_pwrite_batch (io, v, 3), ENOSPC);
+  REQUIRE (io_fault_count (io, IO_OP_WRITE) == 2);
   expect_bytes (inner, 0, 512, 0xa1);
   expect_bytes (inner, 65536, 512, 0);
   expect_bytes (inner, 4096, 512, 0);
-  CHECK (rawtrack_io_pwrite_batch (io, v, 3) == 0);
-  CHECK (io_fault_count (io, IO_OP_WRITE) == 5);
+  REQUIRE (rawtrack_io_pwrite_batch (io, v, 3) == 0);
+  REQUIRE (io_fault_count (io, IO_OP_WRITE) == 5);
   expect_bytes (inner, 65536, 512, 0xb2);
   expect_bytes (inner, 4096, 512, 0xc3);
   rawtrack_io_close (io);
@@ -591,13 +575,13 @@ test_batch_through_shims (void)
   /* Crash shim: pending until flush, three writes pending. */
   inner = rawtrack_io_mem_new (NULL, 131072, 0);
   io = io_crash_new (inner, false, 11);
-  CHECK (io != NULL);
-  CHECK (rawtrack_io_pwrite_batch (io, v, 3) == 0);
-  CHECK (io_crash_count (io, IO_OP_WRITE) == 3);
-  CHECK (io_crash_pending (io) == 3);
+  REQUIRE (io != NULL);
+  REQUIRE (rawtrack_io_pwrite_batch (io, v, 3) == 0);
+  REQUIRE (io_crash_count (io, IO_OP_WRITE) == 3);
+  REQUIRE (io_crash_pending (io) == 3);
   expect_bytes (io, 65536, 512, 0xb2);
   expect_bytes (inner, 65536, 512, 0);
-  CHECK (rawtrack_io_flush (io) == 0);
+  REQUIRE (rawtrack_io_flush (io) == 0);
   expect_bytes (inner, 0, 512, 0xa1);
   expect_bytes (inner, 65536, 512, 0xb2);
   expect_bytes (inner, 4096, 512, 0xc3);
@@ -616,43 +600,43 @@ test_crash_at (void)
   /* The 3rd write crashes: it never reaches inner, and later calls fail. */
   inner = rawtrack_io_mem_new (NULL, 8192, 0);
   io = io_crash_new (inner, false, 7);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   io_crash_set_crash_at (io, IO_OP_WRITE, 3);
   write_bytes (io, 0, 512, 0x01, 0);
-  CHECK (rawtrack_io_pread (io, buf, 512, 0) == 0);
+  REQUIRE (rawtrack_io_pread (io, buf, 512, 0) == 0);
   write_bytes (io, 512, 512, 0x02, 0);
   memset (buf, 0x03, sizeof buf);
-  CHECK (!io_crash_crashed (io));
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 512, 1024, 0), EIO);
-  CHECK (io_crash_crashed (io));
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 512, 1024, 0), EIO);
-  CHECK (io_crash_count (io, IO_OP_WRITE) == 4);
-  CHECK (io_crash_count (io, IO_OP_READ) == 1);
-  CHECK (io_crash_count (io, IO_OP_ALL) == 5);
+  REQUIRE (!io_crash_crashed (io));
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 512, 1024, 0), EIO);
+  REQUIRE (io_crash_crashed (io));
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 512, 1024, 0), EIO);
+  REQUIRE (io_crash_count (io, IO_OP_WRITE) == 4);
+  REQUIRE (io_crash_count (io, IO_OP_READ) == 1);
+  REQUIRE (io_crash_count (io, IO_OP_ALL) == 5);
   rawtrack_io_close (io);
   data = rawtrack_io_mem_data (inner, &size);
-  CHECK (size == 8192 && all_equal (data + 1024, 512, 0));
+  REQUIRE (size == 8192 && all_equal (data + 1024, 512, 0));
   rawtrack_io_close (inner);
 
   /* Crash at the first flush: the flush is not applied as a flush. */
   inner = rawtrack_io_mem_new (NULL, 0, 0);
   io = io_crash_new (inner, false, 8);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   io_crash_set_crash_at (io, IO_OP_FLUSH, 1);
   write_bytes (io, 0, 4096, 0x09, 0);
-  CHECK_ERR (rawtrack_io_flush (io), EIO);
-  CHECK (io_crash_crashed (io));
+  REQUIRE_ERR (rawtrack_io_flush (io), EIO);
+  REQUIRE (io_crash_crashed (io));
   rawtrack_io_close (io);
   rawtrack_io_close (inner);
 
   /* Disarmed: nothing happens. */
   inner = rawtrack_io_mem_new (NULL, 0, 0);
   io = io_crash_new (inner, true, 9);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   io_crash_set_crash_at (io, IO_OP_READ, 1);
   io_crash_set_crash_at (io, IO_OP_READ, 0);
-  CHECK (rawtrack_io_pread (io, buf, 10, 0) == 0);
-  CHECK (!io_crash_crashed (io));
+  REQUIRE (rawtrack_io_pread (io, buf, 10, 0) == 0);
+  REQUIRE (!io_crash_crashed (io));
   rawtrack_io_close (io);
 }
 
@@ -665,22 +649,22 @@ test_crash_limits (void)
   /* Pending memory is bounded; a refused write changes nothing. */
   inner = rawtrack_io_mem_new (NULL, 0, 0);
   io = io_crash_new (inner, true, 3);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   io_crash_set_max_pending (io, 8192);
   write_bytes (io, 0, 4096, 0x01, 0);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 4096, 0), ENOSPC);
-  CHECK (io_crash_pending (io) == 1);
-  CHECK (size_of (io) == 4096);
-  CHECK (rawtrack_io_flush (io) == 0);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 4096, 0), ENOSPC);
+  REQUIRE (io_crash_pending (io) == 1);
+  REQUIRE (size_of (io) == 4096);
+  REQUIRE (rawtrack_io_flush (io) == 0);
   write_bytes (io, 4096, 4096, 0x02, 0);
   /* A huge zero is cheap (its units are bounded), and the bound holds. */
   io_crash_set_max_pending (io, 0);
-  CHECK (rawtrack_io_zero (io, UINT64_C (1) << 40, UINT64_C (1) << 40, 0)
+  REQUIRE (rawtrack_io_zero (io, UINT64_C (1) << 40, UINT64_C (1) << 40, 0)
          == 0);
-  CHECK (size_of (io) == UINT64_C (1) << 41);
+  REQUIRE (size_of (io) == UINT64_C (1) << 41);
   io_crash_set_max_pending (io, 1);
-  CHECK_ERR (rawtrack_io_zero (io, 1, 0, 0), ENOSPC);
-  CHECK (io_crash_pending (io) == 2);
+  REQUIRE_ERR (rawtrack_io_zero (io, 1, 0, 0), ENOSPC);
+  REQUIRE (io_crash_pending (io) == 2);
   /* Close drains into inner, which refuses the zero past its 1 GiB bound
    * before allocating anything; close cannot report that. */
   rawtrack_io_close (io);
@@ -689,20 +673,20 @@ test_crash_limits (void)
   inner = rawtrack_io_mem_new (NULL, 0, 0);
   fault = io_fault_new (inner, true);
   io = io_crash_new (fault, true, 4);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   write_bytes (io, 0, 512, 0x05, 0);
   write_bytes (io, 512, 512, 0x06, 0);
   io_fault_set (fault, IO_OP_WRITE, 2, EIO, false);
-  CHECK_ERR (rawtrack_io_flush (io), EIO);
-  CHECK (io_crash_pending (io) == 1);
+  REQUIRE_ERR (rawtrack_io_flush (io), EIO);
+  REQUIRE (io_crash_pending (io) == 1);
   expect_bytes (inner, 0, 512, 0x05);
   expect_bytes (inner, 512, 512, 0);
-  CHECK (rawtrack_io_flush (io) == 0);
-  CHECK (io_crash_pending (io) == 0);
+  REQUIRE (rawtrack_io_flush (io) == 0);
+  REQUIRE (io_crash_pending (io) == 0);
   expect_bytes (inner, 512, 512, 0x06);
   rawtrack_io_close (io);       /* closes fault, which closes inner */
 
-  CHECK (io_crash_new (NULL, false, 0) == NULL);
+  REQUIRE (io_crash_new (NULL, false, 0) == NULL);
 }
 
 /* A read-only inner is refused up front, not at flush. */
@@ -718,17 +702,17 @@ test_crash_readonly (void)
   snprintf (tpath, sizeof tpath, "%s/test-io-shims.XXXXXX",
             t && *t ? t : "/tmp");
   fd = mkstemp (tpath);
-  CHECK (fd >= 0);
+  REQUIRE (fd >= 0);
   close (fd);
   inner = rawtrack_io_file_open (tpath, RAWTRACK_IO_RDONLY);
-  CHECK (inner != NULL);
+  REQUIRE (inner != NULL);
   io = io_crash_new (inner, true, 5);
-  CHECK (io != NULL);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), EROFS);
-  CHECK_ERR (rawtrack_io_zero (io, 10, 0, 0), EROFS);
-  CHECK_ERR (rawtrack_io_trim (io, 10, 0), EROFS);
-  CHECK_ERR (rawtrack_io_truncate (io, 10), EROFS);
-  CHECK (io_crash_pending (io) == 0);
+  REQUIRE (io != NULL);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), EROFS);
+  REQUIRE_ERR (rawtrack_io_zero (io, 10, 0, 0), EROFS);
+  REQUIRE_ERR (rawtrack_io_trim (io, 10, 0), EROFS);
+  REQUIRE_ERR (rawtrack_io_truncate (io, 10), EROFS);
+  REQUIRE (io_crash_pending (io) == 0);
   rawtrack_io_close (io);
   unlink (tpath);
 }
@@ -753,11 +737,11 @@ worker_main (void *arg)
     uint64_t off = ((uint64_t) i * WORKERS + (uint64_t) w->id) * sizeof buf;
 
     memset (buf, w->id + 1, sizeof buf);
-    CHECK (rawtrack_io_pwrite (w->io, buf, sizeof buf, off, 0) == 0);
-    CHECK (rawtrack_io_pread (w->io, back, sizeof back, off) == 0);
-    CHECK (memcmp (buf, back, sizeof buf) == 0);
+    REQUIRE (rawtrack_io_pwrite (w->io, buf, sizeof buf, off, 0) == 0);
+    REQUIRE (rawtrack_io_pread (w->io, back, sizeof back, off) == 0);
+    REQUIRE (memcmp (buf, back, sizeof buf) == 0);
     if (i % 10 == 9)
-      CHECK (rawtrack_io_flush (w->io) == 0);
+      REQUIRE (rawtrack_io_flush (w->io) == 0);
   }
   return NULL;
 }
@@ -771,15 +755,15 @@ test_crash_threads (void)
   pthread_t th[WORKERS];
   int i;
 
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   for (i = 0; i < WORKERS; i++) {
     w[i].io = io;
     w[i].id = i;
-    CHECK (pthread_create (&th[i], NULL, worker_main, &w[i]) == 0);
+    REQUIRE (pthread_create (&th[i], NULL, worker_main, &w[i]) == 0);
   }
   for (i = 0; i < WORKERS; i++)
-    CHECK (pthread_join (th[i], NULL) == 0);
-  CHECK (rawtrack_io_flush (io) == 0);
+    REQUIRE (pthread_join (th[i], NULL) == 0);
+  REQUIRE (rawtrack_io_flush (io) == 0);
   for (i = 0; i < 50 * WORKERS; i++)
     expect_bytes (inner, (uint64_t) i * 1024, 1024,
                   (uint8_t) (i % WORKERS + 1));

@@ -21,25 +21,7 @@
 
 #include "internal.h"
 #include "rawtrack/rawtrack-io.h"
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf (stderr, "test-io: %s:%d: check failed: %s "              \
-               "(errno: %s; last error: %s)\n", __FILE__, __LINE__,     \
-               #cond, strerror (errno),                                 \
-               rawtrack_get_error () ? rawtrack_get_error () : "none"); \
-      exit (1);                                                         \
-    }                                                                   \
-  } while (0)
-
-/* Fails with the expected errno. */
-#define CHECK_ERR(expr, err)                                            \
-  do {                                                                  \
-    errno = 0;                                                          \
-    CHECK ((expr) == -1);                                               \
-    CHECK (errno == (err));                                             \
-  } while (0)
+#include "test.h"
 
 static char tmpdir[4096];
 
@@ -62,7 +44,7 @@ make_tmpdir (void)
 
   snprintf (tmpdir, sizeof tmpdir, "%s/test-io.XXXXXX",
             t && *t ? t : "/tmp");
-  CHECK (mkdtemp (tmpdir) != NULL);
+  REQUIRE (mkdtemp (tmpdir) != NULL);
   atexit (cleanup_tmpdir);
 }
 
@@ -89,10 +71,10 @@ expect_bytes (struct rawtrack_io *io, uint64_t offset, uint64_t len, uint8_t v)
 {
   uint8_t *buf = malloc (len);
 
-  CHECK (buf != NULL);
+  REQUIRE (buf != NULL);
   memset (buf, v ^ 0xff, len);
-  CHECK (rawtrack_io_pread (io, buf, len, offset) == 0);
-  CHECK (all_equal (buf, len, v));
+  REQUIRE (rawtrack_io_pread (io, buf, len, offset) == 0);
+  REQUIRE (all_equal (buf, len, v));
   free (buf);
 }
 
@@ -102,9 +84,9 @@ write_bytes (struct rawtrack_io *io, uint64_t offset, uint64_t len, uint8_t v,
 {
   uint8_t *buf = malloc (len);
 
-  CHECK (buf != NULL);
+  REQUIRE (buf != NULL);
   memset (buf, v, len);
-  CHECK (rawtrack_io_pwrite (io, buf, len, offset, flags) == 0);
+  REQUIRE (rawtrack_io_pwrite (io, buf, len, offset, flags) == 0);
   free (buf);
 }
 
@@ -113,7 +95,7 @@ size_of (struct rawtrack_io *io)
 {
   int64_t s = rawtrack_io_get_size (io);
 
-  CHECK (s >= 0);
+  REQUIRE (s >= 0);
   return (uint64_t) s;
 }
 
@@ -128,8 +110,8 @@ check_extents (struct rawtrack_io *io, uint64_t end)
     int is_data = -1;
     int64_t n = rawtrack_io_extent (io, pos, end - pos, &is_data);
 
-    CHECK (n > 0 && (uint64_t) n <= end - pos);
-    CHECK (is_data == 0 || is_data == 1);
+    REQUIRE (n > 0 && (uint64_t) n <= end - pos);
+    REQUIRE (is_data == 0 || is_data == 1);
     if (!is_data) {
       expect_bytes (io, pos, (uint64_t) n, 0);
       holes += (uint64_t) n;
@@ -149,8 +131,8 @@ test_contract (struct rawtrack_io *io)
   int is_data;
   int r;
 
-  CHECK (size_of (io) == 0);
-  CHECK (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_WRITE);
+  REQUIRE (size_of (io) == 0);
+  REQUIRE (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_WRITE);
 
   /* Reads past the end are zeros and succeed. */
   expect_bytes (io, 0, 100, 0);
@@ -158,40 +140,40 @@ test_contract (struct rawtrack_io *io)
 
   /* A write extends; a read straddling the end is zero-filled. */
   write_bytes (io, 100, 1000, 0x11, 0);
-  CHECK (size_of (io) == 1100);
+  REQUIRE (size_of (io) == 1100);
   expect_bytes (io, 0, 100, 0);
   expect_bytes (io, 100, 1000, 0x11);
   memset (buf, 0xee, sizeof buf);
-  CHECK (rawtrack_io_pread (io, buf, 300, 1000) == 0);
-  CHECK (all_equal (buf, 100, 0x11) && all_equal (buf + 100, 200, 0));
+  REQUIRE (rawtrack_io_pread (io, buf, 300, 1000) == 0);
+  REQUIRE (all_equal (buf, 100, 0x11) && all_equal (buf + 100, 200, 0));
 
   /* An empty write changes nothing. */
-  CHECK (rawtrack_io_pwrite (io, buf, 0, 5000, 0) == 0);
-  CHECK (size_of (io) == 1100);
+  REQUIRE (rawtrack_io_pwrite (io, buf, 0, 5000, 0) == 0);
+  REQUIRE (size_of (io) == 1100);
 
   /* Zero inside, then zero reaching past the end: extends like a write. */
-  CHECK (rawtrack_io_zero (io, 100, 200, 0) == 0);
+  REQUIRE (rawtrack_io_zero (io, 100, 200, 0) == 0);
   expect_bytes (io, 100, 100, 0x11);
   expect_bytes (io, 200, 100, 0);
   expect_bytes (io, 300, 800, 0x11);
-  CHECK (rawtrack_io_zero (io, 1000, 1050, 0) == 0);
-  CHECK (size_of (io) == 2050);
+  REQUIRE (rawtrack_io_zero (io, 1000, 1050, 0) == 0);
+  REQUIRE (size_of (io) == 2050);
   expect_bytes (io, 300, 750, 0x11);
   expect_bytes (io, 1050, 1000, 0);
 
   /* MAY_TRIM zeros: inside, and past the end of the file. */
   write_bytes (io, 8192, 65536, 0x5a, 0);
-  CHECK (size_of (io) == 8192 + 65536);
-  CHECK (rawtrack_io_zero (io, 16384, 16384, RAWTRACK_IO_MAY_TRIM) == 0);
+  REQUIRE (size_of (io) == 8192 + 65536);
+  REQUIRE (rawtrack_io_zero (io, 16384, 16384, RAWTRACK_IO_MAY_TRIM) == 0);
   expect_bytes (io, 8192, 8192, 0x5a);
   expect_bytes (io, 16384, 16384, 0);
   expect_bytes (io, 32768, 8192, 0x5a);
-  CHECK (rawtrack_io_zero (io, 10000, 70000, RAWTRACK_IO_MAY_TRIM) == 0);
-  CHECK (size_of (io) == 80000);
+  REQUIRE (rawtrack_io_zero (io, 10000, 70000, RAWTRACK_IO_MAY_TRIM) == 0);
+  REQUIRE (size_of (io) == 80000);
   expect_bytes (io, 32768, 70000 - 32768, 0x5a);
   expect_bytes (io, 70000, 10000, 0);
-  CHECK (rawtrack_io_zero (io, 5, 79000, RAWTRACK_IO_MAY_TRIM) == 0);
-  CHECK (size_of (io) == 80000);
+  REQUIRE (rawtrack_io_zero (io, 5, 79000, RAWTRACK_IO_MAY_TRIM) == 0);
+  REQUIRE (size_of (io) == 80000);
 
   /* FAST_ZERO either works or says ENOTSUP; with FUA it is durable. */
   r = rawtrack_io_zero (io, 4096, 40960,
@@ -199,7 +181,7 @@ test_contract (struct rawtrack_io *io)
   if (r == 0)
     expect_bytes (io, 40960, 4096, 0);
   else
-    CHECK (errno == ENOTSUP);
+    REQUIRE (errno == ENOTSUP);
   write_bytes (io, 40960, 4096, 0x5a, RAWTRACK_IO_FUA);
 
   /* Trim: the range reads as zeros or as before; never extends. */
@@ -208,51 +190,51 @@ test_contract (struct rawtrack_io *io)
     uint8_t *p = malloc (8192);
     int i;
 
-    CHECK (p != NULL);
-    CHECK (rawtrack_io_pread (io, p, 8192, 36864) == 0);
+    REQUIRE (p != NULL);
+    REQUIRE (rawtrack_io_pread (io, p, 8192, 36864) == 0);
     for (i = 0; i < 8192; i++)
-      CHECK (p[i] == 0 || p[i] == 0x5a);
+      REQUIRE (p[i] == 0 || p[i] == 0x5a);
     free (p);
   }
   else
-    CHECK (errno == ENOTSUP);
-  CHECK (rawtrack_io_trim (io, 100000, 79000) == 0 || errno == ENOTSUP);
-  CHECK (size_of (io) == 80000);
-  CHECK (rawtrack_io_trim (io, 0, 0) == 0);
+    REQUIRE (errno == ENOTSUP);
+  REQUIRE (rawtrack_io_trim (io, 100000, 79000) == 0 || errno == ENOTSUP);
+  REQUIRE (size_of (io) == 80000);
+  REQUIRE (rawtrack_io_trim (io, 0, 0) == 0);
   write_bytes (io, 36864, 8192, 0x5a, 0);
 
   /* Extents are well formed and holes read as zeros; known data is data
    * and past the end is a hole (for backends that track extents). */
   check_extents (io, 90000);
-  CHECK (rawtrack_io_extent (io, 8192, 512, &is_data) > 0 && is_data == 1);
+  REQUIRE (rawtrack_io_extent (io, 8192, 512, &is_data) > 0 && is_data == 1);
   if (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_EXTENTS) {
-    CHECK (rawtrack_io_extent (io, 80000, 1000, &is_data) == 1000);
-    CHECK (is_data == 0);
+    REQUIRE (rawtrack_io_extent (io, 80000, 1000, &is_data) == 1000);
+    REQUIRE (is_data == 0);
   }
-  CHECK_ERR (rawtrack_io_extent (io, 0, 0, &is_data), EINVAL);
+  REQUIRE_ERR (rawtrack_io_extent (io, 0, 0, &is_data), EINVAL);
 
   /* Truncate: shrink, then grow; the regrown part reads as zeros. */
-  CHECK (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_TRUNCATE);
-  CHECK (rawtrack_io_truncate (io, 9000) == 0);
-  CHECK (size_of (io) == 9000);
-  CHECK (rawtrack_io_truncate (io, 20000) == 0);
-  CHECK (size_of (io) == 20000);
+  REQUIRE (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_TRUNCATE);
+  REQUIRE (rawtrack_io_truncate (io, 9000) == 0);
+  REQUIRE (size_of (io) == 9000);
+  REQUIRE (rawtrack_io_truncate (io, 20000) == 0);
+  REQUIRE (size_of (io) == 20000);
   expect_bytes (io, 8192, 808, 0x5a);
   expect_bytes (io, 9000, 11000, 0);
 
   /* Offsets that wrap or that no file can reach are EINVAL. */
-  CHECK_ERR (rawtrack_io_pread (io, buf, 100, UINT64_MAX - 10), EINVAL);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 100, UINT64_MAX - 10, 0), EINVAL);
-  CHECK_ERR (rawtrack_io_zero (io, UINT64_MAX, 2, 0), EINVAL);
-  CHECK_ERR (rawtrack_io_trim (io, 100, UINT64_MAX - 10), EINVAL);
-  CHECK_ERR (rawtrack_io_extent (io, UINT64_MAX - 10, 100, &is_data), EINVAL);
+  REQUIRE_ERR (rawtrack_io_pread (io, buf, 100, UINT64_MAX - 10), EINVAL);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 100, UINT64_MAX - 10, 0), EINVAL);
+  REQUIRE_ERR (rawtrack_io_zero (io, UINT64_MAX, 2, 0), EINVAL);
+  REQUIRE_ERR (rawtrack_io_trim (io, 100, UINT64_MAX - 10), EINVAL);
+  REQUIRE_ERR (rawtrack_io_extent (io, UINT64_MAX - 10, 100, &is_data), EINVAL);
   size = size_of (io);
-  CHECK (size == 20000);
+  REQUIRE (size == 20000);
 
-  CHECK (rawtrack_io_flush (io) == 0);
+  REQUIRE (rawtrack_io_flush (io) == 0);
 
-  CHECK (io->ops->block_size (io, &min, &pref, &max) == 0);
-  CHECK (min >= 1 && pref >= min && max >= pref);
+  REQUIRE (io->ops->block_size (io, &min, &pref, &max) == 0);
+  REQUIRE (min >= 1 && pref >= min && max >= pref);
 }
 
 /* ---- concurrent writers ------------------------------------------------ */
@@ -277,9 +259,9 @@ worker_main (void *arg)
     uint64_t off = ((uint64_t) i * WORKERS + (uint64_t) w->id) * WORKER_CHUNK;
 
     memset (buf, w->id * 16 + (i & 15) + 1, sizeof buf);
-    CHECK (rawtrack_io_pwrite (w->io, buf, sizeof buf, off, 0) == 0);
-    CHECK (rawtrack_io_pread (w->io, back, sizeof back, off) == 0);
-    CHECK (memcmp (buf, back, sizeof buf) == 0);
+    REQUIRE (rawtrack_io_pwrite (w->io, buf, sizeof buf, off, 0) == 0);
+    REQUIRE (rawtrack_io_pread (w->io, back, sizeof back, off) == 0);
+    REQUIRE (memcmp (buf, back, sizeof buf) == 0);
   }
   return NULL;
 }
@@ -294,11 +276,11 @@ test_threads (struct rawtrack_io *io)
   for (i = 0; i < WORKERS; i++) {
     w[i].io = io;
     w[i].id = i;
-    CHECK (pthread_create (&t[i], NULL, worker_main, &w[i]) == 0);
+    REQUIRE (pthread_create (&t[i], NULL, worker_main, &w[i]) == 0);
   }
   for (i = 0; i < WORKERS; i++)
-    CHECK (pthread_join (t[i], NULL) == 0);
-  CHECK (size_of (io) == (uint64_t) WORKERS * WORKER_ROUNDS * WORKER_CHUNK);
+    REQUIRE (pthread_join (t[i], NULL) == 0);
+  REQUIRE (size_of (io) == (uint64_t) WORKERS * WORKER_ROUNDS * WORKER_CHUNK);
 }
 
 /* ---- batched writes ---------------------------------------------------- */
@@ -320,7 +302,7 @@ test_batch (struct rawtrack_io *io)
   uint8_t odd[1000];
   uint64_t i;
 
-  CHECK (small != NULL && big != NULL);
+  REQUIRE (small != NULL && big != NULL);
   write_bytes (io, 0, BATCH_END, 0x11, 0);
   for (i = 0; i < BATCH_N; i++) {
     memset (small + i * 512, (int) (i % 250) + 1, 512);
@@ -332,7 +314,7 @@ test_batch (struct rawtrack_io *io)
   v[BATCH_N].buf = big;
   v[BATCH_N].count = BATCH_BIG;
   v[BATCH_N].offset = (uint64_t) BATCH_N * BATCH_STRIDE;
-  CHECK (rawtrack_io_pwrite_batch (io, v, BATCH_N + 1) == 0);
+  REQUIRE (rawtrack_io_pwrite_batch (io, v, BATCH_N + 1) == 0);
   for (i = 0; i < BATCH_N; i++) {
     uint64_t off = v[i].offset;
 
@@ -347,18 +329,18 @@ test_batch (struct rawtrack_io *io)
   v[0] = (struct rawtrack_io_vec) { odd, 100, 7 };
   v[1] = (struct rawtrack_io_vec) { odd, 1000, 70001 };
   v[2] = (struct rawtrack_io_vec) { odd, 0, 4096 };
-  CHECK (rawtrack_io_pwrite_batch (io, v, 3) == 0);
+  REQUIRE (rawtrack_io_pwrite_batch (io, v, 3) == 0);
   expect_bytes (io, 0, 7, 0x01);          /* v[0] of the first batch */
   expect_bytes (io, 7, 100, 0x99);
   expect_bytes (io, 107, 512 - 107, 0x01);
   expect_bytes (io, 70001, 1000, 0x99);
   expect_bytes (io, 71001, 1, 0x11);
-  CHECK (rawtrack_io_pwrite_batch (io, v, 0) == 0);
+  REQUIRE (rawtrack_io_pwrite_batch (io, v, 0) == 0);
 
   /* A range past what an offset can hold fails the batch with EINVAL. */
   v[1] = (struct rawtrack_io_vec) { odd, 100, UINT64_MAX - 10 };
-  CHECK_ERR (rawtrack_io_pwrite_batch (io, v, 2), EINVAL);
-  CHECK (rawtrack_io_flush (io) == 0);
+  REQUIRE_ERR (rawtrack_io_pwrite_batch (io, v, 2), EINVAL);
+  REQUIRE (rawtrack_io_flush (io) == 0);
   free (small);
   free (big);
 }
@@ -376,97 +358,97 @@ test_mem (void)
   int is_data;
 
   io = rawtrack_io_mem_new (NULL, 0, 0);
-  CHECK (io != NULL);
-  CHECK (strcmp (io->ops->name, "mem") == 0);
+  REQUIRE (io != NULL);
+  REQUIRE (strcmp (io->ops->name, "mem") == 0);
   test_contract (io);
   rawtrack_io_close (io);
 
   /* Initial content is copied; the buffer is visible. */
   io = rawtrack_io_mem_new (hello, sizeof hello, 0);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   data = rawtrack_io_mem_data (io, &size);
-  CHECK (data != NULL && data != (const uint8_t *) hello);
-  CHECK (size == sizeof hello && memcmp (data, hello, size) == 0);
-  CHECK (rawtrack_io_pread (io, buf, sizeof hello, 0) == 0);
-  CHECK (memcmp (buf, hello, sizeof hello) == 0);
+  REQUIRE (data != NULL && data != (const uint8_t *) hello);
+  REQUIRE (size == sizeof hello && memcmp (data, hello, size) == 0);
+  REQUIRE (rawtrack_io_pread (io, buf, sizeof hello, 0) == 0);
+  REQUIRE (memcmp (buf, hello, sizeof hello) == 0);
   /* No overflow and below no size: reads as zeros, not EINVAL. */
   memset (buf, 1, sizeof buf);
-  CHECK (rawtrack_io_pread (io, buf, sizeof buf, UINT64_C (1) << 62) == 0);
-  CHECK (all_equal (buf, sizeof buf, 0));
+  REQUIRE (rawtrack_io_pread (io, buf, sizeof buf, UINT64_C (1) << 62) == 0);
+  REQUIRE (all_equal (buf, sizeof buf, 0));
   rawtrack_io_close (io);
 
   /* NULL data: zeros. */
   io = rawtrack_io_mem_new (NULL, 4096, 0);
-  CHECK (io != NULL && size_of (io) == 4096);
+  REQUIRE (io != NULL && size_of (io) == 4096);
   expect_bytes (io, 0, 4096, 0);
   rawtrack_io_close (io);
 
   /* max_size bounds every way of growing; failures change nothing. */
   io = rawtrack_io_mem_new (NULL, 0, 8192);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   write_bytes (io, 8000, 192, 0x33, 0);
-  CHECK (size_of (io) == 8192);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 2, 8191, 0), ENOSPC);
-  CHECK_ERR (rawtrack_io_zero (io, 1, 8192, 0), ENOSPC);
-  CHECK_ERR (rawtrack_io_truncate (io, 8193), ENOSPC);
-  CHECK (size_of (io) == 8192);
+  REQUIRE (size_of (io) == 8192);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 2, 8191, 0), ENOSPC);
+  REQUIRE_ERR (rawtrack_io_zero (io, 1, 8192, 0), ENOSPC);
+  REQUIRE_ERR (rawtrack_io_truncate (io, 8193), ENOSPC);
+  REQUIRE (size_of (io) == 8192);
   expect_bytes (io, 8000, 192, 0x33);
-  CHECK (rawtrack_io_truncate (io, 0) == 0);
-  CHECK (rawtrack_io_truncate (io, 8192) == 0);
+  REQUIRE (rawtrack_io_truncate (io, 0) == 0);
+  REQUIRE (rawtrack_io_truncate (io, 8192) == 0);
   expect_bytes (io, 0, 8192, 0);
   rawtrack_io_close (io);
 
   /* The default bound (1 GiB) is checked before allocating anything. */
   io = rawtrack_io_mem_new (NULL, 0, 0);
-  CHECK (io != NULL);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 1, UINT64_C (1) << 30, 0), ENOSPC);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 1, UINT64_MAX - 1, 0), ENOSPC);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 2, UINT64_MAX, 0), EINVAL);
-  CHECK_ERR (rawtrack_io_zero (io, UINT64_C (1) << 40, 0, 0), ENOSPC);
-  CHECK_ERR (rawtrack_io_truncate (io, UINT64_MAX), ENOSPC);
-  CHECK (size_of (io) == 0);
+  REQUIRE (io != NULL);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 1, UINT64_C (1) << 30, 0), ENOSPC);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 1, UINT64_MAX - 1, 0), ENOSPC);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 2, UINT64_MAX, 0), EINVAL);
+  REQUIRE_ERR (rawtrack_io_zero (io, UINT64_C (1) << 40, 0, 0), ENOSPC);
+  REQUIRE_ERR (rawtrack_io_truncate (io, UINT64_MAX), ENOSPC);
+  REQUIRE (size_of (io) == 0);
 
   /* Allocation failure while growing: ENOMEM, nothing changed. */
   rt_alloc_fail_after (1);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 10, 1 << 20, 0), ENOMEM);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 10, 1 << 20, 0), ENOMEM);
   rt_alloc_fail_after (0);
-  CHECK (size_of (io) == 0);
+  REQUIRE (size_of (io) == 0);
   write_bytes (io, 1 << 20, 10, 0x44, 0);
-  CHECK (size_of (io) == (1 << 20) + 10);
+  REQUIRE (size_of (io) == (1 << 20) + 10);
   expect_bytes (io, 0, 1 << 20, 0);
   rawtrack_io_close (io);
 
   /* Extents at sector granularity: zero sectors are holes. */
   io = rawtrack_io_mem_new (NULL, 0, 0);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   write_bytes (io, 0, 512, 0x55, 0);
   write_bytes (io, 2048, 1, 0x55, 0);
   write_bytes (io, 4095, 1, 0x55, 0);
-  CHECK (rawtrack_io_extent (io, 0, 10000, &is_data) == 512 && is_data);
-  CHECK (rawtrack_io_extent (io, 100, 10000, &is_data) == 412 && is_data);
-  CHECK (rawtrack_io_extent (io, 512, 10000, &is_data) == 1536 && !is_data);
-  CHECK (rawtrack_io_extent (io, 2048, 10000, &is_data) == 512 && is_data);
-  CHECK (rawtrack_io_extent (io, 2560, 10000, &is_data) == 1024 && !is_data);
-  CHECK (rawtrack_io_extent (io, 3584, 10000, &is_data) == 512 && is_data);
-  CHECK (rawtrack_io_extent (io, 4096, 10000, &is_data) == 10000 && !is_data);
-  CHECK (rawtrack_io_extent (io, 0, 100, &is_data) == 100 && is_data);
-  CHECK (rawtrack_io_extent (io, 600, 100, &is_data) == 100 && !is_data);
-  CHECK (rawtrack_io_trim (io, 512, 0) == 0);
-  CHECK (rawtrack_io_extent (io, 0, 10000, &is_data) == 2048 && !is_data);
-  CHECK (check_extents (io, 4096) == 4096 - 1024);
+  REQUIRE (rawtrack_io_extent (io, 0, 10000, &is_data) == 512 && is_data);
+  REQUIRE (rawtrack_io_extent (io, 100, 10000, &is_data) == 412 && is_data);
+  REQUIRE (rawtrack_io_extent (io, 512, 10000, &is_data) == 1536 && !is_data);
+  REQUIRE (rawtrack_io_extent (io, 2048, 10000, &is_data) == 512 && is_data);
+  REQUIRE (rawtrack_io_extent (io, 2560, 10000, &is_data) == 1024 && !is_data);
+  REQUIRE (rawtrack_io_extent (io, 3584, 10000, &is_data) == 512 && is_data);
+  REQUIRE (rawtrack_io_extent (io, 4096, 10000, &is_data) == 10000 && !is_data);
+  REQUIRE (rawtrack_io_extent (io, 0, 100, &is_data) == 100 && is_data);
+  REQUIRE (rawtrack_io_extent (io, 600, 100, &is_data) == 100 && !is_data);
+  REQUIRE (rawtrack_io_trim (io, 512, 0) == 0);
+  REQUIRE (rawtrack_io_extent (io, 0, 10000, &is_data) == 2048 && !is_data);
+  REQUIRE (check_extents (io, 4096) == 4096 - 1024);
   rawtrack_io_close (io);
 
   /* Constructor errors. */
-  CHECK (rawtrack_io_mem_new (NULL, 8193, 8192) == NULL);
-  CHECK (rawtrack_get_errno () == EINVAL);
+  REQUIRE (rawtrack_io_mem_new (NULL, 8193, 8192) == NULL);
+  REQUIRE (rawtrack_get_errno () == EINVAL);
 
   io = rawtrack_io_mem_new (NULL, 0, 0);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   test_threads (io);
   rawtrack_io_close (io);
 
   io = rawtrack_io_mem_new (NULL, 0, 0);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   test_batch (io);
   rawtrack_io_close (io);
 
@@ -482,32 +464,32 @@ test_file_open_errors (void)
   struct rawtrack_io *io;
 
   tmp_path (path, sizeof path, "missing");
-  CHECK (rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY) == NULL);
-  CHECK (rawtrack_get_errno () == ENOENT);
-  CHECK (strstr (rawtrack_get_error (), path) != NULL);
+  REQUIRE (rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY) == NULL);
+  REQUIRE (rawtrack_get_errno () == ENOENT);
+  REQUIRE (strstr (rawtrack_get_error (), path) != NULL);
 
   tmp_path (path, sizeof path, "exists");
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
                               RAWTRACK_IO_EXCL);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   rawtrack_io_close (io);
-  CHECK (rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
+  REQUIRE (rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
                                 RAWTRACK_IO_EXCL) == NULL);
-  CHECK (rawtrack_get_errno () == EEXIST);
-  CHECK (strstr (rawtrack_get_error (), path) != NULL);
+  REQUIRE (rawtrack_get_errno () == EEXIST);
+  REQUIRE (strstr (rawtrack_get_error (), path) != NULL);
   /* CREATE without RDWR, EXCL without CREATE, unknown bits. */
-  CHECK (rawtrack_io_file_open (path, RAWTRACK_IO_CREATE) == NULL);
-  CHECK (rawtrack_get_errno () == EINVAL);
-  CHECK (rawtrack_io_file_open (path, RAWTRACK_IO_EXCL) == NULL);
-  CHECK (rawtrack_get_errno () == EINVAL);
-  CHECK (rawtrack_io_file_open (path, 0x1000) == NULL);
-  CHECK (rawtrack_get_errno () == EINVAL);
+  REQUIRE (rawtrack_io_file_open (path, RAWTRACK_IO_CREATE) == NULL);
+  REQUIRE (rawtrack_get_errno () == EINVAL);
+  REQUIRE (rawtrack_io_file_open (path, RAWTRACK_IO_EXCL) == NULL);
+  REQUIRE (rawtrack_get_errno () == EINVAL);
+  REQUIRE (rawtrack_io_file_open (path, 0x1000) == NULL);
+  REQUIRE (rawtrack_get_errno () == EINVAL);
 
-  CHECK (rawtrack_io_file_open (tmpdir, RAWTRACK_IO_RDONLY) == NULL);
-  CHECK (rawtrack_get_errno () == EISDIR);
+  REQUIRE (rawtrack_io_file_open (tmpdir, RAWTRACK_IO_RDONLY) == NULL);
+  REQUIRE (rawtrack_get_errno () == EISDIR);
   if (access ("/dev/null", R_OK) == 0) {
-    CHECK (rawtrack_io_file_open ("/dev/null", RAWTRACK_IO_RDONLY) == NULL);
-    CHECK (rawtrack_get_errno () == EINVAL);
+    REQUIRE (rawtrack_io_file_open ("/dev/null", RAWTRACK_IO_RDONLY) == NULL);
+    REQUIRE (rawtrack_get_errno () == EINVAL);
   }
 }
 
@@ -520,24 +502,24 @@ test_file_readonly (void)
 
   tmp_path (path, sizeof path, "ro");
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   write_bytes (io, 0, 4096, 0x77, 0);
   rawtrack_io_close (io);
 
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
-  CHECK (io != NULL);
-  CHECK (!(rawtrack_io_caps (io) & (RAWTRACK_IO_CAN_WRITE |
+  REQUIRE (io != NULL);
+  REQUIRE (!(rawtrack_io_caps (io) & (RAWTRACK_IO_CAN_WRITE |
                                     RAWTRACK_IO_CAN_ZERO |
                                     RAWTRACK_IO_CAN_TRIM |
                                     RAWTRACK_IO_CAN_TRUNCATE)));
   expect_bytes (io, 0, 4096, 0x77);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), EROFS);
-  CHECK_ERR (rawtrack_io_pwrite (io, buf, 0, 0, 0), EROFS);
-  CHECK_ERR (rawtrack_io_zero (io, 100, 0, RAWTRACK_IO_MAY_TRIM), EROFS);
-  CHECK_ERR (rawtrack_io_trim (io, 4096, 0), EROFS);
-  CHECK_ERR (rawtrack_io_truncate (io, 0), EROFS);
-  CHECK (rawtrack_io_flush (io) == 0);
-  CHECK (size_of (io) == 4096);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, sizeof buf, 0, 0), EROFS);
+  REQUIRE_ERR (rawtrack_io_pwrite (io, buf, 0, 0, 0), EROFS);
+  REQUIRE_ERR (rawtrack_io_zero (io, 100, 0, RAWTRACK_IO_MAY_TRIM), EROFS);
+  REQUIRE_ERR (rawtrack_io_trim (io, 4096, 0), EROFS);
+  REQUIRE_ERR (rawtrack_io_truncate (io, 0), EROFS);
+  REQUIRE (rawtrack_io_flush (io) == 0);
+  REQUIRE (size_of (io) == 4096);
   expect_bytes (io, 0, 4096, 0x77);
   rawtrack_io_close (io);
 }
@@ -556,31 +538,31 @@ test_file_holes (void)
 
   tmp_path (path, sizeof path, "sparse");
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   write_bytes (io, 0, 65536, 0x99, 0);
   write_bytes (io, size - 65536, 65536, 0x99, 0);
-  CHECK (rawtrack_io_flush (io) == 0);
+  REQUIRE (rawtrack_io_flush (io) == 0);
 
   /* Ask the kernel directly whether this filesystem reports holes. */
   fd = open (path, O_RDONLY | O_CLOEXEC);
-  CHECK (fd >= 0);
+  REQUIRE (fd >= 0);
   h = lseek (fd, 0, SEEK_HOLE);
   fs_has_holes = h >= 0 && (uint64_t) h < size;
   close (fd);
 
   holes = check_extents (io, size + 4096);
-  CHECK (rawtrack_io_extent (io, 0, size, &is_data) > 0 && is_data == 1);
+  REQUIRE (rawtrack_io_extent (io, 0, size, &is_data) > 0 && is_data == 1);
   if (fs_has_holes) {
-    CHECK (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_EXTENTS);
-    CHECK (holes >= size - 2 * 65536);
-    CHECK (rawtrack_io_extent (io, 1 << 20, 4096, &is_data) == 4096);
-    CHECK (is_data == 0);
+    REQUIRE (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_EXTENTS);
+    REQUIRE (holes >= size - 2 * 65536);
+    REQUIRE (rawtrack_io_extent (io, 1 << 20, 4096, &is_data) == 4096);
+    REQUIRE (is_data == 0);
   }
 
   /* A punched hole shows up too. */
   if (rawtrack_io_trim (io, 65536, 0) == 0 && fs_has_holes) {
-    CHECK (rawtrack_io_extent (io, 0, 4096, &is_data) == 4096);
-    CHECK (is_data == 0);
+    REQUIRE (rawtrack_io_extent (io, 0, 4096, &is_data) == 4096);
+    REQUIRE (is_data == 0);
     expect_bytes (io, 0, 65536, 0);
   }
   rawtrack_io_close (io);
@@ -597,8 +579,8 @@ test_file_flags (void)
   tmp_path (path, sizeof path, "dsync");
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
                               RAWTRACK_IO_DSYNC);
-  CHECK (io != NULL);
-  CHECK (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_FUA);
+  REQUIRE (io != NULL);
+  REQUIRE (rawtrack_io_caps (io) & RAWTRACK_IO_CAN_FUA);
   write_bytes (io, 0, 512, 0x12, RAWTRACK_IO_FUA);
   expect_bytes (io, 0, 512, 0x12);
   rawtrack_io_close (io);
@@ -608,22 +590,22 @@ test_file_flags (void)
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
                               RAWTRACK_IO_DIRECT);
   if (io == NULL) {
-    CHECK (rawtrack_get_errno () == EINVAL);
+    REQUIRE (rawtrack_get_errno () == EINVAL);
     return;
   }
-  CHECK (io->ops->block_size (io, &min, &pref, &max) == 0);
-  CHECK (min >= 512 && pref >= min);
-  CHECK (posix_memalign (&buf, 4096, 3 * min) == 0);
+  REQUIRE (io->ops->block_size (io, &min, &pref, &max) == 0);
+  REQUIRE (min >= 512 && pref >= min);
+  REQUIRE (posix_memalign (&buf, 4096, 3 * min) == 0);
   memset (buf, 0x21, 2 * min);
-  CHECK (rawtrack_io_pwrite (io, buf, 2 * min, 0, RAWTRACK_IO_FUA) == 0);
+  REQUIRE (rawtrack_io_pwrite (io, buf, 2 * min, 0, RAWTRACK_IO_FUA) == 0);
   /* A punch past the end extends with an aligned write. */
-  CHECK (rawtrack_io_zero (io, min, 2 * min, RAWTRACK_IO_MAY_TRIM) == 0);
-  CHECK (size_of (io) == 3 * min);
+  REQUIRE (rawtrack_io_zero (io, min, 2 * min, RAWTRACK_IO_MAY_TRIM) == 0);
+  REQUIRE (size_of (io) == 3 * min);
   /* Reading across the end zero-fills without an unaligned retry. */
   memset (buf, 0xee, 3 * min);
-  CHECK (rawtrack_io_pread (io, buf, 3 * min, min) == 0);
-  CHECK (all_equal (buf, min, 0x21));
-  CHECK (all_equal ((uint8_t *) buf + min, 2 * min, 0));
+  REQUIRE (rawtrack_io_pread (io, buf, 3 * min, min) == 0);
+  REQUIRE (all_equal (buf, min, 0x21));
+  REQUIRE (all_equal ((uint8_t *) buf + min, 2 * min, 0));
   free (buf);
   rawtrack_io_close (io);
 }
@@ -664,29 +646,29 @@ test_file_batch (void)
 
   tmp_path (path, sizeof path, "batch");
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
-  CHECK (io != NULL);
-  CHECK (realpath (path, real) != NULL);
+  REQUIRE (io != NULL);
+  REQUIRE (realpath (path, real) != NULL);
   fd = open (path, O_RDWR | O_DIRECT);
   direct_ok = fd != -1;
   if (fd != -1)
     close (fd);
-  CHECK (fds_on (real) == 1);
+  REQUIRE (fds_on (real) == 1);
   test_batch (io);
-  CHECK (fds_on (real) == (direct_ok ? 2 : 1));
+  REQUIRE (fds_on (real) == (direct_ok ? 2 : 1));
   rawtrack_io_close (io);
-  CHECK (fds_on (real) == 0);
+  REQUIRE (fds_on (real) == 0);
   if (!direct_ok)
     fprintf (stderr, "test-io: O_DIRECT unsupported under %s: batched "
              "writes tested on their buffered path only\n", tmpdir);
 
   /* Told not to: the same results, no second descriptor. */
-  CHECK (setenv ("RAWTRACK_NO_AIO", "1", 1) == 0);
+  REQUIRE (setenv ("RAWTRACK_NO_AIO", "1", 1) == 0);
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   test_batch (io);
-  CHECK (fds_on (real) == 1);
+  REQUIRE (fds_on (real) == 1);
   rawtrack_io_close (io);
-  CHECK (unsetenv ("RAWTRACK_NO_AIO") == 0);
+  REQUIRE (unsetenv ("RAWTRACK_NO_AIO") == 0);
 
   /* A backend opened O_DIRECT batches on its own descriptor, in units of
    * its minimum block size (its writes must be aligned like any other:
@@ -696,19 +678,19 @@ test_file_batch (void)
     uint8_t *dbuf;
 
     io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_DIRECT);
-    CHECK (io != NULL);
-    CHECK (io->ops->block_size (io, &min, &pref, &max) == 0);
-    CHECK (min >= 512 && min <= 65536);
-    CHECK (posix_memalign ((void **) &dbuf, min, min) == 0);
+    REQUIRE (io != NULL);
+    REQUIRE (io->ops->block_size (io, &min, &pref, &max) == 0);
+    REQUIRE (min >= 512 && min <= 65536);
+    REQUIRE (posix_memalign ((void **) &dbuf, min, min) == 0);
     memset (dbuf, 0x42, min);
     v[0] = (struct rawtrack_io_vec) { dbuf, min, 1 << 20 };
     v[1] = (struct rawtrack_io_vec) { dbuf, min, 2 << 20 };
-    CHECK (rawtrack_io_pwrite_batch (io, v, 2) == 0);
-    CHECK (fds_on (real) == 1);
+    REQUIRE (rawtrack_io_pwrite_batch (io, v, 2) == 0);
+    REQUIRE (fds_on (real) == 1);
     rawtrack_io_close (io);
     free (dbuf);
     io = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
-    CHECK (io != NULL);
+    REQUIRE (io != NULL);
     expect_bytes (io, 1 << 20, min, 0x42);
     expect_bytes (io, 2 << 20, min, 0x42);
     expect_bytes (io, (2 << 20) - 512, 512, 0x11);
@@ -716,11 +698,11 @@ test_file_batch (void)
   }
 
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   v[0] = (struct rawtrack_io_vec) { buf, 512, 0 };
   v[1] = (struct rawtrack_io_vec) { buf, 512, 8192 };
-  CHECK_ERR (rawtrack_io_pwrite_batch (io, v, 2), EROFS);
-  CHECK (fds_on (real) == 1);
+  REQUIRE_ERR (rawtrack_io_pwrite_batch (io, v, 2), EROFS);
+  REQUIRE (fds_on (real) == 1);
   expect_bytes (io, 8192, 4096, 0x11);
   rawtrack_io_close (io);
 }
@@ -743,36 +725,36 @@ test_file_lock (void)
   a = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
   b = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
   c = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR);
-  CHECK (a && b && c);
+  REQUIRE (a && b && c);
 
-  CHECK (rawtrack_io_lock (a, W, W_DENY) == 0);
+  REQUIRE (rawtrack_io_lock (a, W, W_DENY) == 0);
   /* a denies write: b may not have it. */
-  CHECK_ERR (rawtrack_io_lock (b, W, W_DENY), EBUSY);
-  CHECK (strstr (rawtrack_get_error (), "\"write\" permission") != NULL);
+  REQUIRE_ERR (rawtrack_io_lock (b, W, W_DENY), EBUSY);
+  REQUIRE (strstr (rawtrack_get_error (), "\"write\" permission") != NULL);
   /* a holds write: b may not deny it (QEMU's locking reader). */
-  CHECK_ERR (rawtrack_io_lock (b, RAWTRACK_IO_PERM_READ, W_DENY), EBUSY);
+  REQUIRE_ERR (rawtrack_io_lock (b, RAWTRACK_IO_PERM_READ, W_DENY), EBUSY);
   /* What a holds and denies leaves b a plain reader, sharing all. */
-  CHECK (rawtrack_io_lock (b, RAWTRACK_IO_PERM_READ, 0) == 0);
+  REQUIRE (rawtrack_io_lock (b, RAWTRACK_IO_PERM_READ, 0) == 0);
   /* Holding nothing after a failure: c fails on a alone. */
-  CHECK_ERR (rawtrack_io_lock (c, W, W_DENY), EBUSY);
+  REQUIRE_ERR (rawtrack_io_lock (c, W, W_DENY), EBUSY);
   rawtrack_io_close (a);
   /* a gone, b (a reader sharing everything) does not stand in c's way,
    * and b's failed attempts left no denial behind. */
-  CHECK (rawtrack_io_lock (c, W, W_DENY) == 0);
+  REQUIRE (rawtrack_io_lock (c, W, W_DENY) == 0);
   /* Now c denies what b's next attempt asks for. */
-  CHECK_ERR (rawtrack_io_lock (b, RAWTRACK_IO_PERM_WRITE, 0), EBUSY);
+  REQUIRE_ERR (rawtrack_io_lock (b, RAWTRACK_IO_PERM_WRITE, 0), EBUSY);
   rawtrack_io_close (b);
   rawtrack_io_close (c);
 
   /* Everything closed: anyone may lock again. */
   a = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR);
-  CHECK (a != NULL);
-  CHECK (rawtrack_io_lock (a, W, W_DENY) == 0);
+  REQUIRE (a != NULL);
+  REQUIRE (rawtrack_io_lock (a, W, W_DENY) == 0);
   rawtrack_io_close (a);
 
   m = rawtrack_io_mem_new (NULL, 4096, 0);
-  CHECK (m != NULL);
-  CHECK (rawtrack_io_lock (m, W, W_DENY) == 0);
+  REQUIRE (m != NULL);
+  REQUIRE (rawtrack_io_lock (m, W, W_DENY) == 0);
   rawtrack_io_close (m);
 }
 
@@ -784,23 +766,23 @@ test_file (void)
 
   tmp_path (path, sizeof path, "contract");
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
-  CHECK (io != NULL);
-  CHECK (strcmp (io->ops->name, "file") == 0);
-  CHECK (!(rawtrack_io_caps (io) & RAWTRACK_IO_IS_BLOCKDEV));
-  CHECK (rawtrack_io_mem_data (io, NULL) == NULL);
+  REQUIRE (io != NULL);
+  REQUIRE (strcmp (io->ops->name, "file") == 0);
+  REQUIRE (!(rawtrack_io_caps (io) & RAWTRACK_IO_IS_BLOCKDEV));
+  REQUIRE (rawtrack_io_mem_data (io, NULL) == NULL);
   test_contract (io);
   rawtrack_io_close (io);
 
   /* What the backend wrote is in the file. */
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDONLY);
-  CHECK (io != NULL);
-  CHECK (size_of (io) == 20000);
+  REQUIRE (io != NULL);
+  REQUIRE (size_of (io) == 20000);
   expect_bytes (io, 8192, 808, 0x5a);
   rawtrack_io_close (io);
 
   tmp_path (path, sizeof path, "threads");
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE);
-  CHECK (io != NULL);
+  REQUIRE (io != NULL);
   test_threads (io);
   rawtrack_io_close (io);
 

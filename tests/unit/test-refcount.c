@@ -20,12 +20,7 @@
 #include <inttypes.h>
 
 #include "internal.h"
-
-static int failures;
-
-#define CHECK(cond) do { if (!(cond)) { \
-  fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-  failures++; } } while (0)
+#include "test.h"
 
 static void
 test_packing (void)
@@ -170,7 +165,7 @@ test_alloc (const char *dir, int bits, uint32_t cs)
       fprintf (stderr, "%s: qemu-img check found %ld leaks (expected %"
                PRIu64 ") and %ld corruptions\n", path, leaks, live,
                corruptions);
-      failures++;
+      test_failures++;
     }
   }
   free (offs);
@@ -190,10 +185,5 @@ main (void)
   test_alloc (dir, 16, 4096);
   test_alloc (dir, 16, 65536);
   rmdir (dir);
-  if (failures) {
-    fprintf (stderr, "test-refcount: %d failures\n", failures);
-    return 1;
-  }
-  printf ("test-refcount: ok\n");
-  return 0;
+  return test_exit ("test-refcount");
 }

@@ -35,16 +35,7 @@
 
 #include "rawtrack/rawtrack.h"
 #include "rawtrack/rawtrack-bitmap.h"
-
-#define CHECK(cond)                                                     \
-  do {                                                                  \
-    if (!(cond)) {                                                      \
-      fprintf (stderr, "test-track-threads: %s:%d: check failed: %s "   \
-               "(last error: %s)\n", __FILE__, __LINE__, #cond,         \
-               rawtrack_get_error () ? rawtrack_get_error () : "none"); \
-      exit (1);                                                         \
-    }                                                                   \
-  } while (0)
+#include "test.h"
 
 #define DISK      (64u << 20)
 #define THREADS   8
@@ -69,14 +60,6 @@ struct worker {
 static char dir[256];
 static char raw[300], image[300];
 
-static uint64_t
-rnd (uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 static void *
 work (void *arg)
@@ -88,23 +71,23 @@ work (void *arg)
 
   memset (buf, (int) w->seed, sizeof buf);
   for (i = 0; i < OPS; i++) {
-    uint64_t kind = rnd (&s) % 20, off, len;
+    uint64_t kind = rt_random (&s) % 20, off, len;
     int r;
 
     if (kind < 9) {                    /* scattered, 512 B .. 64 KiB */
-      len = (1 + rnd (&s) % 128) * SECTOR;
-      off = rnd (&s) % ((DISK - len) / SECTOR) * SECTOR;
+      len = (1 + rt_random (&s) % 128) * SECTOR;
+      off = rt_random (&s) % ((DISK - len) / SECTOR) * SECTOR;
     }
     else if (kind < 15) {              /* a stream of 1 MiB writes */
       if (stream == 0 || stream + MAX_LEN > DISK)
-        stream = rnd (&s) % (DISK / MAX_LEN) * MAX_LEN;
+        stream = rt_random (&s) % (DISK / MAX_LEN) * MAX_LEN;
       off = stream;
       len = MAX_LEN;
       stream += MAX_LEN;
     }
     else {                             /* zeroes, discards, flushes */
-      len = (1 + rnd (&s) % 64) * 4096;
-      off = rnd (&s) % ((DISK - len) / 4096) * 4096;
+      len = (1 + rt_random (&s) % 64) * 4096;
+      off = rt_random (&s) % ((DISK - len) / 4096) * 4096;
     }
     if (kind < 16)
       r = rawtrack_image_pwrite (w->img, buf, len, off,
@@ -115,10 +98,10 @@ work (void *arg)
     else if (kind < 19)
       r = rawtrack_image_trim (w->img, len, off, 0);
     else {
-      CHECK (rawtrack_image_flush (w->img) == 0);
+      REQUIRE (rawtrack_image_flush (w->img) == 0);
       continue;
     }
-    CHECK (r == 0);
+    REQUIRE (r == 0);
     w->done[w->n++] = (struct range) { off, len };
   }
   return NULL;
@@ -151,42 +134,42 @@ run_mode (unsigned mode, const char *label)
   uint64_t bytes;
   int t, k;
 
-  CHECK (w != NULL);
-  CHECK (rawtrack_attach (raw, image, &o) == 0);
+  REQUIRE (w != NULL);
+  REQUIRE (rawtrack_attach (raw, image, &o) == 0);
   img = rawtrack_image_open (image, RAWTRACK_OPEN_RDWR, NULL);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   for (k = 0; k < NBM; k++)
-    CHECK (rawtrack_bitmap_add (img, bm[k].name, bm[k].gran, 0) == 0);
-  CHECK (rawtrack_bitmap_add (img, "off", 4096,
+    REQUIRE (rawtrack_bitmap_add (img, bm[k].name, bm[k].gran, 0) == 0);
+  REQUIRE (rawtrack_bitmap_add (img, "off", 4096,
                               RAWTRACK_BITMAP_ADD_DISABLED) == 0);
-  CHECK (rawtrack_image_close (img) == 0);
+  REQUIRE (rawtrack_image_close (img) == 0);
 
   img = rawtrack_image_open (image, RAWTRACK_OPEN_RDWR | mode, NULL);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   for (t = 0; t < THREADS; t++) {
     w[t].img = img;
     w[t].seed = 1000 * (mode + 1) + (uint64_t) t;
-    CHECK (pthread_create (&th[t], NULL, work, &w[t]) == 0);
+    REQUIRE (pthread_create (&th[t], NULL, work, &w[t]) == 0);
   }
   for (t = 0; t < THREADS; t++)
-    CHECK (pthread_join (th[t], NULL) == 0);
-  CHECK (rawtrack_image_close (img) == 0);
+    REQUIRE (pthread_join (th[t], NULL) == 0);
+  REQUIRE (rawtrack_image_close (img) == 0);
 
   img = rawtrack_image_open (image, 0, NULL);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   for (k = 0; k < NBM; k++) {
     uint64_t gran = bm[k].gran, ng = DISK / gran, g, diff = 0;
     uint8_t *want = calloc (ng, 1), *got = calloc (ng, 1);
     struct collect c = { got, gran };
     int i;
 
-    CHECK (want && got);
+    REQUIRE (want && got);
     for (t = 0; t < THREADS; t++)
       for (i = 0; i < w[t].n; i++)
         for (g = w[t].done[i].off / gran;
              g <= (w[t].done[i].off + w[t].done[i].len - 1) / gran; g++)
           want[g] = 1;
-    CHECK (rawtrack_bitmap_extents (img, bm[k].name, 0, DISK, collect_fn,
+    REQUIRE (rawtrack_bitmap_extents (img, bm[k].name, 0, DISK, collect_fn,
                                     &c) == 0);
     for (g = 0; g < ng; g++)
       if (want[g] != got[g]) {
@@ -196,13 +179,13 @@ run_mode (unsigned mode, const char *label)
                    bm[k].name, g, g * gran, got[g] ? "dirty" : "clean",
                    want[g] ? "dirty" : "clean");
       }
-    CHECK (diff == 0);
+    REQUIRE (diff == 0);
     free (want);
     free (got);
   }
-  CHECK (rawtrack_bitmap_dirty_bytes (img, "off", &bytes) == 0);
-  CHECK (bytes == 0);
-  CHECK (rawtrack_image_close (img) == 0);
+  REQUIRE (rawtrack_bitmap_dirty_bytes (img, "off", &bytes) == 0);
+  REQUIRE (bytes == 0);
+  REQUIRE (rawtrack_image_close (img) == 0);
   free (w);
   printf ("test-track-threads: %s: %d threads x %d operations, %d bitmaps "
           "exact after close\n", label, THREADS, OPS, NBM);
@@ -217,15 +200,15 @@ main (void)
 
   snprintf (dir, sizeof dir, "%s/rawtrack-test-track-threads-XXXXXX",
             tmp && *tmp && strlen (tmp) < 180 ? tmp : "/tmp");
-  CHECK (mkdtemp (dir) != NULL);
+  REQUIRE (mkdtemp (dir) != NULL);
   snprintf (raw, sizeof raw, "%s/disk.raw", dir);
   snprintf (image, sizeof image, "%s/disk.qcow2", dir);
   fd = open (raw, O_CREAT | O_WRONLY | O_TRUNC, 0644);
-  CHECK (fd != -1 && ftruncate (fd, DISK) == 0 && close (fd) == 0);
+  REQUIRE (fd != -1 && ftruncate (fd, DISK) == 0 && close (fd) == 0);
 
   /* 256 KiB extents, at most 16 hot: cooling races with the writers. */
-  CHECK (setenv ("RAWTRACK_EXTENT_BITS", "18", 1) == 0);
-  CHECK (setenv ("RAWTRACK_MAX_HOT", "16", 1) == 0);
+  REQUIRE (setenv ("RAWTRACK_EXTENT_BITS", "18", 1) == 0);
+  REQUIRE (setenv ("RAWTRACK_MAX_HOT", "16", 1) == 0);
   run_mode (0, "safe");
   run_mode (RAWTRACK_OPEN_TRACK_PROCESS, "process");
   run_mode (RAWTRACK_OPEN_TRACK_LAZY, "lazy");

@@ -23,16 +23,11 @@
 #include "rawtrack/rawtrack.h"
 #include "rawtrack/rawtrack-bitmap.h"
 #include "rawtrack/rawtrack-io.h"
+#include "test.h"
 
 #define SIZE (8u * 1024 * 1024)
 
-static int failures;
 static char dir[] = "/tmp/rawtrack-test-zero-copy-XXXXXX";
-
-#define CHECK(cond) do { if (!(cond)) { \
-  fprintf (stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__, \
-           #cond, rawtrack_get_error () ? rawtrack_get_error () : ""); \
-  failures++; } } while (0)
 
 struct span { uint64_t lo, hi; };
 
@@ -184,10 +179,5 @@ main (void)
   test_attached ();
   test_others ();
   rmdir (dir);
-  if (failures) {
-    fprintf (stderr, "test-zero-copy: %d failures\n", failures);
-    return 1;
-  }
-  printf ("test-zero-copy: ok\n");
-  return 0;
+  return test_exit ("test-zero-copy");
 }
