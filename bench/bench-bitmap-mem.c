@@ -5,10 +5,7 @@
  * dirty in scattered runs, timed for the whole-bitmap operations the
  * library performs (merge, count, dirty-area iteration, clear_all, stream
  * store/load per 64 KiB cluster) and for the per-write ones (set, get).
- * Not part of meson; build by hand:
- *
- *   cc -O2 -I include -I common -I lib bench/bench-bitmap-mem.c \
- *      lib/bitmap-mem.c lib/errors.c lib/memory.c -lpthread
+ * Built by meson: build/bench/bench-bitmap-mem.
  *
  * Single-threaded; prints one line per operation.
  */

@@ -75,8 +75,6 @@ char *rt_strndup (const char *s, size_t n);
 void rt_alloc_fail_after (unsigned long n);
 /* Tests: allocations left before the armed failure (0: fired or off). */
 unsigned long rt_alloc_fail_pending (void);
-/* Upper bound for any single metadata allocation driven by image content. */
-#define RT_MAX_ALLOC (256u * 1024 * 1024)
 
 /* ---- io/io.c: wrappers that turn backend errno into messages ---------- */
 /* what: "L1 table", "refcount block", ... used in the error message. */
@@ -287,13 +285,6 @@ struct rawtrack_image {
   struct bitmap_dir bitmaps;
   bool bitmaps_trusted;            /* extension present and autoclear bit 0 */
 };
-
-/* Cluster index <-> offset helpers. */
-static inline uint64_t
-cluster_of (const struct rawtrack_image *img, uint64_t off)
-{
-  return off >> img->h.cluster_bits;
-}
 
 /* ---- qcow2-refcount.c ------------------------------------------------- */
 /* Set up refcount bookkeeping; the table itself is read by
