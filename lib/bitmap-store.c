@@ -113,7 +113,7 @@ bitmap_table_parse (const uint8_t *buf, uint32_t table_size,
 static int
 file_size_of (struct rawtrack_image *img, uint64_t *size)
 {
-  int64_t s = rawtrack_io_get_size (img->file);
+  int64_t s = io_op_get_size (img->file);
 
   if (s < 0)
     return set_error (errno, "cannot get the size of the image file: %s",

@@ -267,6 +267,26 @@ header_switch (struct rawtrack_image *img, const struct ext_state *to)
   return -1;
 }
 
+/* Names of the current directory that rawtrack_image_bitmap_name handed
+ * out may still be in a caller's hands: move them to img->retired_names
+ * (freed at close) instead of freeing them with the directory.  Out of
+ * memory, a name is leaked rather than freed under a reader. */
+static void
+retire_lent_names (struct rawtrack_image *img)
+{
+  uint32_t i;
+
+  for (i = 0; i < img->bitmaps.nr; i++) {
+    struct bitmap_entry *e = &img->bitmaps.entries[i];
+
+    if (!e->lent)
+      continue;
+    if (name_list_append (&img->retired_names, e->name) == -1)
+      rt_clear_error ();
+    e->name = NULL;
+  }
+}
+
 /* Publish u->dir: steps [1]..[5] of the top of the file.  Consumes u. */
 int
 bitmap_update_commit (struct rawtrack_image *img, struct bitmap_update *u)
@@ -329,6 +349,7 @@ bitmap_update_commit (struct rawtrack_image *img, struct bitmap_update *u)
   }
 
   /* Switched: the new directory is the image's. */
+  retire_lent_names (img);
   bitmap_dir_free (&img->bitmaps);
   img->bitmaps = u->dir;
   memset (&u->dir, 0, sizeof u->dir);

@@ -1380,7 +1380,7 @@ mark_clean (struct pass *p)
 static int
 count_references (struct pass *p)
 {
-  int64_t size = rawtrack_io_get_size (p->img->file);
+  int64_t size = io_op_get_size (p->img->file);
 
   if (size < 0)
     return set_error (errno, "cannot get the size of the image file: %s",

@@ -177,7 +177,7 @@ write_layout (struct rawtrack_io *io, const struct layout_params *p)
     i += n;
   }
   /* Every structure lies inside the file, unwritten parts as holes. */
-  if (rawtrack_io_truncate (io, total * cs) == -1 &&
+  if (io_op_truncate (io, total * cs) == -1 &&
       errno != ENOTSUP) {
     set_error (errno, "cannot size the new image: %s", strerror (errno));
     goto out;
@@ -342,7 +342,7 @@ rawtrack_attach (const char *raw_path, const char *image_path,
                : rawtrack_io_file_open (raw_path, RAWTRACK_IO_RDONLY);
   if (!raw)
     return -1;
-  size = rawtrack_io_get_size (raw);
+  size = io_op_get_size (raw);
   if (size == -1) {
     set_error (errno, "cannot get the size of '%s': %s", raw_path,
                strerror (errno));
@@ -445,7 +445,7 @@ rawtrack_image_create (const char *path,
     /* --force truncates it: never under a program that has it open. */
     if (image_lock_file (data, RAWTRACK_OPEN_RDWR, true, dpath) == -1)
       goto out;
-    if (rawtrack_io_truncate (data, p.size) == -1 &&
+    if (io_op_truncate (data, p.size) == -1 &&
         !(rawtrack_io_caps (data) & RAWTRACK_IO_IS_BLOCKDEV)) {
       set_error (errno, "cannot size the data file '%s': %s", dpath,
                  strerror (errno));

@@ -284,7 +284,7 @@ write_data (struct rawtrack_image *img, const uint8_t *src, uint64_t count,
       if (src)
         r = io_write (io, src, ext.bytes, ext.host,
                       has_data_file (img) ? "data file" : "data cluster");
-      else if (rawtrack_io_zero (io, ext.bytes, ext.host, 0) == -1)
+      else if (io_op_zero (io, ext.bytes, ext.host, 0) == -1)
         r = set_error (errno, "writing zeros at offset %" PRIu64 ": %s",
                        ext.host, strerror (errno));
     }
@@ -406,7 +406,7 @@ rawtrack_image_zero (struct rawtrack_image *img, uint64_t count,
     unsigned zf = ((flags & RAWTRACK_ZERO_MAY_TRIM) ? RAWTRACK_IO_MAY_TRIM : 0) |
                   ((flags & RAWTRACK_ZERO_FAST) ? RAWTRACK_IO_FAST_ZERO : 0);
 
-    if (rawtrack_io_zero (img->data, count, offset, zf) == -1)
+    if (io_op_zero (img->data, count, offset, zf) == -1)
       return set_error (errno, "zeroing %" PRIu64 " bytes of the data file "
                         "at offset %" PRIu64 ": %s", count, offset,
                         strerror (errno));
@@ -458,7 +458,7 @@ rawtrack_image_trim (struct rawtrack_image *img, uint64_t count,
   if (has_data_file (img)) {
     /* Pass the discard to the data file; the mapping stays, so the raw
      * file and the image keep reading the same bytes. */
-    if (rawtrack_io_trim (img->data, count, offset) == -1 &&
+    if (io_op_trim (img->data, count, offset) == -1 &&
         errno != ENOTSUP && errno != EOPNOTSUPP)
       return set_error (errno, "discarding %" PRIu64 " bytes of the data "
                         "file at offset %" PRIu64 ": %s", count, offset,
@@ -515,7 +515,7 @@ rawtrack_image_block_status (struct rawtrack_image *img, uint64_t offset,
     *status = RAWTRACK_STATUS_ALLOCATED;
     if (img->data) {
       int is_data = 1;
-      int64_t n = rawtrack_io_extent (img->data, ext.host, ext.bytes,
+      int64_t n = io_op_extent (img->data, ext.host, ext.bytes,
                                       &is_data);
 
       if (n <= 0)

@@ -38,6 +38,7 @@
 #include "byteorder.h"
 #include "arith.h"
 #include "config.h"
+#include "cleanup.h"
 
 RAWTRACK_API const char *
 rawtrack_version (void)
@@ -56,6 +57,9 @@ image_free (struct rawtrack_image *img)
     free (img->l2_cache[i].entries);
   qcow2_refcount_free (img);
   bitmap_dir_free (&img->bitmaps);
+  for (i = 0; i < (int) img->retired_names.len; i++)
+    free (img->retired_names.ptr[i]);
+  name_list_reset (&img->retired_names);
   free (img->l1);
   free (img->normal_map);
   qcow2_header_free (&img->h);
@@ -145,7 +149,7 @@ image_setup (struct rawtrack_image *img)
   int64_t fsize;
   uint64_t cs, need_l1, l2_span_bits, i, c0len;
 
-  fsize = rawtrack_io_get_size (img->file);
+  fsize = io_op_get_size (img->file);
   if (fsize == -1)
     return set_error (errno, "cannot get the size of the image file: %s",
                       strerror (errno));
@@ -350,7 +354,13 @@ image_lock_file (struct rawtrack_io *io, unsigned flags, bool data,
   if (!(flags & RAWTRACK_OPEN_RDWR) || (flags & RAWTRACK_OPEN_NO_LOCK) ||
       (env && atoi (env) > 0))
     return 0;
-  if (rawtrack_io_lock (io, WRITER_PERM, data ? DATA_DENY : IMAGE_DENY) == -1) {
+  if (io_op_lock (io, WRITER_PERM, data ? DATA_DENY : IMAGE_DENY) == -1) {
+    if (errno == EBUSY)
+      set_error (EBUSY, "another program has the file open in a way that "
+                 "conflicts with writing it (QEMU's image lock: is a VM, "
+                 "qemu-nbd or another rawtrack using it?)");
+    else
+      set_error (errno, "locking the file: %s", strerror (errno));
     if (path)                          /* (else the caller names it) */
       rt_prefix_error ("%s%s: ", data ? "data file " : "", path);
     return -1;
@@ -635,7 +645,7 @@ rawtrack_image_file_size (struct rawtrack_image *img)
 
   if (img->path && stat (img->path, &st) == 0 && S_ISREG (st.st_mode))
     return (int64_t) st.st_blocks * 512;
-  return rawtrack_io_get_size (img->file);
+  return io_op_get_size (img->file);
 }
 
 RAWTRACK_API uint64_t
@@ -656,23 +666,33 @@ rawtrack_image_autoclear_features (struct rawtrack_image *img)
   return img->h.autoclear;
 }
 
+/* The directory getters take img->lock: a bitmap operation on another
+ * thread may replace the directory meanwhile.  A name handed out stays
+ * valid until close (bitmap-update.c keeps lent names). */
 RAWTRACK_API int
 rawtrack_image_bitmap_count (struct rawtrack_image *img)
 {
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
+
   return (int) img->bitmaps.nr;
 }
 
 RAWTRACK_API const char *
 rawtrack_image_bitmap_name (struct rawtrack_image *img, int i)
 {
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
+
   if (i < 0 || (uint32_t) i >= img->bitmaps.nr)
     return NULL;
+  img->bitmaps.entries[i].lent = true;
   return img->bitmaps.entries[i].name;
 }
 
 RAWTRACK_API uint64_t
 rawtrack_image_bitmap_granularity (struct rawtrack_image *img, int i)
 {
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
+
   if (i < 0 || (uint32_t) i >= img->bitmaps.nr)
     return 0;
   return 1ull << img->bitmaps.entries[i].granularity_bits;
@@ -681,6 +701,8 @@ rawtrack_image_bitmap_granularity (struct rawtrack_image *img, int i)
 RAWTRACK_API uint32_t
 rawtrack_image_bitmap_flags (struct rawtrack_image *img, int i)
 {
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
+
   if (i < 0 || (uint32_t) i >= img->bitmaps.nr)
     return 0;
   return img->bitmaps.entries[i].flags;

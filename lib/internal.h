@@ -47,6 +47,7 @@
 #include <pthread.h>
 
 #include "rawtrack/rawtrack.h"
+#include "vector.h"
 
 /* ---- errors.c --------------------------------------------------------- */
 /* Record the thread's last error (message formatted printf-style).
@@ -71,12 +72,37 @@ void *rt_calloc (size_t nmemb, size_t size);
 void *rt_realloc (void *p, size_t n);
 char *rt_strdup (const char *s);
 char *rt_strndup (const char *s, size_t n);
+/* For backends, which report through errno only: realloc with the same
+ * failure injection, ENOMEM without a message. */
+void *rt_realloc_quiet (void *p, size_t n);
 /* Tests: fail the n-th allocation from now (0 disables). */
 void rt_alloc_fail_after (unsigned long n);
 /* Tests: allocations left before the armed failure (0: fired or off). */
 unsigned long rt_alloc_fail_pending (void);
 
-/* ---- io/io.c: wrappers that turn backend errno into messages ---------- */
+/* ---- io/io.c: calls into backends ----------------------------------- */
+/* The backend's method (ENOTSUP where it has none; EROFS for pwrite; flush
+ * too: nothing is durable without it), reporting through errno only: the
+ * library and the shims use these, the public rawtrack_io_* add the
+ * thread's message. */
+int io_op_pread (struct rawtrack_io *io, void *buf, uint64_t count,
+                 uint64_t offset);
+int io_op_pwrite (struct rawtrack_io *io, const void *buf, uint64_t count,
+                  uint64_t offset, unsigned flags);
+int io_op_flush (struct rawtrack_io *io);
+int io_op_zero (struct rawtrack_io *io, uint64_t count, uint64_t offset,
+                unsigned flags);
+int io_op_trim (struct rawtrack_io *io, uint64_t count, uint64_t offset);
+int64_t io_op_get_size (struct rawtrack_io *io);
+int io_op_truncate (struct rawtrack_io *io, uint64_t size);
+int64_t io_op_extent (struct rawtrack_io *io, uint64_t offset,
+                      uint64_t count, int *is_data);
+int io_op_pwrite_batch (struct rawtrack_io *io,
+                        const struct rawtrack_io_vec *v, size_t n);
+int io_op_lock (struct rawtrack_io *io, unsigned perm, unsigned deny);
+/* Has the backend a flush method? */
+bool io_can_flush (struct rawtrack_io *io);
+/* With messages that name the structure: */
 /* what: "L1 table", "refcount block", ... used in the error message. */
 int io_read (struct rawtrack_io *io, void *buf, uint64_t count,
              uint64_t offset, const char *what);
@@ -204,6 +230,9 @@ struct bitmap_entry {
   uint8_t granularity_bits;
   char *name;                      /* NUL-terminated copy */
   uint16_t name_size;
+  bool lent;                       /* name handed out by
+                                    * rawtrack_image_bitmap_name: kept
+                                    * until close (image.c) */
 };
 
 struct bitmap_dir {
@@ -234,6 +263,8 @@ struct l2_slot {
                                     * (twice that with extended L2) */
   uint64_t lru;
 };
+
+DEFINE_VECTOR_TYPE (name_list, char *, rt_realloc)
 
 struct rawtrack_image {
   pthread_mutex_t lock;            /* see the top of this file */
@@ -283,6 +314,9 @@ struct rawtrack_image {
 
   /* bitmaps (directory only; bits are loaded on demand) */
   struct bitmap_dir bitmaps;
+  /* Names rawtrack_image_bitmap_name handed out from directories that
+   * were replaced since: the pointers stay valid until close. */
+  struct name_list retired_names;
   bool bitmaps_trusted;            /* extension present and autoclear bit 0 */
 };
 

@@ -46,6 +46,19 @@ oom (size_t n)
 }
 
 void *
+rt_realloc_quiet (void *p, size_t n)
+{
+  if (injected_failure ()) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  p = realloc (p, n ? n : 1);
+  if (!p)
+    errno = ENOMEM;
+  return p;
+}
+
+void *
 rt_malloc (size_t n)
 {
   void *p;

@@ -353,6 +353,17 @@ track_start (struct rawtrack_image *img)
   bool dir_changed = false, in_update = false;
   int r = -1;
 
+  /* Crash-safe tracking rests on syncing the image file: a backend that
+   * cannot flush cannot keep the promise, so refuse rather than pretend
+   * (the bits would be "durable" only in a cache nobody can empty). */
+  if (!(img->flags & (RAWTRACK_OPEN_TRACK_LAZY | RAWTRACK_OPEN_TRACK_PROCESS))
+      && !io_can_flush (img->file))
+    return set_error (ENOTSUP, "crash-safe tracking (the default mode) needs "
+                      "an image file backend that can flush, and the '%s' "
+                      "backend has no flush method: the bitmaps could not "
+                      "be made durable before the data they cover",
+                      img->file->ops->name ? img->file->ops->name : "I/O");
+
   t = rt_calloc (1, sizeof *t);
   if (!t)
     return -1;

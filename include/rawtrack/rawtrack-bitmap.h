@@ -46,6 +46,27 @@ extern "C" {
 
 struct rawtrack_image;
 
+/* Errors.  Every function here that fails returns -1 with the thread's
+ * message and errno set (rawtrack_get_error, rawtrack_get_errno):
+ *   EINVAL   a bad argument (no name, a name too long or with a bad
+ *            character, a granularity out of range), or an inconsistent
+ *            (in-use) bitmap where a consistent one is needed
+ *   ENOENT   no bitmap of that name
+ *   EEXIST   add: a bitmap of that name exists
+ *   EROFS    the image is open read-only (the changing operations)
+ *   EBUSY    the changing operations, while guest writes are tracked
+ *            through this handle (the tracker owns the bits until close:
+ *            change bitmaps through another handle)
+ *   ERANGE   too many bitmaps, a directory or table too large, or (merge)
+ *            images of different virtual sizes
+ *   ENOTSUP  the image or a backend cannot do it (no flush method, a
+ *            bitmap type other than dirty tracking)
+ *   ECANCELED  extents: the callback returned a negative value
+ *   RAWTRACK_ECORRUPT  corrupt bitmap metadata (the message names it)
+ *   ENOMEM, EIO, ENOSPC  from memory allocation and the backends
+ * The directory getters of rawtrack.h (rawtrack_image_bitmap_*) may run
+ * while other threads do these operations on the same handle. */
+
 /* Flags for rawtrack_bitmap_add. */
 #define RAWTRACK_BITMAP_ADD_DISABLED 0x1u  /* create it disabled (not auto) */
 

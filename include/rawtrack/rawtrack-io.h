@@ -19,7 +19,8 @@
  *    with errno set.  Backends never print and never call rawtrack_set_error;
  *    the caller turns errno into a message that names the structure.
  *  - Errnos: EIO, ENOSPC, EROFS (write on a read-only backend), EINVAL (bad
- *    argument), ENOTSUP (operation not supported), ENOMEM.
+ *    argument), ENOTSUP (operation not supported), ENOMEM, EBUSY (lock:
+ *    held by another opener).
  *  - pread past the end of the backend: the bytes past the end read as zero
  *    and the call succeeds (the SQLite xRead rule).  A read that starts past
  *    the end is entirely zeros.  Callers that must know the size ask
@@ -199,7 +200,15 @@ RAWTRACK_API int rawtrack_is_nbd_uri (const char *name);
 RAWTRACK_API int rawtrack_nbd_set_tls (const char *certificates,
                                        const char *psk_file);
 
-/* Convenience wrappers that check struct_size and NULL methods. */
+/* Wrappers that check struct_size and NULL methods, for callers of a
+ * backend.  Like every rawtrack_* function, one that fails returns -1 (or
+ * NULL) with errno AND the thread's message set (rawtrack_get_error:
+ * backend, operation, range); one that succeeds clears the message.
+ * A missing method is ENOTSUP (pwrite: EROFS) - flush too: a backend
+ * without flush cannot make anything durable, and saying so is what keeps
+ * crash-safe tracking honest.  extent without a method reports data;
+ * lock without a method holds nothing and succeeds.  Backends themselves
+ * report only through their return value and errno (above). */
 RAWTRACK_API int rawtrack_io_pread (struct rawtrack_io *io, void *buf,
                                     uint64_t count, uint64_t offset);
 RAWTRACK_API int rawtrack_io_pwrite (struct rawtrack_io *io, const void *buf,

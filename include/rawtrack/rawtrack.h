@@ -13,13 +13,21 @@
  *    rawtrack_get_errno; the string stays valid until the next librawtrack
  *    call on the same thread.
  *  - Errno meanings: EINVAL bad argument; ENOTSUP unknown incompatible
- *    feature or unsupported option; EROFS image opened read-only; ERANGE
- *    request too large; EEXIST target exists; ENOENT missing file;
- *    RAWTRACK_ECORRUPT image metadata is corrupt (the message names the
- *    structure and the byte offset); EIO/ENOSPC passed through from the
- *    backend.
+ *    feature, unsupported option, or a backend without the method needed
+ *    (a backend without flush cannot make anything durable: flush, FUA
+ *    writes and crash-safe tracking fail with ENOTSUP); EROFS image
+ *    opened read-only; ERANGE request too large; EEXIST target exists;
+ *    ENOENT missing file; EBUSY another program (or handle) holds the
+ *    image's locks, or a bitmap operation while this handle tracks guest
+ *    writes; EPERM a data file refused (a device or pseudo file system);
+ *    ENOMEM out of memory; RAWTRACK_ECORRUPT image metadata is corrupt
+ *    (the message names the structure and the byte offset); EIO/ENOSPC
+ *    passed through from the backend.  Lists per function group are in
+ *    rawtrack-bitmap.h and rawtrack-io.h.
  *  - Thread model: one image handle may be used from many threads; metadata
- *    is serialised by one lock per image.
+ *    is serialised by one lock per image.  That includes the getters:
+ *    rawtrack_image_bitmap_* may run while another thread adds or removes
+ *    bitmaps (an index may then name a different bitmap, or none: NULL/0).
  */
 #ifndef RAWTRACK_H
 #define RAWTRACK_H
@@ -98,7 +106,8 @@ RAWTRACK_API struct rawtrack_image *rawtrack_image_open_io (struct rawtrack_io *
  * handle is freed anyway).  NULL-safe. */
 RAWTRACK_API int rawtrack_image_close (struct rawtrack_image *img);
 
-/* Make all metadata and data durable. */
+/* Make all metadata and data durable.  ENOTSUP when a backend has no
+ * flush method (nothing can be made durable then). */
 RAWTRACK_API int rawtrack_image_flush (struct rawtrack_image *img);
 
 /* Read guest data as QEMU reads it: zeros for zero clusters and holes,
@@ -228,7 +237,8 @@ RAWTRACK_API uint64_t rawtrack_image_autoclear_features (struct rawtrack_image *
 #define RAWTRACK_BITMAP_IN_USE  0x1u
 #define RAWTRACK_BITMAP_AUTO    0x2u
 RAWTRACK_API int rawtrack_image_bitmap_count (struct rawtrack_image *img);
-/* i-th bitmap's name (owned by the handle), or NULL. */
+/* i-th bitmap's name, or NULL.  Owned by the handle: valid until close,
+ * even after bitmap operations replace the directory. */
 RAWTRACK_API const char *rawtrack_image_bitmap_name (struct rawtrack_image *img, int i);
 RAWTRACK_API uint64_t rawtrack_image_bitmap_granularity (struct rawtrack_image *img, int i);
 RAWTRACK_API uint32_t rawtrack_image_bitmap_flags (struct rawtrack_image *img, int i);

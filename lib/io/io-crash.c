@@ -166,7 +166,7 @@ discard_ops (struct crash_io *c, size_t n)
 static int64_t
 visible_size (struct crash_io *c)
 {
-  int64_t s = rawtrack_io_get_size (c->inner);
+  int64_t s = io_op_get_size (c->inner);
   uint64_t size;
   size_t i;
 
@@ -224,14 +224,14 @@ static int
 inner_zero (struct crash_io *c, uint64_t count, uint64_t offset,
             unsigned flags)
 {
-  if (rawtrack_io_zero (c->inner, count, offset, flags) == 0)
+  if (io_op_zero (c->inner, count, offset, flags) == 0)
     return 0;
   if (errno != ENOTSUP)
     return -1;
   while (count > 0) {
     uint64_t n = MIN (count, (uint64_t) ZERO_CHUNK);
 
-    if (rawtrack_io_pwrite (c->inner, zero_buf, n, offset, 0) == -1)
+    if (io_op_pwrite (c->inner, zero_buf, n, offset, 0) == -1)
       return -1;
     count -= n;
     offset += n;
@@ -244,7 +244,7 @@ inner_zero (struct crash_io *c, uint64_t count, uint64_t offset,
 static int
 inner_trim (struct crash_io *c, uint64_t count, uint64_t offset)
 {
-  int64_t size = rawtrack_io_get_size (c->inner);
+  int64_t size = io_op_get_size (c->inner);
 
   if (size == -1)
     return -1;
@@ -259,13 +259,13 @@ apply_op (struct crash_io *c, const struct pending *p)
 {
   switch (p->kind) {
   case P_WRITE:
-    return rawtrack_io_pwrite (c->inner, p->data, p->count, p->offset, 0);
+    return io_op_pwrite (c->inner, p->data, p->count, p->offset, 0);
   case P_ZERO:
     return inner_zero (c, p->count, p->offset, 0);
   case P_TRIM:
     return inner_trim (c, p->count, p->offset);
   case P_TRUNCATE:
-    return rawtrack_io_truncate (c->inner, p->offset);
+    return io_op_truncate (c->inner, p->offset);
   }
   abort ();
 }
@@ -287,7 +287,7 @@ do_flush (struct crash_io *c)
     }
   }
   discard_ops (c, c->ops.len);
-  return rawtrack_io_flush (c->inner);
+  return io_op_flush (c->inner);
 }
 
 /* ---- the crash (invariant 3) ------------------------------------------ */
@@ -328,11 +328,11 @@ apply_unit (struct crash_io *c, const struct unit *u)
   if (u->garble) {
     for (i = 0; i < u->len; i++)
       junk[i] = (uint8_t) next_random (c);
-    return rawtrack_io_pwrite (c->inner, junk, u->len, u->offset, 0);
+    return io_op_pwrite (c->inner, junk, u->len, u->offset, 0);
   }
   switch (p->kind) {
   case P_WRITE:
-    return rawtrack_io_pwrite (c->inner, p->data + (u->offset - p->offset),
+    return io_op_pwrite (c->inner, p->data + (u->offset - p->offset),
                                u->len, u->offset, 0);
   case P_ZERO:
     return inner_zero (c, u->len, u->offset, 0);
@@ -412,11 +412,11 @@ do_crash (struct crash_io *c)
         continue;
       r = settle_epoch (c, units, from, i);
       if (r == 0 && i < c->ops.len && random_below (c, 2) == 0)
-        r = rawtrack_io_truncate (c->inner, c->ops.ptr[i].offset);
+        r = io_op_truncate (c->inner, c->ops.ptr[i].offset);
       from = i + 1;
     }
     if (r == 0)
-      r = rawtrack_io_flush (c->inner);
+      r = io_op_flush (c->inner);
   }
 
   saved = errno;
@@ -530,7 +530,7 @@ crash_pread (struct rawtrack_io *io, void *buf, uint64_t count,
   lock (c);
   if (enter (c, OP_READ) == -1 || check_range (offset, count) == -1)
     goto out;
-  if (rawtrack_io_pread (c->inner, buf, count, offset) == -1)
+  if (io_op_pread (c->inner, buf, count, offset) == -1)
     goto out;
   for (i = 0; i < c->ops.len; i++)
     overlay (&c->ops.ptr[i], buf, count, offset);
@@ -741,7 +741,7 @@ crash_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
     r = (int64_t) MIN (covered, count);
     goto out;
   }
-  r = rawtrack_io_extent (c->inner, offset, count, is_data);
+  r = io_op_extent (c->inner, offset, count, is_data);
   if (r <= 0)
     goto out;
   len = (uint64_t) r;

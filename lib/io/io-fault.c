@@ -98,7 +98,7 @@ fault_pread (struct rawtrack_io *io, void *buf, uint64_t count,
 
   if (enter (f, OP_READ) == -1)
     return -1;
-  return rawtrack_io_pread (f->inner, buf, count, offset);
+  return io_op_pread (f->inner, buf, count, offset);
 }
 
 static int
@@ -109,7 +109,7 @@ fault_pwrite (struct rawtrack_io *io, const void *buf, uint64_t count,
 
   if (enter (f, OP_WRITE) == -1)
     return -1;
-  return rawtrack_io_pwrite (f->inner, buf, count, offset, flags);
+  return io_op_pwrite (f->inner, buf, count, offset, flags);
 }
 
 static int
@@ -119,7 +119,7 @@ fault_flush (struct rawtrack_io *io)
 
   if (enter (f, OP_FLUSH) == -1)
     return -1;
-  return rawtrack_io_flush (f->inner);
+  return io_op_flush (f->inner);
 }
 
 static int
@@ -130,7 +130,7 @@ fault_zero (struct rawtrack_io *io, uint64_t count, uint64_t offset,
 
   if (enter (f, OP_ZERO) == -1)
     return -1;
-  return rawtrack_io_zero (f->inner, count, offset, flags);
+  return io_op_zero (f->inner, count, offset, flags);
 }
 
 static int
@@ -140,7 +140,7 @@ fault_trim (struct rawtrack_io *io, uint64_t count, uint64_t offset)
 
   if (enter (f, OP_TRIM) == -1)
     return -1;
-  return rawtrack_io_trim (f->inner, count, offset);
+  return io_op_trim (f->inner, count, offset);
 }
 
 static int64_t
@@ -148,7 +148,7 @@ fault_get_size (struct rawtrack_io *io)
 {
   struct fault_io *f = (struct fault_io *) io;
 
-  return rawtrack_io_get_size (f->inner);
+  return io_op_get_size (f->inner);
 }
 
 static int
@@ -158,7 +158,7 @@ fault_truncate (struct rawtrack_io *io, uint64_t size)
 
   if (enter (f, OP_TRUNCATE) == -1)
     return -1;
-  return rawtrack_io_truncate (f->inner, size);
+  return io_op_truncate (f->inner, size);
 }
 
 static void
@@ -195,7 +195,7 @@ fault_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
 {
   struct fault_io *f = (struct fault_io *) io;
 
-  return rawtrack_io_extent (f->inner, offset, count, is_data);
+  return io_op_extent (f->inner, offset, count, is_data);
 }
 
 static const struct rawtrack_io_ops fault_ops = {

@@ -30,6 +30,9 @@
  * either (its fallback, process-associated locks, would be dropped by
  * any close of the file in this process, so it is not imitated).
  *
+ * Errors go back through errno only (EBUSY: a conflict), as for every
+ * backend method; image_lock_file (image.c) words the message.
+ *
  * Locking (threads): none; called once per backend, at open.
  */
 #include <stdbool.h>
@@ -44,10 +47,6 @@
 #define PERM_BASE    100
 #define DENY_BASE    200
 #define NPERM        4
-
-static const char *const perm_name[NPERM] = {
-  "consistent read", "write", "write unchanged", "resize",
-};
 
 /* 0 done, 1 no OFD locks here, -1 other error (errno). */
 static int
@@ -118,16 +117,14 @@ file_lock_fd (int fd, unsigned perm, unsigned deny)
       if (r == -1)
         goto error;
       unlock_all (fd);
-      return set_error (EBUSY, "another program has the file open %s the "
-                        "\"%s\" permission (QEMU's image lock: is a VM, "
-                        "qemu-nbd or another rawtrack using it?)",
-                        d ? "with" : "and does not let others have",
-                        perm_name[i]);
+      errno = EBUSY;
+      return -1;
     }
   return 0;
 
  error:
   saved = errno;
   unlock_all (fd);
-  return set_error (saved, "locking the file: %s", strerror (saved));
+  errno = saved;
+  return -1;
 }

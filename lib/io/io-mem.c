@@ -99,7 +99,7 @@ grow (struct mem_io *m, uint64_t end)
       new_alloc = m->max_size;
     new_alloc = MAX (new_alloc, MAX (end, (uint64_t) MIN_ALLOC));
     new_alloc = MIN (new_alloc, m->max_size);
-    p = rt_realloc (m->data, (size_t) new_alloc);
+    p = rt_realloc_quiet (m->data, (size_t) new_alloc);
     if (p == NULL)
       return -1;                /* errno is ENOMEM */
     memset (p + m->alloc, 0, (size_t) (new_alloc - m->alloc));
