@@ -11,6 +11,7 @@
  *    2  image.c                      open, close, getters
  *       check.c                      check and repair
  *       bitmap-ops.c                 rawtrack_bitmap_* (public operations)
+ *       qcow2-writer.c               rawtrack_writer_* (sequential images)
  *    3  guest-io.c                   guest writes, zeroes, discards, flush,
  *                                    block status
  *    4  guest-read.c                 guest reads, the raw one-to-one map

@@ -274,8 +274,15 @@ rawtrack_io_lock (struct rawtrack_io *io, unsigned perm, unsigned deny)
 {
   rt_clear_error ();
   errno = 0;
-  if (io_op_lock (io, perm, deny) == -1)
+  if (io_op_lock (io, perm, deny) == -1) {
+    if (errno == EBUSY)
+      return rt_set_error (EBUSY, "%s backend: lock: another opener holds "
+                           "a permission asked to be denied, or denies one "
+                           "asked for (QEMU's image lock: is a VM, qemu-nbd "
+                           "or another rawtrack using it?)",
+                           backend_name (io));
     return fail_op (io, "lock");
+  }
   return 0;
 }
 

@@ -730,7 +730,7 @@ test_file_lock (void)
   REQUIRE (rawtrack_io_lock (a, W, W_DENY) == 0);
   /* a denies write: b may not have it. */
   REQUIRE_ERR (rawtrack_io_lock (b, W, W_DENY), EBUSY);
-  REQUIRE (strstr (rawtrack_get_error (), "\"write\" permission") != NULL);
+  REQUIRE (strstr (rawtrack_get_error (), "QEMU's image lock") != NULL);
   /* a holds write: b may not deny it (QEMU's locking reader). */
   REQUIRE_ERR (rawtrack_io_lock (b, RAWTRACK_IO_PERM_READ, W_DENY), EBUSY);
   /* What a holds and denies leaves b a plain reader, sharing all. */
