@@ -48,6 +48,7 @@
 
 #include "rawtrack/rawtrack.h"
 #include "rawtrack/rawtrack-bitmap.h"
+#include "random.h"
 
 #define MiB (1024ull * 1024)
 #define LIMIT (64 * MiB)                 /* the documented target */
@@ -74,15 +75,6 @@ die (const char *what)
   fprintf (stderr, "bench-crash-bound: %s: %s\n", what,
            rawtrack_get_error () ? rawtrack_get_error () : strerror (errno));
   exit (2);
-}
-
-static uint64_t
-rnd (uint64_t *s)
-{
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
 }
 
 static double
@@ -218,7 +210,7 @@ child (const char *img_path, int w, uint64_t seed, int fd)
     _exit (3);
   }
   memset (buf, 0x5a, sizeof buf);
-  off = (rnd (&s) % (disk_size / 2 / MiB)) * MiB;
+  off = (rt_random (&s) % (disk_size / 2 / MiB)) * MiB;
   next = now ();
   for (;;) {
     uint64_t o, len;
@@ -232,7 +224,7 @@ child (const char *img_path, int w, uint64_t seed, int fd)
       next += 1.0 / SEQ_MIB_S;
     }
     else {
-      o = (rnd (&s) % (disk_size / 4096)) * 4096;
+      o = (rt_random (&s) % (disk_size / 4096)) * 4096;
       len = 4096;
       next += 1.0 / RATE;
       if (w == W_IDLE && n == RATE) {
@@ -348,7 +340,7 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
 
   /* The kill: random, 0.3 to 3 s in (idle: 2 to 3 s after its last
    * write, which it tells; until then no kill). */
-  t_kill = w == W_IDLE ? 1e9 : 0.3 + (double) (rnd (&s) % 2700) / 1000;
+  t_kill = w == W_IDLE ? 1e9 : 0.3 + (double) (rt_random (&s) % 2700) / 1000;
   if (pipe (p) == -1)
     die ("pipe");
   fflush (stdout);
@@ -379,7 +371,7 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
       continue;
     got = 0;
     if (r.done == 2) {
-      t_kill = now () - t0 + 2.0 + (double) (rnd (&s) % 1000) / 1000;
+      t_kill = now () - t0 + 2.0 + (double) (rt_random (&s) % 1000) / 1000;
       continue;
     }
     if (!r.done) {

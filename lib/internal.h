@@ -17,6 +17,8 @@
  *    4  guest-read.c                 guest reads, the raw one-to-one map
  *       track.c                      dirty tracking of guest writes
  *    5  track-log.c                  the tracking log in cluster 0
+ *       bitmap-owner.c               bitmap clusters owned by one bitmap
+ *       backing.c                    backing chains (open, read)
  *       bitmap-update.c              the bitmap directory's transaction
  *    6  bitmap-store.c               bitmap tables and data clusters
  *    7  bitmap-mem.c  bitmap-dir.c   bits in memory, directory format
@@ -26,6 +28,10 @@
  *    9  qcow2-refcount.c             refcount table and blocks
  *       qcow2-header.c               header + extensions, the write-back
  *   10  struct rawtrack_io (lib/io/) storage
+ *
+ *   up: backing.c -> image.c guest-io.c guest-read.c
+ *       (the one exception: a backing layer is an image of its own,
+ *       opened and read through the entry points of ITS handle)
  *
  * One guest request's flow goes one way down: a write enters guest-io.c,
  * marks the bitmaps (track.c, which logs hot extents through
@@ -320,6 +326,13 @@ struct rawtrack_image {
   struct name_list retired_names;
   bool bitmaps_trusted;            /* extension present and autoclear bit 0 */
 };
+
+/* The cluster index of a byte offset (bitmap-owner.c). */
+static inline uint64_t
+cluster_of (const struct rawtrack_image *img, uint64_t off)
+{
+  return off >> img->h.cluster_bits;
+}
 
 /* ---- qcow2-refcount.c ------------------------------------------------- */
 /* Set up refcount bookkeeping; the table itself is read by

@@ -404,7 +404,7 @@ main (void)
 
     if (total == 0)
       continue;
-    run_threads (seed, target, 1 + rnd (&s) % total, 0);
+    run_threads (seed, target, 1 + rt_random (&s) % total, 0);
     runs++;
   }
   if (failures) {
@@ -423,7 +423,7 @@ main (void)
     uint64_t s = seed * 7, n;
 
     for (n = 0; n < 8 && total && failures == 0; n++)
-      run_threads (seed, 0, 1 + rnd (&s) % total, RAWTRACK_OPEN_TRACK_PROCESS);
+      run_threads (seed, 0, 1 + rt_random (&s) % total, RAWTRACK_OPEN_TRACK_PROCESS);
   }
   if (failures == 0) {
     fprintf (stderr, "test-powerloss: the negative control with %d writers "
