@@ -169,7 +169,7 @@ bitmap_load_range (struct rawtrack_image *img, const struct bitmap_entry *e,
                    uint64_t start, uint64_t len, struct bitmap_mem **out)
 {
   const uint64_t cs = img->cluster_size;
-  uint64_t need, *table = NULL, i, j, first, last;
+  uint64_t need, *table = NULL, i, j, first, last, lo, hi;
   struct bitmap_mem *bm = NULL;
   uint8_t *buf = NULL;
   size_t bufsize;
@@ -187,42 +187,53 @@ bitmap_load_range (struct rawtrack_image *img, const struct bitmap_entry *e,
   if (bitmap_table_read (img, e, &table) == -1)
     goto fail;
 
-  bufsize = (size_t) MIN ((uint64_t) IO_CHUNK, e->table_size * cs);
-  bufsize = MAX (bufsize, (size_t) cs);
-  buf = rt_malloc (bufsize);
-  if (!buf)
-    goto fail;
-
-  /* The table entries that hold the bits of [start, start + len): bit k
-   * covers guest bytes k << granularity_bits, and is stream bit k. */
+  /* The stream bytes that hold the bits of [start, start + len) (bit k
+   * covers guest bytes k << granularity_bits and is stream bit k), widened
+   * to 4 KiB: only those are read, so a client asking about 4 GiB of a
+   * 16 TiB disk reads 4 KiB of a 64 KiB-granularity bitmap, not its
+   * cluster. */
   if (len == 0 || start >= img->virtual_size)
-    first = last = 0;
+    first = last = lo = hi = 0;
   else {
     uint64_t end = MIN (start + len, img->virtual_size);
 
-    first = (start >> e->granularity_bits) / 8 / cs;
-    last = MIN (((end - 1) >> e->granularity_bits) / 8 / cs + 1,
-                (uint64_t) e->table_size);
+    lo = ROUND_DOWN ((start >> e->granularity_bits) / 8, 4096);
+    hi = MIN (ROUND_UP (((end - 1) >> e->granularity_bits) / 8 + 1, 4096),
+              (uint64_t) e->table_size * cs);
+    first = lo / cs;
+    last = DIV_ROUND_UP (hi, cs);
   }
+  /* One piece (at most a cluster) fits; runs of contiguous clusters are
+   * read up to IO_CHUNK at a time. */
+  bufsize = (size_t) MAX (MIN ((uint64_t) IO_CHUNK, hi - lo),
+                          MIN ((uint64_t) cs, hi - lo));
+  buf = rt_malloc (bufsize ? bufsize : 1);
+  if (!buf)
+    goto fail;
   for (i = first; i < last; i = j) {
     uint64_t off = table[i] & BME_TABLE_ENTRY_OFFSET_MASK;
+    uint64_t plo = MAX (lo, i * cs), phi = MIN (hi, (i + 1) * cs);
 
     j = i + 1;
     if (off == 0) {
       /* The bitmap starts all clean; only all-ones needs work. */
       if (table[i] & BME_TABLE_ENTRY_FLAG_ALL_ONES)
-        bitmap_mem_fill (bm, i * cs, cs, true);
+        bitmap_mem_fill (bm, plo, phi - plo, true);
       continue;
     }
     /* Coalesce a run of contiguous data clusters into one read. */
-    while (j < last && (j - i + 1) * cs <= bufsize &&
-           (table[j] & BME_TABLE_ENTRY_OFFSET_MASK) == off + (j - i) * cs)
+    while (j < last && phi == j * cs &&
+           MIN (hi, (j + 1) * cs) - plo <= bufsize &&
+           (table[j] & BME_TABLE_ENTRY_OFFSET_MASK) == off + (j - i) * cs) {
+      phi = MIN (hi, (j + 1) * cs);
       j++;
-    if (io_read (img->file, buf, (j - i) * cs, off, "bitmap data") == -1) {
+    }
+    if (io_read (img->file, buf, phi - plo, off + (plo - i * cs),
+                 "bitmap data") == -1) {
       rt_prefix_error ("bitmap '%s': ", e->name);
       goto fail;
     }
-    bitmap_mem_load (bm, i * cs, (j - i) * cs, buf);
+    bitmap_mem_load (bm, plo, phi - plo, buf);
   }
   free (buf);
   free (table);
