@@ -121,6 +121,12 @@ void jv_free (struct jv *v);
 /* Member key of an object, or NULL. */
 const struct jv *jv_get (const struct jv *v, const char *key);
 
+/* Writes that bypassed rawtrack (rawtrack_image_data_file_changed): a
+ * sentence saying what is known into buf (returns 1), or 0 when nothing
+ * is; and the same as the JSON object "rawtrack-data-file-changed". */
+int data_file_change_text (struct rawtrack_image *img, char *buf, size_t len);
+void data_file_change_json (struct json *j, struct rawtrack_image *img);
+
 /* ---- commands ---------------------------------------------------------- */
 int cmd_attach (int argc, char **argv);
 int cmd_create (int argc, char **argv);

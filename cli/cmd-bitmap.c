@@ -323,6 +323,12 @@ do_list (struct rawtrack_image *img, bool json)
     json_array_end (j);
     json_end (j);
   }
+  else {
+    char why[512];
+
+    if (data_file_change_text (img, why, sizeof why))
+      printf ("note: %s\n", why);
+  }
   return r;
 }
 

@@ -186,6 +186,7 @@ cmd_check (int argc, char **argv)
   const char *data_file = NULL, *filename;
   unsigned repair = 0, allow = 0;
   bool json = false, quiet = false;
+  char why[512];
   int c, st;
 
   optind = 1;
@@ -246,6 +247,8 @@ cmd_check (int argc, char **argv)
     rawtrack_image_close (img);
     return st;
   }
+  if (!quiet && !json && data_file_change_text (img, why, sizeof why))
+    printf ("Note: %s\n\n", why);
   if (rawtrack_image_close (img) == -1)
     res.check_errors++;
 

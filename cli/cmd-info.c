@@ -93,6 +93,7 @@ print_json (struct rawtrack_image *img, const char *filename)
     json_string (j, "backing-filename", bf);
   }
   json_bool (j, "dirty-flag", rawtrack_image_is_dirty (img));
+  data_file_change_json (j, img);
   json_object_end (j);
   json_end (j);
 }
@@ -167,6 +168,12 @@ print_human (struct rawtrack_image *img, const char *filename)
     }
     if (rawtrack_image_has_data_file (img))
       printf ("    data file raw: %s\n", yesno (rawtrack_image_data_file_raw (img)));
+    {
+      char why[512];
+
+      if (data_file_change_text (img, why, sizeof why))
+        printf ("    data file changed: %s\n", why);
+    }
     printf ("    corrupt: %s\n", yesno (rawtrack_image_is_corrupt (img)));
     printf ("    extended l2: %s\n", yesno (rawtrack_image_extended_l2 (img)));
   }

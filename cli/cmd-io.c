@@ -414,6 +414,12 @@ cmd_io (int argc, char **argv)
     free (list.v);
     return fail_lib ("%s", argv[optind]);
   }
+  {
+    char why[512];
+
+    if (data_file_change_text (img, why, sizeof why))
+      fprintf (stderr, "%s: warning: %s: %s\n", progname, argv[optind], why);
+  }
   for (i = 0; i < list.n && r == 0; i++)
     r = run_cmd (img, &list.v[i], &buf);
   if (stream) {

@@ -530,6 +530,12 @@ open_export (const struct serve_options *o, struct nbd_export *exp)
     if (!exp->img)
       return fail_lib ("%s", o->image);
   }
+  {
+    char why[512];
+
+    if (data_file_change_text (exp->img, why, sizeof why))
+      fprintf (stderr, "rawtrack serve: warning: %s: %s\n", o->image, why);
+  }
   exp->name = o->exportname;
   exp->description = o->description;
   exp->size = rawtrack_image_virtual_size (exp->img);

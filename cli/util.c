@@ -3,8 +3,10 @@
  *
  * Owns: parse_size (command-line sizes, close to QEMU's qemu_strtosz),
  * parse_track_mode (the --track MODE of `io` and `serve`) and
- * human_size (QEMU's size_to_str, as printed by qemu-img info) and
- * escape_text (names from an image, made safe for a terminal).
+ * human_size (QEMU's size_to_str, as printed by qemu-img info),
+ * escape_text (names from an image, made safe for a terminal), and the
+ * sentence and JSON object explaining a data file changed behind
+ * rawtrack's back (data_file_change_text/json).
  * Locking: none; the functions are pure and reentrant.
  *
  * Accepted sizes:
@@ -22,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ctype.h>
+#include <time.h>
+#include <inttypes.h>
 
 #include "cli.h"
 
@@ -335,4 +339,85 @@ put_text (const char *str)
 
   fputs (e ? e : "?", stdout);
   free (e);
+}
+
+/* ---- writes that bypassed rawtrack ------------------------------------ */
+
+static void
+reason_text (unsigned r, char *buf, size_t len)
+{
+  snprintf (buf, len, "%s%s%s%s%s",
+            (r & RAWTRACK_CHANGE_REPLACED) ? "another file" : "",
+            (r & RAWTRACK_CHANGE_REPLACED) && (r & ~1u) ? ", " : "",
+            (r & RAWTRACK_CHANGE_SIZE) ? "size" : "",
+            (r & RAWTRACK_CHANGE_SIZE) && (r & RAWTRACK_CHANGE_CTIME)
+            ? ", " : "",
+            (r & RAWTRACK_CHANGE_CTIME) ? "change time" : "");
+}
+
+static void
+utc_text (int64_t t, char *buf, size_t len)
+{
+  time_t tt = (time_t) t;
+  struct tm tm;
+
+  if (gmtime_r (&tt, &tm))
+    strftime (buf, len, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  else
+    snprintf (buf, len, "%" PRId64, t);
+}
+
+int
+data_file_change_text (struct rawtrack_image *img, char *buf, size_t len)
+{
+  struct rawtrack_data_file_change c = { .struct_size = sizeof c };
+  char why[64], when[64];
+
+  if (rawtrack_image_data_file_changed (img, &c) == -1)
+    return 0;
+  if (c.marked) {
+    reason_text (c.reason, why, sizeof why);
+    utc_text (c.since, when, sizeof when);
+    snprintf (buf, len, "the data file was changed while rawtrack was not "
+              "tracking it (%s), found %s: every bitmap was marked in use "
+              "(inconsistent); remove and re-add them - the next backup "
+              "must be a full one", why, when);
+    return 1;
+  }
+  if (c.pending) {
+    reason_text (c.pending_reason, why, sizeof why);
+    utc_text (c.recorded_at, when, sizeof when);
+    snprintf (buf, len, "the data file changed since rawtrack recorded it "
+              "at %s (%s): the next read-write open marks every bitmap in "
+              "use (inconsistent)", when, why);
+    return 1;
+  }
+  return 0;
+}
+
+void
+data_file_change_json (struct json *j, struct rawtrack_image *img)
+{
+  struct rawtrack_data_file_change c = { .struct_size = sizeof c };
+  unsigned r;
+
+  if (rawtrack_image_data_file_changed (img, &c) == -1 ||
+      (!c.marked && !c.pending))
+    return;
+  r = c.marked ? c.reason : c.pending_reason;
+  json_object_begin (j, "rawtrack-data-file-changed");
+  json_bool (j, "bitmaps-marked-in-use", c.marked != 0);
+  if (c.marked)
+    json_int (j, "since", c.since);
+  else
+    json_int (j, "recorded-at", c.recorded_at);
+  json_array_begin (j, "reason");
+  if (r & RAWTRACK_CHANGE_REPLACED)
+    json_string (j, NULL, "replaced");
+  if (r & RAWTRACK_CHANGE_SIZE)
+    json_string (j, NULL, "size");
+  if (r & RAWTRACK_CHANGE_CTIME)
+    json_string (j, NULL, "change-time");
+  json_array_end (j);
+  json_object_end (j);
 }

@@ -496,6 +496,10 @@ image_open_chain (const char *path, unsigned flags, const char *data_file,
                   "data file");
     goto fail;
   }
+  /* Writes that bypassed rawtrack: compare and renew the data file's
+   * recorded identity (datafile-id.c), before any guest write. */
+  if (img->writable && img->data && dataid_open (img) == -1)
+    goto fail;
   /* The backing chain, for reading (backing.c); the top layer starts the
    * list of files seen. */
   if (img->h.backing_file &&
@@ -544,6 +548,9 @@ rawtrack_image_close (struct rawtrack_image *img)
                                     : "stopping tracking failed");
   }
   if (img->writable && rawtrack_image_flush (img) == -1)
+    r = -1;
+  /* A clean close records the data file as it is now (datafile-id.c). */
+  if (r == 0 && img->writable && img->data && dataid_close (img) == -1)
     r = -1;
   image_free (img);
   if (stop_failed)

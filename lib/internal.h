@@ -134,7 +134,10 @@ int io_flush (struct rawtrack_io *io, const char *what);
 /* rawtrack's own: set while its tracking log (header extension "RTRC")
  * can be trusted; QEMU clears it on any writable open (track.c). */
 #define QCOW2_AUTOCLEAR_RAWTRACK  (1ull << 63)
-#define QCOW2_AUTOCLEAR_KNOWN     (0x3ull | QCOW2_AUTOCLEAR_RAWTRACK)
+/* rawtrack's data-file identity record is trusted (datafile-id.c). */
+#define QCOW2_AUTOCLEAR_DATAID    (1ull << 62)
+#define QCOW2_AUTOCLEAR_KNOWN     (0x3ull | QCOW2_AUTOCLEAR_RAWTRACK | \
+                                   QCOW2_AUTOCLEAR_DATAID)
 
 #define QCOW2_EXT_END          0x00000000u
 #define QCOW2_EXT_BACKING_FMT  0xE2792ACAu
@@ -494,6 +497,13 @@ struct rawtrack_io *io_nbd_open (const char *uri, unsigned flags,
 /* name as seen from image_path: unchanged if absolute (or image_path has
  * no directory), else joined to image_path's directory.  Allocated. */
 char *datafile_join (const char *image_path, const char *name);
+
+/* ---- datafile-id.c ---------------------------------------------------- */
+/* At a read-write open with a local data file: compare the recorded
+ * identity, mark the bitmaps in use if it changed, record WRITING. */
+int dataid_open (struct rawtrack_image *img);
+/* At a clean close, after the last flush: record the identity. */
+int dataid_close (struct rawtrack_image *img);
 
 /* ---- backing.c -------------------------------------------------------- */
 #define BACKING_MAX_DEPTH 32

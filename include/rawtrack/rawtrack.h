@@ -110,6 +110,31 @@ RAWTRACK_API int rawtrack_image_close (struct rawtrack_image *img);
  * flush method (nothing can be made durable then). */
 RAWTRACK_API int rawtrack_image_flush (struct rawtrack_image *img);
 
+/* Writes that bypassed rawtrack.  A read-write open records the data
+ * file's identity (device, inode, size, change time) in a private header
+ * extension, and its clean close again; the next read-write open that
+ * finds the file changed marks every bitmap in use (inconsistent, as QEMU
+ * understands it).  This tells what is known (struct_size first; 0, or
+ * -1 on a bad argument). */
+#define RAWTRACK_CHANGE_REPLACED 0x1u   /* another file (device, inode) */
+#define RAWTRACK_CHANGE_SIZE     0x2u
+#define RAWTRACK_CHANGE_CTIME    0x4u   /* written, truncated or touched */
+struct rawtrack_data_file_change {
+  uint32_t struct_size;
+  int recorded;          /* a trusted record exists */
+  int64_t recorded_at;   /* when (Unix time) */
+  int writer_open;       /* recorded by a writer that has not closed (or
+                          * crashed): only a replaced file is detected */
+  int marked;            /* a change was found; the bitmaps are in use */
+  int64_t since;         /* when it was found (Unix time) */
+  unsigned reason;       /* RAWTRACK_CHANGE_* found then */
+  int pending;           /* the file differs now; the next read-write
+                          * open will mark the bitmaps */
+  unsigned pending_reason;
+};
+RAWTRACK_API int rawtrack_image_data_file_changed (struct rawtrack_image *img,
+                                                   struct rawtrack_data_file_change *c);
+
 /* Read guest data as QEMU reads it: zeros for zero clusters and holes,
  * and where the image does not allocate a cluster, the backing chain's
  * data.  rawtrack_image_open opens the chain (qcow2 and raw layers, names
