@@ -241,7 +241,10 @@ dataid_open (struct rawtrack_image *img)
   bool trusted;
   uint32_t diff = 0;
 
-  if (!img->writable || img->h.version < 3 || stat_data (img, &st) == -1)
+  /* check -r repairs metadata and writes no guest data: it leaves the
+   * record (and a clean image) alone. */
+  if (!img->writable || (img->flags & RAWTRACK_OPEN_CHECK) ||
+      img->h.version < 3 || stat_data (img, &st) == -1)
     return 0;
   memset (&now, 0, sizeof now);
   fill (&now, &st, img->data);
@@ -273,7 +276,8 @@ dataid_close (struct rawtrack_image *img)
   struct dataid rec, now;
   struct stat st;
 
-  if (!img->writable || img->h.version < 3 || stat_data (img, &st) == -1 ||
+  if (!img->writable || (img->flags & RAWTRACK_OPEN_CHECK) ||
+      img->h.version < 3 || stat_data (img, &st) == -1 ||
       find_ext (&img->h) < 0)
     return 0;
   memset (&now, 0, sizeof now);
