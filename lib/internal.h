@@ -16,6 +16,7 @@
  *                                    block status
  *    4  guest-read.c                 guest reads, the raw one-to-one map
  *       track.c                      dirty tracking of guest writes
+ *       datafile-id.c                the data file's identity (bypasses)
  *    5  track-log.c                  the tracking log in cluster 0
  *       bitmap-owner.c               bitmap clusters owned by one bitmap
  *       backing.c                    backing chains (open, read)
