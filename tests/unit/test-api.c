@@ -229,7 +229,7 @@ test_flush (void)
 
 struct getters {
   struct rawtrack_image *img;
-  volatile bool stop;
+  bool stop;                       /* atomic: set by main, read by reader */
   unsigned bad;
 };
 
@@ -238,7 +238,7 @@ reader (void *arg)
 {
   struct getters *g = arg;
 
-  while (!g->stop) {
+  while (!__atomic_load_n (&g->stop, __ATOMIC_ACQUIRE)) {
     int n = rawtrack_image_bitmap_count (g->img), i;
 
     for (i = 0; i < n + 1; i++) {
@@ -291,7 +291,7 @@ test_getters (void)
     else
       CHECK (rawtrack_bitmap_add (img, name, 0, 0) == 0);
   }
-  g.stop = true;
+  __atomic_store_n (&g.stop, true, __ATOMIC_RELEASE);
   pthread_join (th, NULL);
   CHECK (g.bad == 0);
   CHECK (rawtrack_image_close (img) == 0);
