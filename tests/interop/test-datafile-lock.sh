@@ -11,7 +11,8 @@ source "${SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/functions.sh"
 
 requires qemu-img --version
 requires qemu-io --version
-requires grep -q OFDLCK /proc/locks -e OFDLCK
+# OFD locks (F_OFD_SETLK, 37 on Linux) on this file system.
+requires python3 -c 'import fcntl, struct, tempfile; fcntl.fcntl(tempfile.TemporaryFile(dir="."), 37, struct.pack("hhqqi", 1, 0, 0, 1, 0))'
 
 cd "$tmpdir"
 sock="$tmpdir/s.sock"
