@@ -171,20 +171,6 @@ help (void)
           progname, progname, progname);
 }
 
-static int
-parse_uint (const char *s, unsigned min, unsigned max, unsigned *out)
-{
-  char *end;
-  unsigned long v;
-
-  errno = 0;
-  v = strtoul (s, &end, 10);
-  if (errno || end == s || *end || s[0] == '-' || v < min || v > max)
-    return -1;
-  *out = (unsigned) v;
-  return 0;
-}
-
 /* Percent-encode s for a URI path or query value. */
 static void
 uri_encode (const char *s, char *out, size_t len)
@@ -395,13 +381,13 @@ parse_options (int argc, char **argv, struct serve_options *o)
       break;
     }
     case 'c':
-      if (parse_uint (optarg, 1, 4096, &o->max_conn) == -1) {
+      if (nbd_parse_uint (optarg, 1, 4096, &o->max_conn) == -1) {
         r = usage_error ("serve", "--connections must be 1..4096");
         goto err;
       }
       break;
     case 't':
-      if (parse_uint (optarg, 1, 1024, &o->threads) == -1) {
+      if (nbd_parse_uint (optarg, 1, 1024, &o->threads) == -1) {
         r = usage_error ("serve", "--threads must be 1..1024");
         goto err;
       }
@@ -421,7 +407,7 @@ parse_options (int argc, char **argv, struct serve_options *o)
       }
       break;
     case OPT_HANDSHAKE:
-      if (parse_uint (optarg, 0, 86400, &o->hs_timeout) == -1) {
+      if (nbd_parse_uint (optarg, 0, 86400, &o->hs_timeout) == -1) {
         r = usage_error ("serve", "--handshake-timeout must be 0..86400");
         goto err;
       }

@@ -106,6 +106,9 @@ void nbd_listeners_init (struct nbd_listeners *ls);
 void nbd_listeners_close (struct nbd_listeners *ls);
 /* Does s (the word after a bare --listen) look like ADDR[:PORT]? */
 bool nbd_looks_like_address (const char *s);
+/* A decimal unsigned in [min, max] into *out; -1 if s is not one. */
+int nbd_parse_uint (const char *s, unsigned min, unsigned max,
+                    unsigned *out);
 /* Listen on the Unix socket path.  A socket already there is connected
  * to first: if a server answers, the call fails ("in use") and leaves it
  * alone; a stale one (connection refused) is replaced.  0, or -1 with

@@ -62,8 +62,8 @@ nbd_listeners_close (struct nbd_listeners *ls)
   ls->n = 0;
 }
 
-static int
-parse_uint (const char *s, unsigned min, unsigned max, unsigned *out)
+int
+nbd_parse_uint (const char *s, unsigned min, unsigned max, unsigned *out)
 {
   char *end;
   unsigned long v;
@@ -291,8 +291,8 @@ nbd_listen_activated (struct nbd_listeners *ls)
   unsigned pid, nfds, i;
   size_t n = 0;
 
-  if (!spid || !sfds || parse_uint (spid, 1, UINT_MAX, &pid) == -1 ||
-      parse_uint (sfds, 1, NBD_MAX_LISTENERS, &nfds) == -1 ||
+  if (!spid || !sfds || nbd_parse_uint (spid, 1, UINT_MAX, &pid) == -1 ||
+      nbd_parse_uint (sfds, 1, NBD_MAX_LISTENERS, &nfds) == -1 ||
       (pid_t) pid != getpid ())
     return 0;
   for (i = 0; i < nfds; i++) {
