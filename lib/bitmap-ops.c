@@ -10,10 +10,14 @@
  *
  * Locking: every entry point takes img->lock for the whole operation (a
  * merge between two images takes both, lower address first).  The ones
- * that change the image first take img->free_lock for writing (guest-io.c:
- * no in-place data write may race with freeing clusters), and refuse to
- * run while the handle tracks guest writes (img->track): the tracker owns
- * the enabled bitmaps' bits until it stops.  Bits that are only read
+ * that change the image first take img->guest_gate for writing (no guest
+ * write is in flight through this handle) and stop the tracker if it runs
+ * (track_stop: every tracked bitmap's exact bits are on disk), then
+ * img->free_lock for writing (guest-io.c: no in-place data write may race
+ * with freeing clusters).  The next guest write starts the tracker again
+ * on the new directory, so a bitmap added enabled (rotate) records from
+ * the first write after the change and a disabled one no longer does.
+ * Bits that are only read
  * (extents, counts) are loaded under the lock into a private copy and
  * walked after it is dropped.
  *
@@ -62,22 +66,44 @@ unlock (struct rawtrack_image *img)
     abort ();
 }
 
-/* Operations that free clusters also hold img->free_lock for writing
- * (taken before img->lock), so that no in-place guest data write can land
- * in a cluster freed and reused under it (guest-io.c). */
-static void
+/* Changing operations: no guest write in flight (guest_gate), the
+ * tracker stopped (its bits written exactly, to disk), then free_lock for
+ * writing (taken before img->lock), so that no in-place guest data write
+ * can land in a cluster freed and reused under it (guest-io.c).  -1 if
+ * stopping the tracker failed (nothing held then). */
+static int
+quiesce (struct rawtrack_image *img)
+{
+  int r = 0;
+
+  if (pthread_rwlock_wrlock (&img->guest_gate) != 0)
+    abort ();
+  pthread_mutex_lock (&img->track_init_lock);
+  if (img->track && track_stop (img) == -1)
+    r = -1;
+  pthread_mutex_unlock (&img->track_init_lock);
+  if (r == -1 && pthread_rwlock_unlock (&img->guest_gate) != 0)
+    abort ();
+  return r;
+}
+
+static int
 lock_w (struct rawtrack_image *img)
 {
+  if (quiesce (img) == -1)
+    return -1;
   if (pthread_rwlock_wrlock (&img->free_lock) != 0)
     abort ();
   lock (img);
+  return 0;
 }
 
 static void
 unlock_w (struct rawtrack_image *img)
 {
   unlock (img);
-  if (pthread_rwlock_unlock (&img->free_lock) != 0)
+  if (pthread_rwlock_unlock (&img->free_lock) != 0 ||
+      pthread_rwlock_unlock (&img->guest_gate) != 0)
     abort ();
 }
 
@@ -148,10 +174,6 @@ check_writable (struct rawtrack_image *img)
 {
   if (!img->writable)
     return set_error (EROFS, "the image is open read-only");
-  if (img->track)
-    return set_error (EBUSY, "guest writes are being tracked through this "
-                      "image handle; change bitmaps through a handle that "
-                      "does not write guest data");
   return 0;
 }
 
@@ -275,7 +297,8 @@ rawtrack_bitmap_add (struct rawtrack_image *img, const char *name,
   int r;
 
   rt_clear_error ();
-  lock_w (img);
+  if (lock_w (img) == -1)
+    return -1;
   r = do_add (img, name, granularity, flags, NULL);
   unlock_w (img);
   return r;
@@ -288,7 +311,8 @@ rawtrack_bitmap_rotate (struct rawtrack_image *img, const char *name,
   int r;
 
   rt_clear_error ();
-  lock_w (img);
+  if (lock_w (img) == -1)
+    return -1;
   r = do_add (img, name, granularity, 0, freeze);
   unlock_w (img);
   return r;
@@ -320,7 +344,8 @@ rawtrack_bitmap_remove (struct rawtrack_image *img, const char *name)
   int r;
 
   rt_clear_error ();
-  lock_w (img);
+  if (lock_w (img) == -1)
+    return -1;
   r = do_remove (img, name);
   unlock_w (img);
   return r;
@@ -354,7 +379,8 @@ rawtrack_bitmap_clear (struct rawtrack_image *img, const char *name)
   int r;
 
   rt_clear_error ();
-  lock_w (img);
+  if (lock_w (img) == -1)
+    return -1;
   r = do_clear (img, name);
   unlock_w (img);
   return r;
@@ -388,7 +414,8 @@ rawtrack_bitmap_enable (struct rawtrack_image *img, const char *name)
   int r;
 
   rt_clear_error ();
-  lock_w (img);
+  if (lock_w (img) == -1)
+    return -1;
   r = do_set_auto (img, name, true);
   unlock_w (img);
   return r;
@@ -400,7 +427,8 @@ rawtrack_bitmap_disable (struct rawtrack_image *img, const char *name)
   int r;
 
   rt_clear_error ();
-  lock_w (img);
+  if (lock_w (img) == -1)
+    return -1;
   r = do_set_auto (img, name, false);
   unlock_w (img);
   return r;
@@ -460,12 +488,18 @@ rawtrack_bitmap_merge (struct rawtrack_image *img, const char *source_name,
   rt_clear_error ();
   if (!source_img)
     source_img = img;
+  /* The source's bits are read from its disk: a tracked source is
+   * another handle's business (its tracker writes them back at close);
+   * img itself is quiesced here. */
+  if (quiesce (img) == -1)
+    return -1;
   if (pthread_rwlock_wrlock (&img->free_lock) != 0)
     abort ();
   lock2 (img, source_img);
   r = do_merge (img, source_name, target_name, source_img);
   unlock2 (img, source_img);
-  if (pthread_rwlock_unlock (&img->free_lock) != 0)
+  if (pthread_rwlock_unlock (&img->free_lock) != 0 ||
+      pthread_rwlock_unlock (&img->guest_gate) != 0)
     abort ();
   return r;
 }

@@ -18,7 +18,12 @@
  *                       zero, unallocated and compressed clusters.
  *
  * Every entry point calls track_before_write first: the bitmaps cover a
- * change before any of its data can reach storage (track.c).
+ * change before any of its data can reach storage (track.c).  Each holds
+ * img->guest_gate shared for its whole run (rawtrack_image_write_target:
+ * for its own part; the caller's write that follows must not race a
+ * bitmap change, which the caller orders), so a bitmap change, which
+ * takes it exclusive and restarts the tracker (bitmap-ops.c), never
+ * splits a write between two sets of enabled bitmaps.
  *
  * Locking and ordering:
  *  - img->lock serialises metadata: mapping lookups, allocation, L1/L2
@@ -299,17 +304,36 @@ write_data (struct rawtrack_image *img, const uint8_t *src, uint64_t count,
   return 0;
 }
 
+static void
+gate_enter (struct rawtrack_image *img)
+{
+  if (pthread_rwlock_rdlock (&img->guest_gate) != 0)
+    abort ();
+}
+
+static void
+gate_leave (struct rawtrack_image *img)
+{
+  if (pthread_rwlock_unlock (&img->guest_gate) != 0)
+    abort ();
+}
+
 RAWTRACK_API int
 rawtrack_image_pwrite (struct rawtrack_image *img, const void *buf,
                        uint64_t count, uint64_t offset, unsigned flags)
 {
+  int r = 0;
+
+  gate_enter (img);
   if (prepare (img, count, offset, "write") == -1 ||
       track_before_write (img, offset, count) == -1 ||
       write_data (img, buf, count, offset) == -1)
-    return -1;
-  if ((flags & RAWTRACK_WRITE_FUA) && rawtrack_image_flush (img) == -1)
-    return -1;
-  return 0;
+    r = -1;
+  gate_leave (img);
+  if (r == 0 && (flags & RAWTRACK_WRITE_FUA) &&
+      rawtrack_image_flush (img) == -1)
+    r = -1;
+  return r;
 }
 
 /* The write is the caller's; tracking is done here without waiting. */
@@ -321,17 +345,19 @@ rawtrack_image_write_target (struct rawtrack_image *img, uint64_t offset,
   int64_t run;
 
   (void) flags;
+  gate_enter (img);
   if (prepare (img, count, offset, "write") == -1)
-    return -1;
-  run = raw_run (img, offset, count, fd);
-  if (run < 0)
-    return -1;
-  if ((uint64_t) run != count)
-    return 0;
+    run = -1;
+  else
+    run = raw_run (img, offset, count, fd);
   /* Only when the bitmaps already cover it, or can without I/O: the
    * caller may be holding up other work (a socket's reader). */
-  if (!track_try_fast (img, offset, count))
-    return 0;
+  if (run >= 0 && ((uint64_t) run != count ||
+                   !track_try_fast (img, offset, count)))
+    run = 0;
+  gate_leave (img);
+  if (run <= 0)
+    return run;
   *file_offset = offset;
   return (int64_t) count;
 }
@@ -386,9 +412,9 @@ zero_clusters (struct rawtrack_image *img, uint64_t offset, uint64_t len,
   return 0;
 }
 
-RAWTRACK_API int
-rawtrack_image_zero (struct rawtrack_image *img, uint64_t count,
-                     uint64_t offset, unsigned flags)
+static int
+do_zero (struct rawtrack_image *img, uint64_t count, uint64_t offset,
+         unsigned flags)
 {
   const uint64_t cs = img->cluster_size;
   uint64_t head_end, tail_start;
@@ -444,8 +470,20 @@ rawtrack_image_zero (struct rawtrack_image *img, uint64_t count,
 }
 
 RAWTRACK_API int
-rawtrack_image_trim (struct rawtrack_image *img, uint64_t count,
+rawtrack_image_zero (struct rawtrack_image *img, uint64_t count,
                      uint64_t offset, unsigned flags)
+{
+  int r;
+
+  gate_enter (img);
+  r = do_zero (img, count, offset, flags);
+  gate_leave (img);
+  return r;
+}
+
+static int
+do_trim (struct rawtrack_image *img, uint64_t count, uint64_t offset,
+         unsigned flags)
 {
   const uint64_t cs = img->cluster_size;
   int r = 0;
@@ -479,6 +517,18 @@ rawtrack_image_trim (struct rawtrack_image *img, uint64_t count,
   }
   if (r == 0 && (flags & RAWTRACK_WRITE_FUA))
     r = rawtrack_image_flush (img);
+  return r;
+}
+
+RAWTRACK_API int
+rawtrack_image_trim (struct rawtrack_image *img, uint64_t count,
+                     uint64_t offset, unsigned flags)
+{
+  int r;
+
+  gate_enter (img);
+  r = do_trim (img, count, offset, flags);
+  gate_leave (img);
   return r;
 }
 

@@ -70,6 +70,7 @@ image_free (struct rawtrack_image *img)
   pthread_mutex_destroy (&img->lock);
   pthread_mutex_destroy (&img->track_init_lock);
   pthread_rwlock_destroy (&img->free_lock);
+  pthread_rwlock_destroy (&img->guest_gate);
   free (img);
 }
 
@@ -296,6 +297,16 @@ rawtrack_image_open_io (struct rawtrack_io *file, struct rawtrack_io *data,
   pthread_mutex_init (&img->lock, NULL);
   pthread_mutex_init (&img->track_init_lock, NULL);
   pthread_rwlock_init (&img->free_lock, NULL);
+  {
+    pthread_rwlockattr_t a;
+
+    /* A bitmap change must not wait behind a steady stream of writes. */
+    pthread_rwlockattr_init (&a);
+    pthread_rwlockattr_setkind_np (&a,
+                                   PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init (&img->guest_gate, &a);
+    pthread_rwlockattr_destroy (&a);
+  }
   img->file = file;
   img->data = data;
   img->flags = flags;

@@ -322,6 +322,13 @@ struct rawtrack_image {
   struct track *track;             /* tracking state (track.c), created at
                                     * the first guest write */
   pthread_mutex_t track_init_lock;
+  /* Guest writes (pwrite, zero, trim: the whole call; write_target: its
+   * own part) hold guest_gate shared; bitmap changes hold it exclusive
+   * and stop the tracker first (bitmap-ops.c), so that the tracker never
+   * runs on a stale set of enabled bitmaps: it restarts, on the new
+   * directory, at the next guest write.  Writer-preferring.  Order:
+   * guest_gate -> track_init_lock -> free_lock -> img->lock. */
+  pthread_rwlock_t guest_gate;
 
   /* bitmaps (directory only; bits are loaded on demand) */
   struct bitmap_dir bitmaps;

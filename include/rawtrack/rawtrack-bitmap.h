@@ -33,7 +33,12 @@
  * metadata is corrupt (the message names the bitmap and the offset).
  *
  * Locking: each call takes the image lock (both image locks for a merge
- * between two images).
+ * between two images).  The changing operations may run while other
+ * threads write guest data through the same handle: they wait for the
+ * writes in flight, hold new ones back, write the tracker's exact bits
+ * and change the directory; the next write is tracked by the new set of
+ * enabled bitmaps (a write completed before the call returned is in the
+ * old set, one started after it in the new set).
  */
 #ifndef RAWTRACK_BITMAP_H_PUBLIC
 #define RAWTRACK_BITMAP_H_PUBLIC
@@ -54,9 +59,6 @@ struct rawtrack_image;
  *   ENOENT   no bitmap of that name
  *   EEXIST   add: a bitmap of that name exists
  *   EROFS    the image is open read-only (the changing operations)
- *   EBUSY    the changing operations, while guest writes are tracked
- *            through this handle (the tracker owns the bits until close:
- *            change bitmaps through another handle)
  *   ERANGE   too many bitmaps, a directory or table too large, or (merge)
  *            images of different virtual sizes
  *   ENOTSUP  the image or a backend cannot do it (no flush method, a
