@@ -8,10 +8,11 @@
  * that any file may call.
  *
  *    1  create.c                     new images (locks files via image.c)
+ *       qcow2-writer.c               rawtrack_writer_* (sequential images;
+ *                                    opens its backing file via image.c)
  *    2  image.c                      open, close, getters
  *       check.c                      check and repair
  *       bitmap-ops.c                 rawtrack_bitmap_* (public operations)
- *       qcow2-writer.c               rawtrack_writer_* (sequential images)
  *    3  guest-io.c                   guest writes, zeroes, discards, flush,
  *                                    block status
  *    4  guest-read.c                 guest reads, the raw one-to-one map

@@ -19,6 +19,17 @@
  * a compressed cluster here never crosses a host cluster boundary).  L1
  * and normal L2 entries carry COPIED; compressed ones never do.
  *
+ * Copy-on-write (rawtrack_writer_pwrite): at most one guest cluster is
+ * pending at a time, in w->cow, with cow_fill bytes from its start
+ * settled (written by the caller, or gaps already copied from the
+ * backing chain).  It is completed from the backing chain and stored as
+ * a normal data cluster when a call reaches a later cluster, or at
+ * finish; so writes may be in any granularity, as long as they come in
+ * increasing guest order.  Backing reads go through opts.backing_read, or
+ * the backing file opened here read-only (rawtrack_image_open for qcow2,
+ * the plain file for raw; past the backing file's end: zeros, as QEMU
+ * reads a shorter backing file).
+ *
  * Crash rules: the writer gives no crash guarantee by itself - the header
  * is written last, so an interrupted image has no valid header (a zeroed
  * cluster 0) and is never opened by QEMU or rawtrack as a qcow2 image.
@@ -31,6 +42,7 @@
 #include <stdio.h>
 #include <inttypes.h>
 #include <errno.h>
+#include <stddef.h>
 
 #include <zlib.h>
 #include <zstd.h>
@@ -67,6 +79,18 @@ struct rawtrack_writer {
   uint16_t *refs;                  /* refcount of each host cluster */
   uint64_t refs_len, refs_cap;
   uint8_t *pad;                    /* one zeroed cluster (partial tails) */
+
+  /* Copy-on-write of a partially written cluster (see above). */
+  uint8_t *cow;                    /* its guest bytes; NULL until needed */
+  uint64_t cow_off;                /* its guest offset */
+  uint64_t cow_fill;               /* bytes settled from its start */
+  bool cow_pending;
+  int (*backing_read) (void *, void *, uint64_t, uint64_t);
+  void *backing_opaque;
+  char *dir;                       /* the image's directory (new by path) */
+  struct rawtrack_image *bimg;     /* backing opened here (qcow2) */
+  struct rawtrack_io *bio;         /* backing opened here (raw) */
+  uint64_t bsize;                  /* its guest size */
 };
 
 static int
@@ -154,6 +178,93 @@ flush_l2 (struct rawtrack_writer *w)
   return 0;
 }
 
+static int store_data (struct rawtrack_writer *w, uint64_t offset,
+                       const uint8_t *p, uint64_t count);
+
+/* Open the backing file named in the header, read-only, beside the
+ * image. */
+static int
+cow_open (struct rawtrack_writer *w)
+{
+  char *path = NULL;
+  int r = -1;
+
+  if (!w->dir && w->backing_file[0] != '/')
+    return set_error (ENOTSUP, "copy-on-write from the backing file '%s' "
+                      "needs opts.backing_read (an image written on a "
+                      "backend has no directory to find it in)",
+                      w->backing_file);
+  if (w->backing_file[0] == '/')
+    path = rt_strdup (w->backing_file);
+  else if (asprintf (&path, "%s/%s", w->dir, w->backing_file) < 0)
+    path = NULL;
+  if (!path)
+    return set_error (ENOMEM, "out of memory");
+  if (w->backing_format && strcmp (w->backing_format, "raw") == 0) {
+    int64_t sz;
+
+    w->bio = rawtrack_io_file_open (path, 0);
+    if (!w->bio || (sz = rawtrack_io_get_size (w->bio)) < 0)
+      goto out;
+    w->bsize = (uint64_t) sz;
+  }
+  else {
+    w->bimg = rawtrack_image_open (path, 0, NULL);
+    if (!w->bimg)
+      goto out;
+    w->bsize = rawtrack_image_virtual_size (w->bimg);
+  }
+  r = 0;
+ out:
+  if (r == -1)
+    set_error (rawtrack_get_errno () ? rawtrack_get_errno () : EIO,
+               "copy-on-write: cannot open the backing file '%s': %s", path,
+               rawtrack_get_error () ? rawtrack_get_error () : "failed");
+  free (path);
+  return r;
+}
+
+/* Guest bytes [offset, offset + count) of the backing chain into buf. */
+static int
+cow_read (struct rawtrack_writer *w, uint8_t *buf, uint64_t count,
+              uint64_t offset)
+{
+  uint64_t n;
+
+  if (w->backing_read) {
+    if (w->backing_read (w->backing_opaque, buf, count, offset) == -1)
+      return set_error (EIO, "copy-on-write: reading the backing chain at "
+                        "%" PRIu64 "+%" PRIu64 " failed", offset, count);
+    return 0;
+  }
+  if (!w->backing_file) {
+    memset (buf, 0, count);
+    return 0;
+  }
+  if (!w->bimg && !w->bio && cow_open (w) == -1)
+    return -1;
+  n = offset < w->bsize ? MIN (count, w->bsize - offset) : 0;
+  if (n && (w->bimg ? rawtrack_image_pread (w->bimg, buf, n, offset)
+            : io_read (w->bio, buf, n, offset, "backing file")) == -1)
+    return -1;
+  memset (buf + n, 0, count - n);
+  return 0;
+}
+
+/* Complete the pending cluster from the backing chain and store it. */
+static int
+cow_settle (struct rawtrack_writer *w)
+{
+  uint64_t len = MIN (w->cs, w->size - w->cow_off);
+
+  if (w->cow_fill < len &&
+      cow_read (w, w->cow + w->cow_fill, len - w->cow_fill,
+                    w->cow_off + w->cow_fill) == -1)
+    return -1;
+  w->cow_pending = false;
+  return store_data (w, w->cow_off, w->cow, len);
+}
+
 /* Check a range and move the current L2 table to offset's slot. */
 static int
 begin (struct rawtrack_writer *w, uint64_t offset, uint64_t count,
@@ -174,6 +285,13 @@ begin (struct rawtrack_writer *w, uint64_t offset, uint64_t count,
     return set_error (EINVAL, "%s: guest offset %" PRIu64 " is below %"
                       PRIu64 ", already written (clusters must come in "
                       "increasing order)", what, offset, w->next_guest);
+  if (w->cow_pending) {
+    if (offset < w->cow_off + w->cs)
+      return set_error (EINVAL, "%s: the cluster at guest offset %" PRIu64
+                        " is already partly written", what, w->cow_off);
+    if (cow_settle (w) == -1)
+      return fail (w);
+  }
   return 0;
 }
 
@@ -196,12 +314,19 @@ RAWTRACK_API int
 rawtrack_writer_data (struct rawtrack_writer *w, uint64_t offset,
                       const void *buf, uint64_t count)
 {
-  const uint8_t *p = buf;
-  uint64_t n = DIV_ROUND_UP (count, w->cs), i, host0;
-
   rt_clear_error ();
   if (begin (w, offset, count, "data") == -1)
     return -1;
+  return store_data (w, offset, buf, count);
+}
+
+/* Whole clusters at offset (checked by begin). */
+static int
+store_data (struct rawtrack_writer *w, uint64_t offset, const uint8_t *p,
+            uint64_t count)
+{
+  uint64_t n = DIV_ROUND_UP (count, w->cs), i, host0;
+
   /* The clusters go to consecutive host clusters, unless an L2 table is
    * due in between: write run by run. */
   for (i = 0; i < n; ) {
@@ -227,6 +352,68 @@ rawtrack_writer_data (struct rawtrack_writer *w, uint64_t offset,
                   "data cluster") == -1)
       return fail (w);
     i += run;
+  }
+  return 0;
+}
+
+RAWTRACK_API int
+rawtrack_writer_pwrite (struct rawtrack_writer *w, uint64_t offset,
+                        const void *buf, uint64_t count)
+{
+  const uint8_t *p = buf;
+  uint64_t end;
+
+  rt_clear_error ();
+  if (w->failed || w->finished)
+    return set_error (EINVAL, "the image writer has %s",
+                      w->finished ? "finished" : "failed");
+  if (count == 0 || ADD_OVERFLOW (offset, count, &end) || end > w->size)
+    return set_error (EINVAL, "write: bad range %" PRIu64 "+%" PRIu64
+                      " (disk size %" PRIu64 ")", offset, count, w->size);
+  if (offset < w->next_guest ||
+      (w->cow_pending && offset < w->cow_off + w->cow_fill))
+    return set_error (EINVAL, "write: guest offset %" PRIu64 " is below %"
+                      PRIu64 ", already written (writes must come in "
+                      "increasing order)", offset,
+                      w->cow_pending ? w->cow_off + w->cow_fill
+                      : w->next_guest);
+  while (count) {
+    uint64_t c0 = ROUND_DOWN (offset, w->cs);
+    uint64_t clen = MIN (w->cs, w->size - c0), pos, n;
+
+    if (w->cow_pending && w->cow_off != c0 && cow_settle (w) == -1)
+      return fail (w);
+    if (!w->cow_pending && offset == c0 && count >= clen) {
+      /* Whole clusters: straight out. */
+      n = end == w->size ? count : ROUND_DOWN (count, w->cs);
+      if (begin (w, offset, n, "write") == -1 ||
+          store_data (w, offset, p, n) == -1)
+        return fail (w);
+    }
+    else {
+      if (!w->cow_pending) {
+        if (!w->cow && !(w->cow = rt_malloc (w->cs)))
+          return fail (w);
+        if (begin (w, c0, clen, "write") == -1)
+          return fail (w);
+        w->cow_off = c0;
+        w->cow_fill = 0;
+        w->cow_pending = true;
+      }
+      pos = offset - c0;
+      if (pos > w->cow_fill &&
+          cow_read (w, w->cow + w->cow_fill, pos - w->cow_fill,
+                        c0 + w->cow_fill) == -1)
+        return fail (w);
+      n = MIN (count, clen - pos);
+      memcpy (w->cow + pos, p, n);
+      w->cow_fill = pos + n;
+      if (w->cow_fill == clen && cow_settle (w) == -1)
+        return fail (w);
+    }
+    offset += n;
+    p += n;
+    count -= n;
   }
   return 0;
 }
@@ -327,6 +514,8 @@ rawtrack_writer_finish (struct rawtrack_writer *w)
   if (w->failed || w->finished)
     return set_error (EINVAL, "the image writer has %s",
                       w->finished ? "finished" : "failed");
+  if (w->cow_pending && cow_settle (w) == -1)
+    goto out;
   w->finished = true;
   if (flush_l2 (w) == -1 || flush_packed (w) == -1)
     goto out;
@@ -414,7 +603,8 @@ writer_new (struct rawtrack_io *io, bool own,
   struct rawtrack_writer *w;
   uint64_t cs = o->cluster_size ? o->cluster_size : 65536, nclusters;
 
-  if (!o || o->struct_size < sizeof *o) {
+  if (!o || o->struct_size < offsetof (struct rawtrack_writer_opts,
+                                       backing_read)) {
     set_error (EINVAL, "bad rawtrack_writer_opts");
     goto err_io;
   }
@@ -447,6 +637,11 @@ writer_new (struct rawtrack_io *io, bool own,
   w->l2_entries = cs / 8;
   w->l1_size = DIV_ROUND_UP (nclusters, w->l2_entries);
   w->compression_type = o->compression_type;
+  if (o->struct_size >= offsetof (struct rawtrack_writer_opts,
+                                  backing_opaque) + sizeof (void *)) {
+    w->backing_read = o->backing_read;
+    w->backing_opaque = o->backing_opaque;
+  }
   if (w->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
     set_error (EFBIG, "a %" PRIu64 "-byte disk needs an L1 table larger "
                "than QEMU accepts with %" PRIu64 "-byte clusters", o->size,
@@ -496,11 +691,25 @@ rawtrack_writer_new (const char *path, const struct rawtrack_writer_opts *opts)
   rt_clear_error ();
   if (!path || !opts)
     return set_error (EINVAL, "no path or options"), NULL;
+  struct rawtrack_writer *w;
+  const char *slash;
+
   io = rawtrack_io_file_open (path, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
                               RAWTRACK_IO_EXCL);
   if (!io)
     return NULL;
-  return writer_new (io, true, opts);
+  w = writer_new (io, true, opts);
+  if (!w)
+    return NULL;
+  /* The directory a relative backing name is relative to. */
+  slash = strrchr (path, '/');
+  w->dir = slash ? rt_strndup (path, (size_t) (slash - path + (slash == path)))
+    : rt_strdup (".");
+  if (!w->dir) {
+    rawtrack_writer_free (w);
+    return NULL;
+  }
+  return w;
 }
 
 RAWTRACK_API void
@@ -514,6 +723,12 @@ rawtrack_writer_free (struct rawtrack_writer *w)
   free (w->l2);
   free (w->packed);
   free (w->pad);
+  free (w->cow);
+  free (w->dir);
+  if (w->bimg)
+    rawtrack_image_close (w->bimg);
+  if (w->bio)
+    rawtrack_io_close (w->bio);
   free (w->refs);
   free (w->backing_file);
   free (w->backing_format);

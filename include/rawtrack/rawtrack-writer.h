@@ -12,11 +12,17 @@
  * table and blocks after them, writes the header last and syncs.  Every
  * image passes `qemu-img check` and reads identically through QEMU.
  *
- * Only whole clusters are written: the caller supplies every byte of each
- * cluster it hands over (a backup reads whole clusters from its source,
- * so it never needs to copy the rest of a cluster from the backing chain).
- * The last cluster of a disk whose size is not a multiple of the cluster
- * size is given with only the bytes up to the end of the disk.
+ * rawtrack_writer_data, _compressed and _zero take whole clusters: the
+ * caller supplies every byte of each cluster it hands over.  The last
+ * cluster of a disk whose size is not a multiple of the cluster size is
+ * given with only the bytes up to the end of the disk.
+ *
+ * rawtrack_writer_pwrite takes any byte range (still in increasing guest
+ * order, never overlapping an earlier one).  A cluster written only in
+ * part is completed copy-on-write, as QEMU does: the bytes not written
+ * are read from the backing chain (opts.backing_read, or else the
+ * backing file itself, opened read-only beside the image; zeros for an
+ * image without a backing file) when the writer moves past the cluster.
  *
  * Memory: one L2 table plus two bytes per host cluster written (refcounts).
  * Locking: a writer belongs to one thread at a time.
@@ -45,6 +51,15 @@ struct rawtrack_writer_opts {
   const char *backing_file;    /* stored as is (a relative name), or NULL */
   const char *backing_format;  /* "qcow2", ... (needs backing_file) */
   int compression_type;        /* header field: ZLIB (0) or ZSTD (1) */
+  /* Copy-on-write source for rawtrack_writer_pwrite (optional): reads
+   * count bytes of the backing chain's guest data at offset into buf, 0
+   * or -1.  NULL: the writer opens backing_file (a relative name is
+   * relative to the new image's directory; needs rawtrack_writer_new).
+   * Structs of callers built before this field (struct_size smaller)
+   * read it as NULL. */
+  int (*backing_read) (void *opaque, void *buf, uint64_t count,
+                       uint64_t offset);
+  void *backing_opaque;
 };
 
 /* Start an image on an empty, writable backend (ownership stays with the
@@ -60,6 +75,14 @@ RAWTRACK_API struct rawtrack_writer *rawtrack_writer_new (const char *path,
 RAWTRACK_API int rawtrack_writer_data (struct rawtrack_writer *w,
                                        uint64_t offset, const void *buf,
                                        uint64_t count);
+/* Store count bytes of guest data at any guest offset at or above the
+ * end of everything handed over so far (count > 0, within the disk).
+ * Whole clusters go straight out as data; a cluster written in part is
+ * completed from the backing chain (copy-on-write) once a later call, or
+ * finish, moves past it. */
+RAWTRACK_API int rawtrack_writer_pwrite (struct rawtrack_writer *w,
+                                         uint64_t offset, const void *buf,
+                                         uint64_t count);
 /* Store one cluster already compressed with the header's compression type
  * (rawtrack_compress_cluster), len bytes, less than the cluster size. */
 RAWTRACK_API int rawtrack_writer_compressed (struct rawtrack_writer *w,

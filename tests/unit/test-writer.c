@@ -23,6 +23,7 @@
 
 #include "internal.h"
 #include "io/io-shims.h"
+#include "arith.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
@@ -231,6 +232,144 @@ round_trip (uint32_t cs, int ct, uint64_t size)
   free (z);
 }
 
+/* Copy-on-write: a top with cluster size tcs over a base with 64 KiB
+ * clusters (qcow2, or raw with braw), written in random byte ranges (any
+ * alignment, gaps, runs across clusters) on a disk whose size is not a
+ * multiple of either cluster size; the parts of each cluster not written
+ * come from the base.  Via the backing file the writer opens itself, or
+ * via opts.backing_read (cb). */
+struct mem_backing {
+  const uint8_t *data;
+  uint64_t size;
+  int calls;
+};
+
+static int
+mem_backing_read (void *opaque, void *buf, uint64_t count, uint64_t offset)
+{
+  struct mem_backing *m = opaque;
+
+  m->calls++;
+  assert (offset + count <= m->size);
+  memcpy (buf, m->data + offset, count);
+  return 0;
+}
+
+static void
+cow (uint32_t tcs, bool braw, bool cb)
+{
+  const uint64_t size = (5u << 20) + 1536;
+  struct rawtrack_writer_opts o = { .struct_size = sizeof o, .size = size,
+                                    .compression_type = 1 };
+  uint8_t *base = malloc (size), *top, *own;
+  struct mem_backing mb = { .size = size };
+  struct rawtrack_writer *w;
+  uint64_t off, c;
+  char bname[64], tname[64], traw[64];
+  int nwrites = 0;
+
+  snprintf (bname, sizeof bname, "cow-base-%u-%d.%s", tcs, cb,
+            braw ? "raw" : "qcow2");
+  snprintf (tname, sizeof tname, "cow-top-%u-%d-%d.qcow2", tcs, braw, cb);
+  snprintf (traw, sizeof traw, "cow-top-%u-%d-%d.raw", tcs, braw, cb);
+  fill_cluster (base, size, 0);
+  if (braw)
+    write_raw (bname, base, size);
+  else {
+    w = rawtrack_writer_new (path_in (bname), &o);
+    assert (w);
+    assert (rawtrack_writer_data (w, 0, base, size) == 0);
+    assert (rawtrack_writer_finish (w) == 0);
+    rawtrack_writer_free (w);
+  }
+  top = malloc (size);
+  own = calloc (1, size);
+  memcpy (top, base, size);
+
+  o.cluster_size = tcs;
+  o.backing_file = bname;
+  o.backing_format = braw ? "raw" : "qcow2";
+  if (cb) {
+    mb.data = base;
+    o.backing_read = mem_backing_read;
+    o.backing_opaque = &mb;
+  }
+  w = rawtrack_writer_new (path_in (tname), &o);
+  assert (w);
+  for (off = rng () % 3000; off < size; ) {
+    uint64_t len = 1 + rng () % (rng () % 4 == 0 ? 3 * tcs : 700);
+
+    if (len > size - off)
+      len = size - off;
+    fill_cluster (top + off, len, 0);
+    assert (rawtrack_writer_pwrite (w, off, top + off, len) == 0);
+    nwrites++;
+    off += len + (rng () % 2 ? rng () % (2 * tcs) : 0);
+  }
+  /* Backwards, or into the settled part of the pending cluster: refused. */
+  assert (rawtrack_writer_pwrite (w, 0, top, 1) == -1);
+  assert (rawtrack_get_errno () == EINVAL);
+  assert (rawtrack_writer_finish (w) == 0);
+  rawtrack_writer_free (w);
+  assert (nwrites > 50);
+  if (cb)
+    assert (mb.calls > 0);
+
+  /* Own clusters hold the base's bytes around the writes. */
+  for (c = 0; c < size; c += tcs)
+    if (memcmp (top + c, base + c, MIN (tcs, size - c)) != 0)
+      memcpy (own + c, top + c, MIN (tcs, size - c));
+  write_raw (traw, top, size);
+  qemu_check (tname);
+  qemu_compare (tname, traw);
+  read_back (tname, top, size, 0);
+  read_back (tname, own, size, RAWTRACK_OPEN_NO_BACKING);
+  free (base);
+  free (top);
+  free (own);
+}
+
+/* Copy-on-write needs a way to read the backing chain. */
+static void
+cow_misuse (void)
+{
+  struct rawtrack_writer_opts o = { .struct_size = sizeof o,
+                                    .size = 1 << 20,
+                                    .backing_file = "nowhere.qcow2" };
+  struct rawtrack_io *io = rawtrack_io_mem_new (NULL, 0, 0);
+  struct rawtrack_writer *w;
+  uint8_t buf[4096] = { 1 };
+
+  /* No directory to find the backing file in. */
+  w = rawtrack_writer_new_io (io, &o);
+  assert (w);
+  assert (rawtrack_writer_pwrite (w, 0, buf, 512) == 0);
+  assert (rawtrack_writer_pwrite (w, 65536, buf, 512) == -1);
+  assert (rawtrack_get_errno () == ENOTSUP);
+  assert (strstr (rawtrack_get_error (), "nowhere.qcow2"));
+  assert (rawtrack_writer_finish (w) == -1);
+  rawtrack_writer_free (w);
+  rawtrack_io_close (io);
+  /* A missing backing file: named in the error. */
+  w = rawtrack_writer_new (path_in ("cow-missing.qcow2"), &o);
+  assert (w);
+  assert (rawtrack_writer_pwrite (w, 0, buf, 512) == 0);
+  assert (rawtrack_writer_finish (w) == -1);
+  assert (strstr (rawtrack_get_error (), "nowhere.qcow2"));
+  rawtrack_writer_free (w);
+  /* Without a backing file, the rest of a cluster is zeros. */
+  o.backing_file = NULL;
+  io = rawtrack_io_mem_new (NULL, 0, 0);
+  w = rawtrack_writer_new_io (io, &o);
+  assert (rawtrack_writer_pwrite (w, 700, buf, 100) == 0);
+  assert (rawtrack_writer_pwrite (w, 700, buf, 100) == -1);   /* again */
+  assert (rawtrack_writer_zero (w, 0, 65536) == -1);          /* same cluster */
+  assert (rawtrack_writer_zero (w, 65536, 65536) == 0);
+  assert (rawtrack_writer_finish (w) == 0);
+  rawtrack_writer_free (w);
+  rawtrack_io_close (io);
+}
+
 static void
 misuse (void)
 {
@@ -335,6 +474,10 @@ main (void)
   round_trip (4096, 1, (10u << 20) + 512);
   round_trip (4096, 0, 6u << 20);
   round_trip (65536, 1, (40u << 20) + 4096);
+  cow (4096, false, false);      /* smaller clusters than the base's */
+  cow (65536, true, false);      /* raw base */
+  cow (131072, false, true);     /* larger, through opts.backing_read */
+  cow_misuse ();
   misuse ();
   sparse_huge ();
   io_error ();
