@@ -120,6 +120,9 @@ cp disk.qcow2 inc-saved.qcow2
 cp -r repo-f repo-saved
 declare -a i_rt i_rtn i_q
 for r in $(seq "$REPEAT"); do
+  # Every round starts from the same disk and checkpoint (the image-source
+  # backup at the end of a round consumes the checkpoint).
+  cp inc-saved.qcow2 disk.qcow2
   # QEMU route.
   rm -f inc.qcow2
   qemu-img create -q -f qcow2 -b "$work/$base" -F qcow2 inc.qcow2
@@ -138,7 +141,7 @@ for r in $(seq "$REPEAT"); do
   i_rtn+=("$(echo "$t1 - $t0" | bc)")
   qpid=$spid_src; qstop
   # rawtrack, image source (consumes the checkpoint: restored after).
-  rm -rf repo-i; cp -r repo-saved repo-i; cp inc-saved.qcow2 disk.qcow2
+  rm -rf repo-i; cp -r repo-saved repo-i
   t0=$(now); "$RAWTRACK" backup create disk.qcow2 repo-i >/dev/null; t1=$(now)
   i_rt+=("$(echo "$t1 - $t0" | bc)")
 done
