@@ -28,11 +28,12 @@
  *   between [3] and [4]: the next run sees bitmaps older than its L and
  *     removes them; C_new (= K_L) is the one to copy from.
  *
- * An incremental needs K_L present and consistent and the disk size
- * unchanged; otherwise the run is full and says why.  NBD sources: the
- * checkpoints are the caller's; --bitmap NAME makes an incremental over
- * the latest backup; a grown disk also copies everything past the old
- * end.
+ * An incremental needs K_L present and consistent; otherwise the run is
+ * full and says why.  NBD sources: the checkpoints are the caller's;
+ * --bitmap NAME makes an incremental over the latest backup.  A disk that
+ * grew (qemu-img resize resizes the bitmaps with it) also gets everything
+ * past the old end copied; one that shrank gives a smaller backup over a
+ * larger parent, which QEMU reads clipped to the smaller size.
  *
  * Pipeline: the work is cut into units (up to 2 MiB of clusters to read,
  * or a run of zero clusters never read).  bk_source_parallel threads take
@@ -696,10 +697,14 @@ bk_create (const char *source, const char *repo,
       why_full = "the source has no checkpoint bitmap of the latest backup";
     else if (!consistent)
       why_full = "a checkpoint bitmap is inconsistent (in use)";
-    else if (L->vsize != vsize)
-      why_full = "the disk size changed";
     else
       incremental = true;
+    if (incremental && L->vsize != vsize)
+      fprintf (stderr, "%s: the disk %s from %" PRIu64 " to %" PRIu64
+               " bytes since %s%s\n", progname,
+               vsize > L->vsize ? "grew" : "shrank", L->vsize, vsize, L->id,
+               vsize > L->vsize ? ": everything past the old end is copied"
+               : "");
 
     freeze = calloc (ck.n + 1, sizeof *freeze);
     for (i = 0; i < ck.n; i++)
