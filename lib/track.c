@@ -62,6 +62,12 @@
  *      is in the cooling snapshot.
  *   6. At clean close every hot extent is cooled and synced: the on-disk
  *      bitmaps are exact.
+ *   7. A bitmap coarser than an extent has bits that cover several
+ *      extents.  Such a bit stays set while any extent under it is hot or
+ *      pending, and WHEN IT IS CLEARED ON DISK THE SUMMARY OVER THE WHOLE
+ *      BIT IS WITHDRAWN FIRST, then the delta under the whole bit folded
+ *      (withdraw_coarse): no neighbour may pass the fast path on a
+ *      summary that was true only while the bit was held.
  *
  *   state of an extent          function
  *     COLD --(write waits)--> PENDING       track_before_write
@@ -160,6 +166,8 @@ struct track {
   uint32_t ahead;                  /* extents made hot ahead; 0: off */
   uint64_t span;                   /* extents whose bits share one sector
                                     * of every bitmap (see covered) */
+  bool coarse;                     /* a bitmap's granule spans several
+                                    * extents (see withdraw_coarse) */
   bool has_committer, stop;
   pthread_t committer;
   pthread_cond_t kick;             /* wakes the committer */
@@ -438,6 +446,8 @@ track_start (struct rawtrack_image *img)
     t->nr++;
     if (b->gran_bits < min_gran)
       min_gran = b->gran_bits;
+    if (b->gran_bits > t->ext_bits)
+      t->coarse = true;
   }
   if (t->nr == 0) {
     r = 0;
@@ -575,6 +585,62 @@ extent_busy (const struct track *t, uint64_t e)
   return e < t->nr_ext && est_get (t, e) != EXT_COLD;
 }
 
+/* Does an extent other than v among those [bs, be) overlaps stay hot or
+ * pending (so a bit covering all of [bs, be) must stay set)? */
+static bool
+neighbour_busy (const struct track *t, uint64_t bs, uint64_t be, uint64_t v)
+{
+  uint64_t e;
+
+  for (e = bs >> t->ext_bits; e <= (be - 1) >> t->ext_bits; e++)
+    if (e != v && extent_busy (t, e))
+      return true;
+  return false;
+}
+
+/* BITS COARSER THAN AN EXTENT (granularity above 2^ext_bits, e.g. a 4 MiB
+ * or 64 MiB bitmap over 1 MiB extents).  Cooling extent v decides the one
+ * bit that covers v and its neighbours too.  While any of them is hot or
+ * pending the bit stays set; once it is cleared on disk, no neighbour may
+ * still pass the fast path on a summary that was true while the bit was
+ * set (a neighbour cooled earlier keeps its summary, since the bit stayed
+ * set then): a write there would go through with its bit clear on disk,
+ * lost after a crash and after a clean close alike.  So, for every such
+ * bit that may be cleared, the summary over the WHOLE bit is withdrawn
+ * first, then the delta over the whole bit is folded (the neighbours are
+ * not under v's sequence number).  A neighbour's fast-path writer sets
+ * its delta bits, fences, then reads the summary; this side clears the
+ * summary, fences, then takes the delta: either the writer sees the
+ * summary cleared and takes the locked path, or its bits are in the fold
+ * and keep the bit set (cool_prepare reads base after this).
+ * track->lock held. */
+static void
+withdraw_coarse (struct rawtrack_image *img, struct track *t, uint64_t v,
+                 uint64_t start)
+{
+  uint64_t ws = UINT64_MAX, we = 0;
+  uint32_t i;
+
+  for (i = 0; i < t->nr; i++) {
+    const struct tbm *b = &t->bm[i];
+    uint64_t bs, be;
+
+    if (b->gran_bits <= t->ext_bits)
+      continue;
+    bs = ROUND_DOWN (start, 1ull << b->gran_bits);
+    be = MIN (bs + (1ull << b->gran_bits), img->virtual_size);
+    if (bitmap_mem_get (b->base, bs) || neighbour_busy (t, bs, be, v))
+      continue;
+    bitmap_mem_clear_atomic (t->summary, bs, be - bs);
+    ws = MIN (ws, bs);
+    we = MAX (we, be);
+  }
+  if (we > ws) {
+    __atomic_thread_fence (__ATOMIC_SEQ_CST);
+    fold_delta (t, ws, we);
+  }
+}
+
 /* Replace extent v's all-ones with exact bits (track->lock held).  With
  * force, write its sectors even where disk (what rawtrack last wrote)
  * already holds them: after a failed commit the file may not. */
@@ -588,6 +654,8 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v,
 
   extent_range (img, t, v, &start, &end);
   fold_delta (t, start, end);
+  if (t->coarse)
+    withdraw_coarse (img, t, v, start);
   bitmap_mem_set_atomic (t->summary, start, end - start);
   for (i = 0; i < t->nr; i++) {
     struct tbm *b = &t->bm[i];
@@ -596,16 +664,13 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v,
     bit_range (b, nbits, start, end, &lo, &hi);
     changed = force;
     for (bit = lo; bit < hi; bit++) {
-      uint64_t bs = bit * g, be = bs + g, e;
+      uint64_t bs = bit * g, be = bs + g;
       bool v1 = bitmap_mem_get (b->base, bs);
 
       /* A bit that also covers a hot or pending extent stays set. */
-      if (!v1 && (bs < start || be > end))
-        for (e = bs >> t->ext_bits; e <= (be - 1) >> t->ext_bits; e++)
-          if (e != v && extent_busy (t, e)) {
-            v1 = true;
-            break;
-          }
+      if (!v1 && (bs < start || be > end) &&
+          neighbour_busy (t, bs, MIN (be, img->virtual_size), v))
+        v1 = true;
       if (v1 != !!(b->disk[bit >> 3] & (1u << (bit & 7)))) {
         bit_put (b->disk, bit, v1);
         changed = true;
