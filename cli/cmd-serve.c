@@ -1,19 +1,25 @@
 /* rawtrack - `rawtrack serve`: export an image over NBD.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * Owns: the command line (parse_options), the export built from the
- * opened image (open_export: which bitmaps are offered), where to listen
- * (open_listeners, on server/sockets.c), --pidfile and the --run captive
- * mode; the accept loop and the drain are the server library's
- * (server/accept-loop.c).  The order of a run and of its shutdown:
+ * Owns: the command line (parse_options), the exports built from the
+ * opened images (open_export: names, which bitmaps are offered), where to
+ * listen (open_listeners, on server/sockets.c), --control with its
+ * registry entries (server/control*.c, server/registry.c), --pidfile and
+ * the --run captive mode; the accept loop and the drain are the server
+ * library's (server/accept-loop.c).  The order of a run and of its
+ * shutdown:
  *
- *   options -> listening sockets of socket activation -> open the image
- *     -> Unix/TCP listeners -> signals -> pidfile -> --run -> accept loop
+ *   options -> listening sockets of socket activation -> open the images
+ *     -> Unix/TCP listeners -> control socket -> registry entries
+ *     -> signals -> pidfile -> --run -> accept loop
  *   SIGINT/SIGTERM, or the --run command exits
  *     -> stop accepting, close and unlink the listening sockets
+ *     -> registry entries removed; control socket stopped (no request
+ *        runs after; views ended, their frozen bitmaps left as they are)
  *     -> nbd_drain: idle readers and handshakes stop, requests already
  *        read complete and are answered, every connection thread ends
- *     -> rawtrack_image_close (writes back tracking state, flushes)
+ *     -> rawtrack_image_close of each image (writes back tracking state,
+ *        flushes)
  *     -> exit 0 (or the --run command's status; 1 if closing failed)
  *
  * Locking: none of its own; runs in the main thread.
@@ -47,13 +53,15 @@
 static void
 help (void)
 {
-  printf ("Usage: %s serve IMAGE [--socket PATH | --listen[=ADDR[:PORT]]]\n"
+  printf ("Usage: %s serve IMAGE... [--socket PATH | --listen[=ADDR[:PORT]]]\n"
           "                      [--export NAME] [--description TEXT] [--read-only]\n"
           "                      [--bitmap NAME]... [--connections N] [--threads N]\n"
           "                      [--pidfile FILE] [--run CMD] [--data-file PATH]\n"
           "                      [--allow-device] [--allow-remote]\n"
           "                      [--tls=off|on|require (--tls-certificates DIR |\n"
           "                       --tls-psk FILE) [--tls-verify-peer]]\n"
+          "                      [--control PATH [--fleece-dir DIR | --fleece-memory]\n"
+          "                       [--fleece-limit SIZE]]\n"
           "\n"
           "Export IMAGE (qcow2, usually a metadata container around a raw disk) over\n"
           "the NBD protocol, with its persistent dirty bitmaps, to NBD clients such as\n"
@@ -63,6 +71,12 @@ help (void)
           "\n"
           "Writes through the export are tracked: every enabled bitmap records them,\n"
           "crash-safely, exactly as other librawtrack writers do.\n"
+          "\n"
+          "Several images (IMAGE or NAME=IMAGE each) are exported under their own\n"
+          "names: NAME, or the file name without its directory and a .qcow2 suffix;\n"
+          "the first also answers to the empty name.  With one image the name is\n"
+          "--export's (default \"\").  Names must be unique and, with --control,\n"
+          "must not contain '@'.\n"
           "\n"
           "Where to listen (one is required, unless --run or socket activation):\n"
           "  -s, --socket PATH       a Unix domain socket (a stale socket at PATH is\n"
@@ -133,6 +147,32 @@ help (void)
           "  connections.  Clients: nbdinfo 'nbds+unix:///?socket=S&tls-certificates=\n"
           "  DIR', nbdinfo 'nbds://alice@HOST/?tls-psk-file=FILE', qemu-img\n"
           "  --object tls-creds-x509,id=t0,endpoint=client,dir=DIR and tls-creds=t0.\n"
+          "\n"
+          "Live backups (docs/control.md):\n"
+          "      --control PATH      a control socket at PATH, mode 0600: ONLY THE\n"
+          "                          OWNER of the server process (and root) may use\n"
+          "                          it, and anyone who can may take checkpoints and\n"
+          "                          publish point-in-time exports.  One JSON request\n"
+          "                          per line: query, checkpoint (freeze bitmaps and\n"
+          "                          start a point-in-time view of the disks, at one\n"
+          "                          instant for the whole group), backup-begin\n"
+          "                          (publish the read-only export NAME@CHECKPOINT),\n"
+          "                          backup-end (success drops the frozen bitmaps,\n"
+          "                          failure merges them back).  The server records\n"
+          "                          itself in $XDG_RUNTIME_DIR/rawtrack/ (else\n"
+          "                          /tmp/rawtrack-UID/) so that `rawtrack backup\n"
+          "                          create IMAGE` finds it.  A live server at PATH\n"
+          "                          is never taken over.\n"
+          "      --fleece-dir DIR    where copy-before-write keeps the old data of\n"
+          "                          clusters the guest overwrites while a view\n"
+          "                          exists (default: beside each image, as\n"
+          "                          IMAGE.fleece-CHECKPOINT, unlinked at once)\n"
+          "      --fleece-memory     keep that data in memory instead\n"
+          "      --fleece-limit SIZE at most SIZE bytes of old data for all views\n"
+          "                          (K, M, G, T suffixes, or N%% of the served disks'\n"
+          "                          total size; default 25%%).  Over it a view\n"
+          "                          fails (its export answers EIO, backup-end merges\n"
+          "                          its bitmaps back); guest writes never fail.\n"
           "\n"
           "Server:\n"
           "  -c, --connections N     at most N clients at once (default 16); more are\n"
@@ -301,8 +341,10 @@ choose_bitmaps (struct nbd_export *exp, const char *const *wanted,
 
 /* What the command line asks for. */
 struct serve_options {
-  const char *image;
+  struct string_vector images;     /* IMAGE or NAME=IMAGE arguments */
   const char *sock, *listen_addr, *exportname, *description;
+  const char *control, *fleece_dir, *fleece_limit;
+  bool fleece_memory;
   const char *pidfile, *run, *data_file;
   bool use_tcp, readonly, use_sendfile, tls_verify;
   const char *tls_certs, *tls_psk;
@@ -312,8 +354,31 @@ struct serve_options {
   unsigned allow_device;           /* 0 or RAWTRACK_OPEN_ALLOW_DEVICE */
   unsigned allow_remote;           /* 0 or RAWTRACK_OPEN_ALLOW_REMOTE */
   char sockbuf[PATH_MAX];          /* an absolute --socket */
+  char ctlbuf[PATH_MAX];           /* an absolute --control */
   bool bound_unix;                 /* sock is ours to unlink at exit */
 };
+
+/* o's vectors freed. */
+static void
+options_reset (struct serve_options *o)
+{
+  string_vector_reset (&o->wanted);
+  string_vector_reset (&o->images);
+}
+
+/* path made absolute into buf (PATH_MAX); -1 if it does not fit. */
+static int
+absolute (const char *path, char *buf)
+{
+  if (path[0] == '/')
+    return snprintf (buf, PATH_MAX, "%s", path) < PATH_MAX ? 0 : -1;
+  if (!getcwd (buf, PATH_MAX) ||
+      strlen (buf) + 1 + strlen (path) >= PATH_MAX)
+    return -1;
+  strcat (buf, "/");
+  strcat (buf, path);
+  return 0;
+}
 
 /* Parse argv into *o.  0: go on; otherwise the exit status (1 on usage
  * errors, 0 after --help); o->wanted is reset then. */
@@ -322,7 +387,8 @@ parse_options (int argc, char **argv, struct serve_options *o)
 {
   enum { OPT_RUN = 256, OPT_DATA_FILE, OPT_ALLOW_DEVICE, OPT_TRACK, OPT_HANDSHAKE,
          OPT_SENDFILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
-         OPT_ALLOW_REMOTE_DATA };
+         OPT_ALLOW_REMOTE_DATA, OPT_CONTROL, OPT_FLEECE_DIR, OPT_FLEECE_MEMORY,
+         OPT_FLEECE_LIMIT };
   static const struct option opts[] = {
     { "socket", required_argument, NULL, 's' },
     { "listen", optional_argument, NULL, 'l' },
@@ -347,6 +413,10 @@ parse_options (int argc, char **argv, struct serve_options *o)
     { "tls-certificates", required_argument, NULL, OPT_TLS_CERTS },
     { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
     { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY },
+    { "control", required_argument, NULL, OPT_CONTROL },
+    { "fleece-dir", required_argument, NULL, OPT_FLEECE_DIR },
+    { "fleece-memory", no_argument, NULL, OPT_FLEECE_MEMORY },
+    { "fleece-limit", required_argument, NULL, OPT_FLEECE_LIMIT },
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -424,6 +494,10 @@ parse_options (int argc, char **argv, struct serve_options *o)
     case OPT_TLS_CERTS: o->tls_certs = optarg; break;
     case OPT_TLS_PSK: o->tls_psk = optarg; break;
     case OPT_TLS_VERIFY: o->tls_verify = true; break;
+    case OPT_CONTROL: o->control = optarg; break;
+    case OPT_FLEECE_DIR: o->fleece_dir = optarg; break;
+    case OPT_FLEECE_MEMORY: o->fleece_memory = true; break;
+    case OPT_FLEECE_LIMIT: o->fleece_limit = optarg; break;
     case 'v': nbd_verbose = true; break;
     case 'h':
       help ();
@@ -436,11 +510,36 @@ parse_options (int argc, char **argv, struct serve_options *o)
     }
   }
   r = 1;
-  if (argc - optind != 1) {
-    usage_error ("serve", "expected exactly one IMAGE");
+  if (argc - optind < 1) {
+    usage_error ("serve", "expected an IMAGE (or several)");
     goto err;
   }
-  o->image = argv[optind];
+  for (; optind < argc; optind++)
+    if (string_vector_append (&o->images, argv[optind]) == -1) {
+      fail ("out of memory");
+      goto err;
+    }
+  if (o->images.len > 1 && (o->exportname[0] || o->data_file)) {
+    usage_error ("serve", "--export and --data-file are for one IMAGE; "
+                 "name several exports NAME=IMAGE");
+    goto err;
+  }
+  if (!o->control && (o->fleece_dir || o->fleece_memory || o->fleece_limit)) {
+    usage_error ("serve", "--fleece-dir, --fleece-memory and --fleece-limit "
+                 "need --control PATH");
+    goto err;
+  }
+  if (o->fleece_dir && o->fleece_memory) {
+    usage_error ("serve", "--fleece-dir and --fleece-memory cannot be "
+                 "combined");
+    goto err;
+  }
+  if (o->control && absolute (o->control, o->ctlbuf) == -1) {
+    fail ("cannot make the --control path absolute");
+    goto err;
+  }
+  if (o->control)
+    o->control = o->ctlbuf;
   if (o->sock && o->use_tcp) {
     usage_error ("serve", "--socket and --listen cannot be combined");
     goto err;
@@ -481,13 +580,51 @@ parse_options (int argc, char **argv, struct serve_options *o)
   return 0;
 
  err:
-  string_vector_reset (&o->wanted);
+  options_reset (o);
   return r;
+}
+
+/* The export name of image argument arg (IMAGE or NAME=IMAGE) and the
+ * image path: NAME=IMAGE only when arg itself is not a file.  *name is
+ * malloc'd. */
+static int
+split_image_arg (const struct serve_options *o, const char *arg,
+                 char **name, const char **image)
+{
+  const char *eq = strchr (arg, '=');
+
+  *image = arg;
+  if (eq && eq > arg && access (arg, F_OK) == -1) {
+    *name = strndup (arg, (size_t) (eq - arg));
+    *image = eq + 1;
+  }
+  else if (o->images.len == 1)
+    *name = strdup (o->exportname);
+  else {
+    const char *slash = strrchr (arg, '/');
+    const char *base = slash ? slash + 1 : arg;
+    size_t len = strlen (base);
+
+    if (len > 6 && strcmp (base + len - 6, ".qcow2") == 0)
+      len -= 6;
+    *name = strndup (base, len);
+  }
+  if (!*name)
+    return fail ("out of memory");
+  if (strlen (*name) > NBD_MAX_STRING)
+    return fail ("export name %s is longer than %d bytes", *name,
+                 NBD_MAX_STRING);
+  if (o->control && strchr (*name, '@'))
+    return fail ("export name '%s': names may not contain '@' with "
+                 "--control (NAME@CHECKPOINT names point-in-time exports)",
+                 *name);
+  return 0;
 }
 
 /* Open the image and describe the export.  0, or 1 after reporting. */
 static int
-open_export (const struct serve_options *o, struct nbd_export *exp)
+open_export (const struct serve_options *o, const char *image,
+             const char *name, struct nbd_export *exp)
 {
   bool readonly = o->readonly;
 
@@ -496,33 +633,33 @@ open_export (const struct serve_options *o, struct nbd_export *exp)
   if ((o->tls_certs || o->tls_psk) &&
       rawtrack_nbd_set_tls (o->tls_certs, o->tls_psk) == -1)
     return fail_lib ("TLS credentials");
-  exp->img = rawtrack_image_open (o->image,
+  exp->img = rawtrack_image_open (image,
                                   (readonly ? 0 : RAWTRACK_OPEN_RDWR) |
                                   o->track | o->allow_device |
                                   o->allow_remote, o->data_file);
   if (!exp->img)
-    return fail_lib ("%s", o->image);
+    return fail_lib ("%s", image);
   /* rawtrack cannot write images with a backing file: export them
    * read-only rather than writable with every write failing. */
   if (!readonly && rawtrack_image_backing_file (exp->img)) {
     if (!nbd_quiet)
       fprintf (stderr, "rawtrack serve: %s has a backing file ('%s'), "
                "which rawtrack cannot write to: exporting it read-only\n",
-               o->image, rawtrack_image_backing_file (exp->img));
+               image, rawtrack_image_backing_file (exp->img));
     rawtrack_image_close (exp->img);
     readonly = true;
-    exp->img = rawtrack_image_open (o->image, o->track | o->allow_device |
+    exp->img = rawtrack_image_open (image, o->track | o->allow_device |
                                     o->allow_remote, o->data_file);
     if (!exp->img)
-      return fail_lib ("%s", o->image);
+      return fail_lib ("%s", image);
   }
   {
     char why[512];
 
     if (data_file_change_text (exp->img, why, sizeof why))
-      fprintf (stderr, "rawtrack serve: warning: %s: %s\n", o->image, why);
+      fprintf (stderr, "rawtrack serve: warning: %s: %s\n", image, why);
   }
-  exp->name = o->exportname;
+  exp->name = name;
   exp->description = o->description;
   exp->size = rawtrack_image_virtual_size (exp->img);
   exp->readonly = readonly;
@@ -549,6 +686,32 @@ close_export (struct nbd_export *exp)
   for (i = 0; i < exp->nr_bitmaps; i++)
     free (exp->bitmaps[i]);
   free (exp->bitmaps);
+  exp->bitmaps = NULL;
+  exp->nr_bitmaps = 0;
+}
+
+/* The image's identity and gate for the views (struct nbd_disk). */
+static int
+init_disk (const char *image, struct nbd_export *exp, struct nbd_disk *d)
+{
+  pthread_rwlockattr_t a;
+  struct stat st;
+
+  memset (d, 0, sizeof *d);
+  d->img = exp->img;
+  d->path = realpath (image, NULL);
+  if (!d->path || stat (d->path, &st) == -1)
+    return fail ("%s: %s", image, strerror (errno));
+  d->dev = st.st_dev;
+  d->ino = st.st_ino;
+  /* A checkpoint must not wait behind a steady stream of writes. */
+  pthread_rwlockattr_init (&a);
+  pthread_rwlockattr_setkind_np (&a,
+                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&d->gate, &a);
+  pthread_rwlockattr_destroy (&a);
+  exp->disk = d;
+  return 0;
 }
 
 /* Listen where o says (socket activation was looked at before).  With
@@ -578,6 +741,65 @@ open_listeners (struct serve_options *o, struct nbd_listeners *ls,
   return 0;
 }
 
+/* The fleecing limit: --fleece-limit SIZE or N%, default 25% of the
+ * disks' total size.  0, or 1 after reporting. */
+static int
+fleece_limit (const struct serve_options *o, const struct nbd_export *exps,
+              size_t n, uint64_t *limit)
+{
+  uint64_t total = 0, pct = 25;
+  const char *err;
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    total += exps[i].size;
+  if (o->fleece_limit) {
+    size_t len = strlen (o->fleece_limit);
+
+    if (len > 1 && o->fleece_limit[len - 1] == '%') {
+      char *end;
+
+      errno = 0;
+      pct = strtoull (o->fleece_limit, &end, 10);
+      if (errno || end != o->fleece_limit + len - 1 || pct > 100)
+        return usage_error ("serve", "--fleece-limit %s: a percentage is "
+                            "0%% to 100%%", o->fleece_limit);
+    }
+    else {
+      if (parse_size (o->fleece_limit, limit, &err) == -1)
+        return usage_error ("serve", "--fleece-limit %s: %s",
+                            o->fleece_limit, err);
+      return 0;
+    }
+  }
+  *limit = total / 100 * pct + total % 100 * pct / 100;
+  return 0;
+}
+
+/* Where clients reach an export: prefix + escaped name + suffix. */
+static void
+uri_parts (const struct serve_options *o, const struct nbd_listeners *ls,
+           char **prefix, char **suffix)
+{
+  *prefix = *suffix = NULL;
+  if (o->sock) {
+    CLEANUP_FREE char *spath = malloc (3 * PATH_MAX);
+
+    if (spath) {
+      uri_encode (o->sock, spath, 3 * PATH_MAX);
+      if (asprintf (suffix, "?socket=%s", spath) == -1)
+        *suffix = NULL;
+      else if (!(*prefix = strdup ("nbd+unix:///"))) {
+        free (*suffix);
+        *suffix = NULL;
+      }
+    }
+  }
+  else if (ls->tcp_port &&
+           asprintf (prefix, "nbd://%s:%u/", ls->uri_host, ls->tcp_port) != -1)
+    *suffix = strdup ("");
+}
+
 int
 cmd_serve (int argc, char **argv)
 {
@@ -585,15 +807,22 @@ cmd_serve (int argc, char **argv)
   char tmpdir[] = "/tmp/rawtrack-serve.XXXXXX";
   bool made_sock = false, own_pidfile = false;
   struct nbd_listeners ls;
-  struct nbd_export exp;
+  struct nbd_export *exps = NULL;
+  struct nbd_disk *disks = NULL, **disk_ptrs = NULL;
+  struct registry_entry *reg = NULL;
+  char **names = NULL;
+  size_t n = 0, i, k;
   struct nbd_server srv;
+  struct fleece_config fc;
+  struct control *ctl = NULL;
+  char *uri_prefix = NULL, *uri_suffix = NULL;
   int quit_pipe[2] = { -1, -1 };
   struct tls_config *tls = NULL;
   pid_t run_pid = -1;
   int status;
 
   status = parse_options (argc, argv, &o);
-  if (status != 0 || !o.image)
+  if (status != 0 || o.images.len == 0)
     return status;
 
   /* Listening sockets first: activation needs nothing else. */
@@ -609,7 +838,7 @@ cmd_serve (int argc, char **argv)
     status = usage_error ("serve", "say where to listen: --socket PATH or "
                           "--listen[=ADDR[:PORT]]");
   if (status != 0) {
-    string_vector_reset (&o.wanted);
+    options_reset (&o);
     return status;
   }
 
@@ -619,29 +848,90 @@ cmd_serve (int argc, char **argv)
     tls = tls_config_new (o.tls_certs, o.tls_psk, o.tls_verify, err,
                           sizeof err);
     if (!tls) {
-      string_vector_reset (&o.wanted);
+      options_reset (&o);
       return fail ("%s", err);
     }
   }
-  if (open_export (&o, &exp) != 0) {
-    status = 1;
-    if (exp.img)
-      goto out_image;
-    string_vector_reset (&o.wanted);
-    tls_config_free (tls);
-    return status;
+
+  memset (&srv, 0, sizeof srv);
+  pthread_mutex_init (&srv.exports_lock, NULL);
+  memset (&fc, 0, sizeof fc);
+  exps = calloc (o.images.len, sizeof *exps);
+  disks = calloc (o.images.len, sizeof *disks);
+  disk_ptrs = calloc (o.images.len, sizeof *disk_ptrs);
+  names = calloc (o.images.len, sizeof *names);
+  reg = calloc (o.images.len, sizeof *reg);
+  if (!exps || !disks || !disk_ptrs || !names || !reg) {
+    status = fail ("out of memory");
+    goto out_image;
   }
+  for (n = 0; n < o.images.len; n++) {
+    const char *image;
+
+    if (split_image_arg (&o, o.images.ptr[n], &names[n], &image) != 0 ||
+        open_export (&o, image, names[n], &exps[n]) != 0 ||
+        init_disk (image, &exps[n], &disks[n]) != 0) {
+      status = 1;
+      n++;                         /* exps[n] may hold an image: close it */
+      goto out_image;
+    }
+    disk_ptrs[n] = &disks[n];
+    for (k = 0; k < n; k++)
+      if (strcmp (names[k], names[n]) == 0) {
+        status = fail ("two exports are named '%s': name them NAME=IMAGE",
+                       names[n]);
+        n++;
+        goto out_image;
+      }
+    if (export_add (&srv, &exps[n]) == -1) {
+      status = fail ("out of memory");
+      n++;
+      goto out_image;
+    }
+  }
+  srv.exp = &exps[0];
+  if (o.control) {
+    fc.memory = o.fleece_memory;
+    fc.dir = o.fleece_dir;
+    if (fleece_limit (&o, exps, n, &fc.limit) != 0) {
+      status = 1;
+      goto out_image;
+    }
+  }
+
   if (open_listeners (&o, &ls, tmpdir, &made_sock) != 0) {
     status = 1;
     goto out_listen;
+  }
+  if (o.control) {
+    char err[1024];
+
+    uri_parts (&o, &ls, &uri_prefix, &uri_suffix);
+    ctl = control_start (&srv, o.control, disk_ptrs, n, &fc, uri_prefix,
+                         uri_suffix, err, sizeof err);
+    if (!ctl) {
+      status = fail ("%s", err);
+      goto out_listen;
+    }
+    for (i = 0; i < n; i++) {
+      CLEANUP_FREE char *uri = NULL;
+      char ename[3 * NBD_MAX_STRING + 8];
+
+      uri_encode (names[i], ename, sizeof ename);
+      if (uri_prefix &&
+          asprintf (&uri, "%s%s%s", uri_prefix, ename, uri_suffix) == -1)
+        uri = NULL;
+      if (registry_add (&disks[i], names[i], o.control, uri, &reg[i], err,
+                        sizeof err) == -1)
+        fprintf (stderr, "%s serve: warning: %s; `backup create` will need "
+                 "--control %s\n", progname, err, o.control);
+    }
   }
   if (nbd_signals_init () == -1 || pipe2 (quit_pipe, O_CLOEXEC) == -1) {
     status = fail ("pipe: %s", strerror (errno));
     goto out_listen;
   }
 
-  memset (&srv, 0, sizeof srv);
-  srv.exp = &exp;
   srv.quit_fd = quit_pipe[0];
   if (o.threads == 0) {
     /* Measured (bench/bench-nbd.sh): past a few workers per CPU they
@@ -670,11 +960,12 @@ cmd_serve (int argc, char **argv)
       goto out_listen;
     }
   }
-  nbd_debug ("serving %s (%" PRIu64 " bytes, %zu bitmaps) on %zu socket(s)",
-             o.image, exp.size, exp.nr_bitmaps, ls.n);
+  nbd_debug ("serving %zu image(s), the first %s (%" PRIu64 " bytes, %zu "
+             "bitmaps), on %zu socket(s)", n, o.images.ptr[0], exps[0].size,
+             exps[0].nr_bitmaps, ls.n);
   if (o.run) {
     run_pid = run_command (o.run, o.sock, ls.uri_host, ls.tcp_port,
-                           o.exportname);
+                           names[0]);
     if (run_pid == -1) {
       status = 1;
       goto out_listen;
@@ -683,10 +974,15 @@ cmd_serve (int argc, char **argv)
 
   nbd_accept_loop (&srv, &ls, &run_pid, &status);
 
-  /* Shutdown: no new connections, wake every reader, wait for them. */
+  /* Shutdown: no new connections, no control requests, wake every
+   * reader, wait for them. */
   nbd_listeners_close (&ls);
   if (o.bound_unix)
     nbd_unlink_unix (&ls, o.sock);
+  for (i = 0; i < n; i++)
+    registry_remove (&reg[i]);
+  control_stop (ctl);
+  ctl = NULL;
   nbd_drain (quit_pipe[1]);
   if (run_pid > 0) {
     int st;
@@ -698,6 +994,9 @@ cmd_serve (int argc, char **argv)
   }
 
  out_listen:
+  for (i = 0; i < n; i++)
+    registry_remove (&reg[i]);
+  control_stop (ctl);
   nbd_listeners_close (&ls);
   if (o.bound_unix)
     nbd_unlink_unix (&ls, o.sock);
@@ -706,13 +1005,28 @@ cmd_serve (int argc, char **argv)
   if (own_pidfile)
     unlink (o.pidfile);
  out_image:
-  if (rawtrack_image_close (exp.img) == -1) {
-    fail_lib ("closing %s", o.image);
-    if (status == 0)
-      status = 1;
+  for (i = 0; i < n; i++) {
+    if (exps[i].img && rawtrack_image_close (exps[i].img) == -1) {
+      fail_lib ("closing %s", o.images.ptr[i]);
+      if (status == 0)
+        status = 1;
+    }
+    close_export (&exps[i]);
+    if (exps[i].disk)
+      pthread_rwlock_destroy (&disks[i].gate);
+    free (disks[i].path);
+    free (names[i]);
   }
-  close_export (&exp);
-  string_vector_reset (&o.wanted);
+  free (exps);
+  free (disks);
+  free (disk_ptrs);
+  free (names);
+  free (reg);
+  free (srv.exports);
+  pthread_mutex_destroy (&srv.exports_lock);
+  free (uri_prefix);
+  free (uri_suffix);
+  options_reset (&o);
   if (quit_pipe[0] >= 0) {
     close (quit_pipe[0]);
     close (quit_pipe[1]);

@@ -541,6 +541,7 @@ conn_handle (struct nbd_server *srv, int fd, unsigned id)
   tls_close (&c);
   close (fd);
   free (c.meta);
+  export_put (c.exp);
   pthread_mutex_destroy (&c.read_lock);
   pthread_mutex_destroy (&c.write_lock);
   pthread_mutex_destroy (&c.status_lock);

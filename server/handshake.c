@@ -92,12 +92,24 @@ send_error (struct connection *c, uint32_t option, uint32_t type,
   return send_reply (c, option, type, msg, (size_t) n);
 }
 
-/* Does name (len bytes) select our export? */
+/* Make the export name (len bytes) the connection's; false if there is
+ * none of that name.  Switching exports drops the metadata contexts
+ * chosen for the other one. */
 static bool
-export_matches (const struct connection *c, const uint8_t *name, size_t len)
+export_matches (struct connection *c, const uint8_t *name, size_t len)
 {
-  return len == 0 ||
-         (len == strlen (c->exp->name) && memcmp (name, c->exp->name, len) == 0);
+  struct nbd_export *e = export_get (c->srv, (const char *) name, len);
+
+  if (!e)
+    return false;
+  if (e != c->exp) {
+    free (c->meta);
+    c->meta = NULL;
+    c->nr_meta = 0;
+  }
+  export_put (c->exp);
+  c->exp = e;
+  return true;
 }
 
 /* A printable copy of a client string for messages, cut at 80 bytes. */
@@ -246,26 +258,67 @@ opt_export_name (struct connection *c, const uint8_t *p, uint32_t len)
   return 1;
 }
 
+/* One NBD_REP_SERVER reply per export: built under the table lock,
+ * sent after it. */
+struct list_buf {
+  uint8_t *b;
+  size_t len, cap;
+  bool failed;
+};
+
+static void
+list_one (void *opaque, struct nbd_export *exp)
+{
+  struct list_buf *l = opaque;
+  const char *desc = exp->description ? exp->description : "";
+  size_t nl = strlen (exp->name), dl = strlen (desc), need = 8 + nl + dl;
+
+  if (l->failed)
+    return;
+  if (l->len + need > l->cap) {
+    size_t cap = (l->len + need) * 2;
+    uint8_t *n = realloc (l->b, cap);
+
+    if (!n) {
+      l->failed = true;
+      return;
+    }
+    l->b = n;
+    l->cap = cap;
+  }
+  /* Record: total length, name length, name, description. */
+  be32_store (l->b + l->len, (uint32_t) (4 + nl + dl));
+  be32_store (l->b + l->len + 4, (uint32_t) nl);
+  memcpy (l->b + l->len + 8, exp->name, nl);
+  memcpy (l->b + l->len + 8 + nl, desc, dl);
+  l->len += need;
+}
+
 static int
 opt_list (struct connection *c, uint32_t option, uint32_t len)
 {
-  const char *name = c->exp->name;
-  const char *desc = c->exp->description ? c->exp->description : "";
-  size_t nl = strlen (name), dl = strlen (desc);
-  uint8_t *b;
-  int r;
+  struct list_buf l = { NULL, 0, 0, false };
+  size_t pos;
+  int r = 0;
 
   if (len != 0)
     return send_error (c, option, NBD_REP_ERR_INVALID,
                        "NBD_OPT_LIST takes no payload") == -1 ? -1 : 0;
-  b = malloc (4 + nl + dl);
-  if (!b)
+  if (c->srv->nr_exports == 0)
+    list_one (&l, c->srv->exp);
+  else
+    export_each (c->srv, list_one, &l);
+  if (l.failed) {
+    free (l.b);
     return -1;
-  be32_store (b, (uint32_t) nl);
-  memcpy (b + 4, name, nl);
-  memcpy (b + 4 + nl, desc, dl);
-  r = send_reply (c, option, NBD_REP_SERVER, b, 4 + nl + dl);
-  free (b);
+  }
+  for (pos = 0; r == 0 && pos < l.len; ) {
+    uint32_t rl = be32_load (l.b + pos);
+
+    r = send_reply (c, option, NBD_REP_SERVER, l.b + pos + 4, rl);
+    pos += 4 + rl;
+  }
+  free (l.b);
   if (r == -1)
     return -1;
   return send_reply (c, option, NBD_REP_ACK, NULL, 0);
@@ -318,7 +371,7 @@ opt_meta (struct connection *c, uint32_t option, const uint8_t *p,
   bool set = option == NBD_OPT_SET_META_CONTEXT;
   struct meta_walk w;
   uint32_t namelen, nq, i, pos, ql;
-  size_t n = meta_count (c->exp);
+  size_t n;
   char shown[96];
   int r = 0;
 
@@ -368,6 +421,7 @@ opt_meta (struct connection *c, uint32_t option, const uint8_t *p,
                        "export '%s' not present", shown) == -1 ? -1 : 0;
   }
 
+  n = meta_count (c->exp);
   memset (&w, 0, sizeof w);
   w.c = c;
   w.option = option;

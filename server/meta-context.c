@@ -241,6 +241,12 @@ meta_extents (struct nbd_export *exp, uint32_t index, uint64_t offset,
 {
   out->ext.len = 0;
   out->end = offset;
+  if (exp->view && index < META_FIRST_BITMAP)
+    /* A point-in-time export: data everywhere, all of it local (the
+     * image's current map says nothing about the disk at the
+     * checkpoint). */
+    return append (out, max, count,
+                   index == META_ALLOCATION_DEPTH ? 1 : 0) == -1 ? -1 : 0;
   switch (index) {
   case META_BASE_ALLOCATION:
     return status_extents (exp, offset, count, max, out, map_allocation);

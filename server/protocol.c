@@ -356,17 +356,28 @@ recv_write_direct (struct connection *c, struct request *req,
   int64_t n;
   int fd, r, werr;
 
+  struct nbd_disk *disk = c->exp->disk;
+
   if (req->count < WRITE_DIRECT_MIN || c->tls || !worker_buf_pipe (wb))
     return NOT_DIRECT;
+  /* The gate from the copy-before-write until the payload is in the file
+   * (spliced synchronously): no checkpoint falls in between. */
+  if (disk)
+    pthread_rwlock_rdlock (&disk->gate);
+  disk_before_write (disk, req->offset, req->count);
   n = rawtrack_image_write_target (c->exp->img, req->offset, req->count, fl,
                                    &fd, &foff);
-  if (n == 0)
-    return NOT_DIRECT;
-  if (n < 0) {
+  if (n <= 0) {
+    if (disk)
+      pthread_rwlock_unlock (&disk->gate);
+    if (n == 0)
+      return NOT_DIRECT;
     req->error = lib_errno ();
     return conn_skip (c, req->count);
   }
   r = conn_splice_payload (c, wb, fd, foff, req->count, &werr);
+  if (disk)
+    pthread_rwlock_unlock (&disk->gate);
   req->direct = true;
   req->error = werr;
   return r;
@@ -482,6 +493,11 @@ read_segments (struct connection *c, uint64_t offset, uint64_t count,
       len = (int64_t) (end - pos);
       hole = false;
     }
+    else if (c->exp->view) {
+      /* A point-in-time export: data everywhere. */
+      len = (int64_t) (end - pos);
+      hole = false;
+    }
     else {
       len = rawtrack_image_block_status (c->exp->img, pos, end - pos, &st);
       if (len <= 0) {
@@ -507,6 +523,23 @@ read_segments (struct connection *c, uint64_t offset, uint64_t count,
   return n;
 }
 
+/* A failed read_part: the errno of a point-in-time export's read, or the
+ * library's error. */
+static __thread int read_errno;
+
+static int
+send_read_error (struct connection *c, const struct request *req)
+{
+  int e = read_errno;
+
+  read_errno = 0;
+  if (e)
+    return send_error (c, req, e, e == EIO && c->exp->view
+                       ? "the point-in-time view failed or has ended"
+                       : strerror (e));
+  return send_error (c, req, lib_errno (), lib_message ());
+}
+
 /* Where the data of [offset, offset + len) comes from: the data file
  * itself (sendfile: the bytes go from the page cache to the socket
  * without a copy through this process) when the library says they are
@@ -519,6 +552,17 @@ read_part (struct connection *c, uint8_t *buf, uint64_t offset, uint64_t len,
   uint64_t foff;
   int fd;
 
+  if (c->exp->view) {
+    /* A point-in-time export: saved chunks from the fleecing store. */
+    if (view_disk_read (c->exp->view, buf, len, offset) == -1) {
+      read_errno = errno;
+      return -1;
+    }
+    part->buf = buf;
+    part->fd = -1;
+    part->len = (size_t) len;
+    return 0;
+  }
   if (c->srv->sendfile && !c->tls &&
       rawtrack_image_read_source (img, offset, len, &fd, &foff) ==
       (int64_t) len) {
@@ -576,7 +620,7 @@ do_read (struct connection *c, const struct request *req,
 
   if (!c->structured && !c->extended) {
     if (read_part (c, wb->data, req->offset, req->count, &part[1]) == -1)
-      return send_error (c, req, lib_errno (), lib_message ());
+      return send_read_error (c, req);
     part[0].buf = hdr[0];
     part[0].len = simple_header (hdr[0], req, 0);
     part[0].fd = -1;
@@ -613,7 +657,7 @@ do_read (struct connection *c, const struct request *req,
     part[np].fd = -1;
     part[np++].len = h + 8;
     if (read_part (c, p, seg[i].offset, seg[i].length, &part[np++]) == -1)
-      return send_error (c, req, lib_errno (), lib_message ());
+      return send_read_error (c, req);
   }
   return send_parts_locked (c, part, np);
 }
@@ -703,12 +747,45 @@ do_block_status (struct connection *c, const struct request *req)
 
 /* ---- dispatch ---------------------------------------------------------- */
 
+/* WRITE, TRIM, WRITE_ZEROES on the image: 0 or -1 (the library's error). */
+static int
+do_write (struct connection *c, const struct request *req,
+          struct worker_buf *wb)
+{
+  struct rawtrack_image *img = c->exp->img;
+  unsigned fl = (req->flags & NBD_CMD_FLAG_FUA) ? RAWTRACK_WRITE_FUA : 0;
+  int r = 0;
+
+  switch (req->type) {
+  case NBD_CMD_WRITE:
+    if (req->count)
+      r = rawtrack_image_pwrite (img, wb->data, req->count, req->offset, fl);
+    break;
+  case NBD_CMD_TRIM:
+    if (req->count)
+      r = rawtrack_image_trim (img, req->count, req->offset, fl);
+    /* A discard is a hint: "not supported here" is not an error. */
+    if (r == -1 && (rawtrack_get_errno () == ENOTSUP ||
+                    rawtrack_get_errno () == EOPNOTSUPP))
+      r = 0;
+    break;
+  case NBD_CMD_WRITE_ZEROES:
+    if (!(req->flags & NBD_CMD_FLAG_NO_HOLE))
+      fl |= RAWTRACK_ZERO_MAY_TRIM;
+    if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
+      fl |= RAWTRACK_ZERO_FAST;
+    if (req->count)
+      r = rawtrack_image_zero (img, req->count, req->offset, fl);
+    break;
+  }
+  return r;
+}
+
 int
 proto_handle_request (struct connection *c, const struct request *req,
                       struct worker_buf *wb)
 {
   struct rawtrack_image *img = c->exp->img;
-  unsigned fl = 0;
   int r = 0;
 
   if (req->direct) {
@@ -726,6 +803,19 @@ proto_handle_request (struct connection *c, const struct request *req,
   if (req->error)
     return send_error (c, req, req->error, strerror (req->error));
 
+  if (c->exp->disk && (req->type == NBD_CMD_WRITE ||
+                       req->type == NBD_CMD_TRIM ||
+                       req->type == NBD_CMD_WRITE_ZEROES) && req->count) {
+    /* Old data saved for the views first, under the gate (view.c). */
+    pthread_rwlock_rdlock (&c->exp->disk->gate);
+    disk_before_write (c->exp->disk, req->offset, req->count);
+    r = do_write (c, req, wb);
+    pthread_rwlock_unlock (&c->exp->disk->gate);
+    if (r == -1)
+      return send_error (c, req, lib_errno (), lib_message ());
+    return send_ok (c, req);
+  }
+
   switch (req->type) {
   case NBD_CMD_READ:
     return do_read (c, req, wb);
@@ -734,36 +824,13 @@ proto_handle_request (struct connection *c, const struct request *req,
     return do_block_status (c, req);
 
   case NBD_CMD_WRITE:
-    if (req->flags & NBD_CMD_FLAG_FUA)
-      fl |= RAWTRACK_WRITE_FUA;
-    if (req->count)
-      r = rawtrack_image_pwrite (img, wb->data, req->count, req->offset, fl);
+  case NBD_CMD_TRIM:
+  case NBD_CMD_WRITE_ZEROES:
+    r = do_write (c, req, wb);
     break;
 
   case NBD_CMD_FLUSH:
     r = rawtrack_image_flush (img);
-    break;
-
-  case NBD_CMD_TRIM:
-    if (req->flags & NBD_CMD_FLAG_FUA)
-      fl |= RAWTRACK_WRITE_FUA;
-    if (req->count)
-      r = rawtrack_image_trim (img, req->count, req->offset, fl);
-    /* A discard is a hint: "not supported here" is not an error. */
-    if (r == -1 && (rawtrack_get_errno () == ENOTSUP ||
-                    rawtrack_get_errno () == EOPNOTSUPP))
-      r = 0;
-    break;
-
-  case NBD_CMD_WRITE_ZEROES:
-    if (req->flags & NBD_CMD_FLAG_FUA)
-      fl |= RAWTRACK_WRITE_FUA;
-    if (!(req->flags & NBD_CMD_FLAG_NO_HOLE))
-      fl |= RAWTRACK_ZERO_MAY_TRIM;
-    if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
-      fl |= RAWTRACK_ZERO_FAST;
-    if (req->count)
-      r = rawtrack_image_zero (img, req->count, req->offset, fl);
     break;
 
   case NBD_CMD_CACHE:

@@ -1,22 +1,29 @@
 /* rawtrack - NBD server private declarations.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * One section per .c file in server/.  The server exports one image:
+ * One section per .c file in server/.  The server exports one image or
+ * several, and the point-in-time exports of their live-backup views:
  *
  *   cli/cmd-serve.c `rawtrack serve` (in the command, not here): options,
- *                   the export, --pidfile, --run captive mode
+ *                   the exports, --pidfile, --run captive mode
  *        |
  *   sockets.c       listening sockets: Unix, TCP, socket activation
  *   accept-loop.c   signals, accept loop (one thread per connection),
  *                   the drain at shutdown
+ *   control.c       the control socket (--control): its threads, framing
+ *   control-cmd.c   query, checkpoint, backup-begin, backup-end
+ *   registry.c      where clients find the server of an image
  *        |
  *   connection.c    struct connection: socket I/O, the worker pool
  *        |
  *   handshake.c     fixed newstyle option negotiation, STARTTLS
+ *   exports.c       the table of exports by name
  *   tls.c           GnuTLS credentials and sessions (--tls)
  *   protocol.c      transmission: requests, replies, errno mapping
  *   meta-context.c  base:allocation, qemu:allocation-depth,
  *                   qemu:dirty-bitmap:NAME (names, queries, extents)
+ *   view.c          point-in-time views: copy-before-write, the
+ *                   fleecing store, reads as of the checkpoint
  *        |
  *   librawtrack     rawtrack_image_* (thread-safe on one handle)
  *
@@ -30,9 +37,13 @@
  * take the write lock, send the whole reply, drop it (nbdkit's model).
  *
  * Lock order (a thread may take a later lock while holding an earlier one,
- * never the reverse):  conn->read_lock  ->  conn->write_lock  ->
- * conn->status_lock.  Library calls are made holding none of them, except
- * that a reply to an oversize WRITE is sent by the reader (read -> write).
+ * never the reverse):  conn->read_lock  ->  disk->gate  ->  view_disk->rw
+ * ->  conn->write_lock  ->  conn->status_lock.  Library calls are made
+ * holding none of the connection's locks, except that a reply to an
+ * oversize WRITE is sent by the reader (read -> write) and a spliced
+ * WRITE payload is read under read_lock and the gate.  The control
+ * socket takes the gates of a group (exclusive, in the order of the
+ * served disks) and nothing of the connections'.
  */
 #ifndef RAWTRACK_SERVER_H
 #define RAWTRACK_SERVER_H
@@ -47,6 +58,25 @@
 #include "rawtrack/rawtrack.h"
 #include "vector.h"
 
+/* ---- a served image (cli/cmd-serve.c builds them) ------------------------ */
+struct view_disk;
+
+/* One image, shared by its export and the point-in-time exports of its
+ * views.  gate: every guest write (WRITE, WRITE_ZEROES, TRIM, including
+ * the copy-before-write it needs and a spliced payload) holds it shared;
+ * a checkpoint and the end of a view hold it exclusive, so they happen
+ * between guest writes, at one instant for every disk of a group.
+ * views: the views that need old data saved before a write (view.c);
+ * changed only with gate held exclusive, read with it shared. */
+struct nbd_disk {
+  struct rawtrack_image *img;
+  char *path;                      /* absolute */
+  dev_t dev;                       /* the image file's identity (query, */
+  ino_t ino;                       /* the registry) */
+  pthread_rwlock_t gate;
+  struct view_disk *views;         /* linked through view_disk->next_on_disk */
+};
+
 /* ---- the export (built by serve.c or the fuzzer, read-only afterwards) -- */
 struct nbd_export {
   struct rawtrack_image *img;      /* shared by every connection */
@@ -60,6 +90,9 @@ struct nbd_export {
   uint32_t min_block, pref_block, max_block;  /* NBD_INFO_BLOCK_SIZE */
   char **bitmaps;                  /* exported bitmap names */
   size_t nr_bitmaps;
+  struct nbd_disk *disk;           /* NULL (the fuzzer): no gate, no views */
+  struct view_disk *view;          /* a point-in-time export: reads come
+                                    * from the view (view.c) */
 };
 
 /* ---- the server (shared by every connection) ----------------------------- */
@@ -69,7 +102,15 @@ enum tls_mode { TLS_OFF = 0, TLS_ON, TLS_REQUIRE };
 struct tls_config;
 
 struct nbd_server {
-  struct nbd_export *exp;
+  struct nbd_export *exp;          /* the default export (the empty name
+                                    * when exports is empty: the fuzzer) */
+  /* Every export by name: the served images', then the point-in-time
+   * exports the control socket publishes (exports.c).  exports_lock
+   * protects the table; a connection holds a reference to a
+   * point-in-time export's view (view_disk_ref) while it uses it. */
+  pthread_mutex_t exports_lock;
+  struct nbd_export **exports;
+  size_t nr_exports;
   int quit_fd;                     /* readable once the server shuts down */
   unsigned threads;                /* workers per connection (>= 1) */
   bool sendfile;                   /* READ data with sendfile(2) */
@@ -79,6 +120,112 @@ struct nbd_server {
   struct tls_config *tls;          /* credentials; NULL with TLS_OFF */
   unsigned max_conn;               /* connections at once (accept loop) */
 };
+
+/* ---- exports.c ---------------------------------------------------------- */
+/* The export a client names (len bytes, not NUL-terminated; "" is the
+ * default), with a reference taken on a point-in-time export's view; NULL
+ * if there is none of that name.  Release with export_put. */
+struct nbd_export *export_get (struct nbd_server *srv, const char *name,
+                               size_t len);
+void export_put (struct nbd_export *exp);
+/* Add or withdraw an export (the caller keeps it alive; a withdrawn one
+ * is still used by the connections that hold it).  0 or -1 (ENOMEM,
+ * EEXIST). */
+int export_add (struct nbd_server *srv, struct nbd_export *exp);
+void export_remove (struct nbd_server *srv, struct nbd_export *exp);
+/* Call fn for every export, under the table lock (fn must not block). */
+void export_each (struct nbd_server *srv,
+                  void (*fn) (void *opaque, struct nbd_export *exp),
+                  void *opaque);
+
+/* ---- view.c: point-in-time views, copy-before-write, the fleecing store -- */
+/* The unit of copy-before-write: old data is saved per chunk. */
+#define VIEW_CHUNK (64u * 1024)
+
+enum view_state { VIEW_ACTIVE, VIEW_FAILED, VIEW_ENDED };
+
+/* Shared by every view: where saved data goes and how much may be held. */
+struct fleece_config {
+  bool memory;                     /* memfd instead of a file */
+  const char *dir;                 /* NULL: beside each image */
+  uint64_t limit;                  /* bytes of old data, all views */
+  uint64_t held;                   /* now (atomic) */
+};
+
+/* A new view of disk at this instant, for the checkpoint name: full (every
+ * chunk is served) or only the chunks the frozen bitmaps mark (read here:
+ * call with disk->gate held exclusive, after the rotation).  Not yet
+ * linked to the disk.  NULL with a message in err. */
+struct view_disk *view_disk_new (struct nbd_disk *disk,
+                                 struct fleece_config *fc,
+                                 const char *checkpoint, const char *export,
+                                 char *const *frozen, size_t nr_frozen,
+                                 bool full, char *err, size_t errlen);
+/* Link it into / out of disk->views (disk->gate held exclusive). */
+void view_disk_attach (struct view_disk *vd);
+void view_disk_detach (struct view_disk *vd);
+/* End it: readers get EIO from now on, the saved data is dropped. */
+void view_disk_end (struct view_disk *vd);
+void view_disk_ref (struct view_disk *vd);
+void view_disk_unref (struct view_disk *vd);
+/* Copy-before-write for a guest write of [offset, offset + count): every
+ * view of the disk saves the chunks it still has to serve.  Call with
+ * disk->gate held shared, before the write.  Never fails: a view that
+ * cannot save (limit, I/O error) turns failed instead. */
+void disk_before_write (struct nbd_disk *disk, uint64_t offset,
+                        uint64_t count);
+/* Read from the view as of its checkpoint.  0, or -1 with errno (EIO for
+ * a failed or ended view). */
+int view_disk_read (struct view_disk *vd, void *buf, uint64_t count,
+                    uint64_t offset);
+/* For query: state, bytes of old data held, the reason of a failure. */
+enum view_state view_disk_state (struct view_disk *vd, uint64_t *held,
+                                 char *reason, size_t len);
+/* The point-in-time export of the view (name EXPORT@CHECKPOINT). */
+struct nbd_export *view_disk_export (struct view_disk *vd);
+
+/* ---- control.c: the control socket (docs/control.md) --------------------- */
+struct control;
+/* Listen at path (mode 0600; a live socket there is refused, a stale one
+ * replaced) and serve requests in a thread of its own.  A point-in-time
+ * export's URI is uri_prefix + name + uri_suffix (uri_prefix NULL: none).
+ * NULL with a message in err. */
+struct control *control_start (struct nbd_server *srv, const char *path,
+                               struct nbd_disk **disks, size_t nr_disks,
+                               struct fleece_config *fc,
+                               const char *uri_prefix,
+                               const char *uri_suffix,
+                               char *err, size_t errlen);
+/* Stop: no request runs after this returns; the socket is removed; every
+ * view is ended (its frozen bitmaps stay as they are: as after a crash). */
+void control_stop (struct control *ctl);
+
+/* control-cmd.c: one request line -> one response line (malloc'd, ending
+ * in a newline).  Called with the control lock held. */
+struct control_state;
+char *control_dispatch (struct control_state *st, const char *line,
+                        size_t len);
+struct control_state *control_state_new (struct nbd_server *srv,
+                                         struct nbd_disk **disks,
+                                         size_t nr_disks,
+                                         struct fleece_config *fc,
+                                         const char *uri_prefix,
+                                         const char *uri_suffix);
+/* Ends and frees every view (bitmaps left as they are). */
+void control_state_free (struct control_state *st);
+
+/* ---- registry.c: where clients find the server of an image ------------- */
+struct registry_entry {
+  char path[4200];                 /* "" when there is none */
+  ino_t ino;                       /* the file we wrote */
+};
+/* Record that this process serves disk as export, controlled at control
+ * (absolute), NBD at nbd_uri (NULL: none).  -1 with a message in err. */
+int registry_add (const struct nbd_disk *disk, const char *export,
+                  const char *control, const char *nbd_uri,
+                  struct registry_entry *ent, char *err, size_t errlen);
+/* Remove it if it is still ours. */
+void registry_remove (struct registry_entry *ent);
 
 /* ---- sockets.c ---------------------------------------------------------- */
 #define NBD_MAX_LISTENERS 16

@@ -1,4 +1,4 @@
-/* rawtrack - unit test for cli/util.c and cli/json.c.
+/* rawtrack - unit test for cli/util.c and common/json.c.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * parse_size and parse_track_mode against tables of good and bad inputs,

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <errno.h>
 
-#include "cli.h"
+#include "json.h"
 
 #define MAX_DEPTH 64
 
@@ -44,7 +44,7 @@ xcalloc (size_t n, size_t m)
   void *p = calloc (n ? n : 1, m);
 
   if (!p) {
-    fprintf (stderr, "%s: out of memory\n", progname);
+    fprintf (stderr, "rawtrack: out of memory\n");
     exit (1);
   }
   return p;
@@ -116,7 +116,7 @@ parse_string (struct parser *ps)
       cap *= 2;
       out = realloc (out, cap);
       if (!out) {
-        fprintf (stderr, "%s: out of memory\n", progname);
+        fprintf (stderr, "rawtrack: out of memory\n");
         exit (1);
       }
     }
@@ -142,7 +142,7 @@ push (struct jv *v, struct jv *item, char *key)
     if (v->t == JV_OBJ)
       v->keys = realloc (v->keys, (v->n + 16) * sizeof *v->keys);
     if (!v->items || (v->t == JV_OBJ && !v->keys)) {
-      fprintf (stderr, "%s: out of memory\n", progname);
+      fprintf (stderr, "rawtrack: out of memory\n");
       exit (1);
     }
   }

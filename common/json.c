@@ -28,7 +28,7 @@
 #include <math.h>
 #include <assert.h>
 
-#include "cli.h"
+#include "json.h"
 
 #define MAX_DEPTH 32
 
