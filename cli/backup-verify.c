@@ -274,10 +274,11 @@ chain_read (struct bk_chain *c, uint8_t *buf, uint64_t off, uint64_t len)
 }
 
 static int
-verify_source (struct bk_repo *r, const char *source, struct findings *f,
-               uint64_t *sampled)
+verify_source (struct bk_repo *r, const char *source, const char *bitmap,
+               struct findings *f, uint64_t *sampled)
 {
   struct bk_manifest *L = bk_repo_find (r, NULL);
+  struct bk_source *src = NULL;
   struct rawtrack_image *img;
   struct bk_chain c = { 0 };
   struct bk_range *dirty = NULL;
@@ -285,7 +286,7 @@ verify_source (struct bk_repo *r, const char *source, struct findings *f,
   void *arg[2] = { &dirty, &nd };
   uint64_t nclusters, nclean = 0, *pick = NULL, npick, *clean = NULL;
   uint8_t *a = malloc (BK_CLUSTER), *b = malloc (BK_CLUSTER);
-  bool have = false;
+  bool have = false, user_bitmap;
   int nb, bi, ret = -1;
 
   *sampled = 0;
@@ -293,19 +294,39 @@ verify_source (struct bk_repo *r, const char *source, struct findings *f,
     fprintf (stderr, "%s: the repository is empty\n", progname);
     goto out0;
   }
-  img = rawtrack_image_open (source, remote_open_flags (), NULL);
-  if (!img) {
-    fail_lib ("cannot open the source '%s'", source);
+  user_bitmap = bitmap != NULL;
+  /* An NBD source: the clean clusters of its dirty bitmap (--bitmap, or
+   * the one the latest backup was read with). */
+  if (!bitmap && L->source_kind && strcmp (L->source_kind, "nbd") == 0)
+    bitmap = L->checkpoint;
+  src = bk_source_open (source, false, 1,
+                      rawtrack_is_nbd_uri (source) ? bitmap : NULL);
+  if (!src)
     goto out0;
+  if (!bk_source_is_image (src) && !bitmap) {
+    fprintf (stderr, "%s: the NBD source '%s' needs --bitmap NAME (the "
+             "dirty bitmap marking every change since %s): the latest "
+             "backup names none\n", progname, source, L->id);
+    goto out;
   }
-  if (rawtrack_image_virtual_size (img) != L->vsize) {
+  if (bk_source_is_image (src) && user_bitmap) {
+    fprintf (stderr, "%s: --bitmap is for NBD sources; an image source's "
+             "checkpoints are rawtrack's own\n", progname);
+    goto out;
+  }
+  if (bk_source_size (src) != L->vsize) {
     add_finding (f, "source: its size %" PRIu64 " is not the latest "
-                 "backup's %" PRIu64, rawtrack_image_virtual_size (img),
-                 L->vsize);
+                 "backup's %" PRIu64, bk_source_size (src), L->vsize);
     ret = 0;
     goto out;
   }
-  nb = rawtrack_image_bitmap_count (img);
+  if (!bk_source_is_image (src)) {
+    if (bk_source_dirty (src, &dirty, &nd) == -1)
+      goto out;
+    have = true;
+  }
+  img = bk_source_image (src);
+  nb = img ? rawtrack_image_bitmap_count (img) : 0;
   for (bi = 0; bi < nb; bi++) {
     const char *name = rawtrack_image_bitmap_name (img, bi);
     uint64_t seq;
@@ -364,10 +385,8 @@ verify_source (struct bk_repo *r, const char *source, struct findings *f,
 
     if (k && pick[k] == pick[k - 1])
       continue;
-    if (rawtrack_image_pread (img, a, n, off) == -1) {
-      fail_lib ("reading the source at %" PRIu64, off);
+    if (bk_source_pread (src, 0, a, n, off) == -1)
       goto out;
-    }
     if (chain_read (&c, b, off, n) == -1)
       goto out;
     (*sampled)++;
@@ -379,7 +398,7 @@ verify_source (struct bk_repo *r, const char *source, struct findings *f,
   ret = 0;
  out:
   bk_chain_close (&c);
-  rawtrack_image_close (img);
+  bk_source_close (src);
  out0:
   free (dirty);
   free (clean);
@@ -390,7 +409,8 @@ verify_source (struct bk_repo *r, const char *source, struct findings *f,
 }
 
 int
-bk_verify (const char *dir, const char *source, bool json)
+bk_verify (const char *dir, const char *source, const char *bitmap,
+           bool json)
 {
   struct bk_repo *r = bk_repo_open (dir, false, false);
   struct findings all = { 0 };
@@ -444,7 +464,7 @@ bk_verify (const char *dir, const char *source, bool json)
     struct findings f = { 0 };
     size_t k;
 
-    if (verify_source (r, source, &f, &sampled) == -1)
+    if (verify_source (r, source, bitmap, &f, &sampled) == -1)
       ret = BK_EXIT_ERROR;
     if (f.n)
       bad++;

@@ -168,7 +168,8 @@ int bk_chain_map (struct bk_chain *c, uint64_t off, uint64_t len,
 int bk_restore (const char *spec, const char *target, bool force, bool json);
 
 /* ---- backup-verify.c ---------------------------------------------------- */
-int bk_verify (const char *repo, const char *source, bool json);
+int bk_verify (const char *repo, const char *source, const char *bitmap,
+               bool json);
 int bk_prune (const char *repo, uint64_t keep, bool json);
 
 /* Growable range list helper. */

@@ -137,7 +137,7 @@ static void
 help_verify (FILE *fp)
 {
   fprintf (fp,
-"Usage: %s backup verify REPO [--source SOURCE] [--json]\n"
+"Usage: %s backup verify REPO [--source SOURCE [--bitmap NAME]] [--json]\n"
 "\n"
 "Check every backup in REPO: its manifest, its chain link (the backing\n"
 "file and format are the parent's file and qcow2, sizes agree), the\n"
@@ -149,10 +149,16 @@ help_verify (FILE *fp)
 "of the clusters that the live checkpoint bitmaps call unchanged since the\n"
 "latest backup (up to 4096 clusters; all of them on a small disk) and\n"
 "compare them with the chain: a difference is a write that bypassed\n"
-"tracking.\n"
+"tracking.  SOURCE may be an NBD URI (rawtrack serve, qemu-nbd -B, a\n"
+"libvirt pull-mode export): then the unchanged clusters are those clean in\n"
+"qemu:dirty-bitmap:NAME, NAME being --bitmap or else the bitmap the latest\n"
+"backup was read with; the bitmap must mark every change since that\n"
+"backup.\n"
 "\n"
 "Options:\n"
 "  --source SOURCE   compare with the disk as described above\n"
+"  --bitmap NAME     NBD SOURCE: its dirty bitmap (default: the latest\n"
+"                    backup's checkpoint)\n"
 "  --json            print the findings as JSON\n"
 "  -h, --help        show this help\n"
 "\n"
@@ -342,7 +348,9 @@ cmd_backup (int argc, char **argv)
   }
   /* Options that do not belong to the subcommand. */
   if ((strcmp (sub, "create") != 0 &&
-       (co.full || co.compress || co.bitmap || co.connections != 4)) ||
+       (co.full || co.compress || co.connections != 4)) ||
+      (strcmp (sub, "create") != 0 && co.bitmap &&
+       (strcmp (sub, "verify") != 0 || !source)) ||
       (strcmp (sub, "restore") != 0 && force) ||
       (strcmp (sub, "verify") != 0 && source) ||
       (strcmp (sub, "prune") != 0 && have_keep))
@@ -359,7 +367,7 @@ cmd_backup (int argc, char **argv)
   if (strcmp (sub, "list") == 0)
     return list (argv[optind], json);
   if (strcmp (sub, "verify") == 0)
-    return bk_verify (argv[optind], source, json);
+    return bk_verify (argv[optind], source, co.bitmap, json);
   if (!have_keep)
     return usage_error ("backup", "prune needs --keep N");
   return bk_prune (argv[optind], keep, json);

@@ -11,6 +11,8 @@
 #     full and an incremental with --bitmap from the live server.
 #  3. A disk that grew (data written past the old end before the bitmap
 #     existed is still copied) and one that shrank, between incrementals.
+#     Then verify --source over the qemu-nbd -B export: clean, and a
+#     write made behind the bitmaps' back is found.
 #  4. Errors: a bitmap the server does not export, an unreachable server.
 set -euo pipefail
 source "${SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/functions.sh"
@@ -93,6 +95,34 @@ done
 # The earlier ones still restore.
 check_backup "$(jq -r .id o2.json)" s2.raw
 "$RT" backup verify repo >/dev/null || die "verify"
+
+# verify --source over NBD: the clusters clean in the bitmap equal the
+# chain (tracked writes since are skipped); a write behind the bitmaps'
+# back is found.  41 MiB disk = 641 clusters: every clean one is compared.
+qio disk.qcow2 9 10                               # tracked by b4
+start_qemu_nbd disk.qcow2 b4
+"$RT" backup verify repo --source "$uri" --bitmap b4 --json >v1.json ||
+  die "verify --source NBD: $(cat v1.json)"
+[ "$(jq '.source."sampled-clusters"' v1.json)" -gt 100 ] || die "verify sampled: $(cat v1.json)"
+# Without --bitmap: the one the latest backup was read with (b3, a
+# superset of b4's changes).
+stop_qemu_nbd
+start_qemu_nbd disk.qcow2 b3
+"$RT" backup verify repo --source "$uri" >/dev/null || die "verify --source NBD, default bitmap"
+stop_qemu_nbd
+expect_fail "$RT" backup verify repo --bitmap b4            # --bitmap needs --source
+expect_fail "$RT" backup verify repo --source disk.qcow2 --bitmap b4
+qemu-img bitmap --disable disk.qcow2 b3
+qemu-img bitmap --disable disk.qcow2 b4
+bypass=()
+for mib in $(seq 0 39); do bypass+=(-c "write -P 0x7e $((mib * MiB + 4096)) 512"); done
+qemu-io -f qcow2 "${bypass[@]}" disk.qcow2 >/dev/null
+start_qemu_nbd disk.qcow2 b4
+expect_exit 4 "$RT" backup verify repo --source "$uri" --bitmap b4
+"$RT" backup verify repo --source "$uri" --bitmap b4 --json >v2.json || true
+jq -r '.source.problems[]' v2.json >v2.txt
+grep -q "bypassed tracking" v2.txt || die "bypass not found: $(cat v2.json)"
+stop_qemu_nbd
 
 # A bitmap the server does not have, a server that is not there.
 start_qemu_nbd disk.qcow2 b4
