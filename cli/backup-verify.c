@@ -9,7 +9,8 @@
  * newest chain.  T's file is rewritten as a full backup with the same
  * guest content (every cluster of the chain at T, zero runs as zero
  * flags, so that it reads the same whether or not a reader still follows
- * the old parent link):
+ * the old parent link; zstd-compressed if any backup folded into it
+ * was):
  *   [1] T.qcow2.partial and T.json.partial written and synced
  *   [2] prune.journal {"target": T, "remove": [older ids]} written as a
  *       partial, synced, renamed, directory synced      <- commit point
@@ -623,6 +624,8 @@ struct fold {
   struct rawtrack_writer *w;
   struct bk_manifest *m;
   uint8_t *buf;
+  uint8_t *cbuf;               /* compressed cluster (compress) */
+  bool compress;               /* a folded backup was zstd-compressed */
   size_t cap;
   XXH3_state_t *st;
   bool open;
@@ -659,13 +662,20 @@ fold_run (void *opaque, uint64_t off, uint64_t len, int layer, bool zero)
   }
   while (len) {
     uint64_t n = MIN (len, (uint64_t) BK_CLUSTER), k;
+    int64_t clen;
     uint8_t h[BK_HASH_LEN];
     struct bk_extent *e = m->n_ext ? &m->ext[m->n_ext - 1] : NULL;
 
     (void) k;
     if (rawtrack_image_pread (fo->c->img[layer], fo->buf, n, off) == -1)
       return fail_lib ("reading '%s'", fo->c->m[layer]->file), -1;
-    if (rawtrack_writer_data (fo->w, off, fo->buf, n) == -1)
+    clen = fo->compress ? rawtrack_compress_cluster (RAWTRACK_COMPRESS_ZSTD,
+                                                     fo->buf, n, BK_CLUSTER,
+                                                     fo->cbuf) : 0;
+    if (clen < 0 ||
+        (clen > 0 ? rawtrack_writer_compressed (fo->w, off, fo->cbuf,
+                                                (size_t) clen)
+         : rawtrack_writer_data (fo->w, off, fo->buf, n)) == -1)
       return fail_lib ("writing the folded backup"), -1;
     bk_hash (fo->buf, n, h);
     if (!fo->open || e->off + e->len != off || e->len + n > BK_MAX_EXTENT) {
@@ -743,7 +753,15 @@ bk_prune (const char *dir, uint64_t keep, bool json)
   m->source = strdup (T->source);
   m->checkpoint = T->checkpoint ? strdup (T->checkpoint) : NULL;
   m->repo = strdup (r->uuid);
-  m->compression = strdup ("none");
+  /* Compressed if any backup folded into it was: a prune must not
+   * inflate the repository. */
+  for (i = 0; i < nc; i++) {
+    if (chain[i]->compression && strcmp (chain[i]->compression, "zstd") == 0)
+      fo.compress = true;
+    if (chain[i] == T)
+      break;
+  }
+  m->compression = strdup (fo.compress ? "zstd" : "none");
   if (asprintf (&m->folded, "%s..%s", chain[0]->id, T->id) < 0)
     exit (1);
   part = bk_path (r, T->file);
@@ -752,6 +770,7 @@ bk_prune (const char *dir, uint64_t keep, bool json)
   unlink (part);
   wo.size = T->vsize;
   wo.cluster_size = BK_CLUSTER;
+  wo.compression_type = fo.compress ? RAWTRACK_COMPRESS_ZSTD : 0;
   w = rawtrack_writer_new (part, &wo);
   if (!w) {
     fail_lib ("cannot create '%s'", part);
@@ -761,6 +780,7 @@ bk_prune (const char *dir, uint64_t keep, bool json)
   fo.w = w;
   fo.m = m;
   fo.buf = malloc (BK_CLUSTER);
+  fo.cbuf = malloc (BK_CLUSTER);
   fo.st = XXH3_createState ();
   if (bk_chain_map (&c, 0, T->vsize, fold_run, &fo) == -1)
     goto out;
@@ -834,6 +854,7 @@ bk_prune (const char *dir, uint64_t keep, bool json)
   if (fo.st)
     XXH3_freeState (fo.st);
   free (fo.buf);
+  free (fo.cbuf);
   bk_chain_close (&c);
   bk_manifest_free (m);
   free (chain);

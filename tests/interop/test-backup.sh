@@ -16,7 +16,8 @@
 #     found (exit 4); a write made behind rawtrack's back (straight into the
 #     raw file) is found by verify --source.
 #  4. prune --keep N: the kept backups still restore exactly, the files
-#     pass qemu-img check, verify is clean.
+#     pass qemu-img check, verify is clean; the full folded from backups
+#     one of which was compressed is compressed too.
 #  5. list --json, and clear errors for bad input.
 set -euo pipefail
 source "${SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/functions.sh"
@@ -72,7 +73,7 @@ qemu-img check --output=json "repo/${ids[2]}.qcow2" >chk.2 || true
 backup 3
 backup 4 --full
 assert_eq full "$(jq -r .type out.4)" "--full"
-backup 5
+backup 5 --compress
 backup 6
 # Nothing changed: an empty incremental.
 "$RT" backup create disk.qcow2 repo --json >out.7
@@ -177,6 +178,11 @@ assert_eq 3 "$(jq length list2.json)" "backups after prune"
 assert_eq full "$(jq -r '.[0].type' list2.json)" "the oldest kept is full"
 assert_eq "${ids[6]}" "$(jq -r '.[0].id' list2.json)" "the oldest kept"
 for f in repo/*.qcow2; do qcheck "$f"; done
+# 5 was compressed: the full folded from 4..6 is too.
+assert_eq zstd "$(jq -r '.[0].compression' list2.json)" "folded compression"
+qemu-img check --output=json "repo/${ids[6]}.qcow2" >chk.6 || true
+[ "$(jq '."compressed-clusters" // 0' chk.6)" -gt 0 ] ||
+  die "the folded full lost its compression: $(cat chk.6)"
 "$RT" backup restore "repo:${ids[6]}" p.6.raw
 assert_same_file p.6.raw snap.6
 "$RT" backup restore "repo:${ids[7]}" p.7.raw
