@@ -101,7 +101,8 @@ bk_progress_update (struct bk_progress *p, uint64_t done)
   char a[32], b[32], c[32];
   int pct;
 
-  if (!p->tty || now - p->last < 0.2)
+  /* The first call draws the bar at once, then at most 5 times a second. */
+  if (!p->tty || (p->last != p->start && now - p->last < 0.2))
     return;
   p->last = now;
   rate = done / MAX (now - p->start, 1e-3);
