@@ -13,7 +13,8 @@
 #
 # Three comparisons, each measured in the same run, rounds interleaved:
 #   full         rawtrack backup create (image source; and over NBD from
-#                qemu-nbd) vs nbdcopy from qemu-nbd into a sparse raw file
+#                qemu-nbd -e 4, multi-conn) vs nbdcopy --flush from the same
+#                export into a sparse raw file (both end durable)
 #   incremental  after CHANGE_PCT% scattered changes: rawtrack backup
 #                create (image source; and over NBD with --bitmap from
 #                qemu-nbd -B) vs the QEMU route: qemu-img map with
@@ -87,8 +88,11 @@ declare -a f_rt f_rtn f_nc
 cp disk.qcow2 saved.qcow2
 for r in $(seq "$REPEAT"); do
   rm -rf repo-f repo-fn full.raw
-  qnbd "$S" -r -f qcow2 disk.qcow2
-  t0=$(now); nbdcopy --destination-is-zero "nbd+unix:///?socket=$S" full.raw; t1=$(now)
+  # -e 4: multi-conn for both clients (nbdcopy and --connections 4).
+  # --flush: a backup is only one once it is durable; rawtrack syncs its
+  # file, the manifest and the directory, so nbdcopy syncs too.
+  qnbd "$S" -r -e 4 -f qcow2 disk.qcow2
+  t0=$(now); nbdcopy --flush --destination-is-zero "nbd+unix:///?socket=$S" full.raw; t1=$(now)
   f_nc+=("$(echo "$t1 - $t0" | bc)")
   t0=$(now); "$RAWTRACK" backup create "nbd+unix:///?socket=$S" repo-fn >/dev/null; t1=$(now)
   f_rtn+=("$(echo "$t1 - $t0" | bc)")
@@ -126,7 +130,7 @@ for r in $(seq "$REPEAT"); do
   # QEMU route.
   rm -f inc.qcow2
   qemu-img create -q -f qcow2 -b "$work/$base" -F qcow2 inc.qcow2
-  qnbd "$S" -r -f qcow2 -B "$ckpt" disk.qcow2
+  qnbd "$S" -r -e 4 -f qcow2 -B "$ckpt" disk.qcow2
   spid_src=$qpid
   rm -f "$T"
   qemu-nbd -t -k "$T" -f qcow2 inc.qcow2 &
