@@ -28,6 +28,15 @@
  *   between [3] and [4]: the next run sees bitmaps older than its L and
  *     removes them; C_new (= K_L) is the one to copy from.
  *
+ * Live (the image held by `rawtrack serve --control`, backup-live.c): the
+ * same plan (plan_checkpoints); [1] is the server's `checkpoint`, taken
+ * at one instant with a copy-before-write view of the disk, and the
+ * frozen bitmaps and the data are read from that view's point-in-time
+ * NBD export; [4] is `backup-end success`, and a failure after [1] is
+ * `backup-end failure` (the frozen bitmaps merge into C_new).  Bitmaps
+ * older than L are frozen with the others (the server removes them at
+ * [4]) but not copied.
+ *
  * An incremental needs K_L present and consistent; otherwise the run is
  * full and says why.  NBD sources: the checkpoints are the caller's;
  * --bitmap NAME makes an incremental over the latest backup.  A disk that
@@ -537,19 +546,22 @@ copy (struct pipe *pp, struct rawtrack_writer *w, struct bk_manifest *m,
 
 /* ---- checkpoints of an image source ------------------------------------------ */
 
-struct ckpt {
-  char *name;
-  uint64_t seq;
-  uint32_t flags;
-};
+void
+bk_ckpts_add (struct bk_ckpts *c, const char *name, uint64_t seq,
+              uint32_t flags)
+{
+  c->v = realloc (c->v, (c->n + 1) * sizeof *c->v);
+  if (!c->v || !(c->v[c->n].name = strdup (name))) {
+    fprintf (stderr, "%s: out of memory\n", progname);
+    exit (1);
+  }
+  c->v[c->n].seq = seq;
+  c->v[c->n].flags = flags;
+  c->n++;
+}
 
-struct ckpts {
-  struct ckpt *v;
-  size_t n;
-};
-
-static void
-ckpts_free (struct ckpts *c)
+void
+bk_ckpts_free (struct bk_ckpts *c)
 {
   size_t i;
 
@@ -561,7 +573,7 @@ ckpts_free (struct ckpts *c)
 }
 
 static void
-ckpts_load (struct bk_repo *r, struct rawtrack_image *img, struct ckpts *c)
+ckpts_load (struct bk_repo *r, struct rawtrack_image *img, struct bk_ckpts *c)
 {
   int i, n = rawtrack_image_bitmap_count (img);
 
@@ -571,11 +583,7 @@ ckpts_load (struct bk_repo *r, struct rawtrack_image *img, struct ckpts *c)
 
     if (bk_checkpoint_seq (r, name, &seq) == -1)
       continue;
-    c->v = realloc (c->v, (c->n + 1) * sizeof *c->v);
-    c->v[c->n].name = strdup (name);
-    c->v[c->n].seq = seq;
-    c->v[c->n].flags = rawtrack_image_bitmap_flags (img, i);
-    c->n++;
+    bk_ckpts_add (c, name, seq, rawtrack_image_bitmap_flags (img, i));
   }
 }
 
@@ -588,6 +596,97 @@ collect_dirty (void *opaque, uint64_t start, uint64_t length, int dirty)
   if (dirty)
     bk_ranges_add (vv, nn, start, length);
   return 0;
+}
+
+/* The plan of an image source's checkpoints (offline or live): full or
+ * incremental and why, the bitmaps to freeze, the new checkpoint's name
+ * and the bitmaps whose union is what changed since L.  live: the server
+ * rotates, and every consistent bitmap of the repository is frozen (a
+ * disabled one too: the server then removes it at backup-end, as [4]
+ * does offline); offline, bitmaps older than L were removed before. */
+struct ck_plan {
+  bool incremental;
+  const char *why_full;
+  const char **freeze;         /* NULL-terminated */
+  const char **dirty;          /* NULL-terminated */
+  char *newckpt;
+};
+
+static void
+ck_plan_free (struct ck_plan *p)
+{
+  free (p->freeze);
+  free (p->dirty);
+  free (p->newckpt);
+}
+
+static void
+plan_checkpoints (struct bk_repo *r, struct bk_manifest *L,
+                  const struct bk_ckpts *ck, const char *identity,
+                  uint64_t vsize, uint64_t maxseq, bool full,
+                  struct bk_live *live, struct ck_plan *p)
+{
+  uint64_t Lseq = L ? L->seq : 0;
+  bool have_KL = false, consistent = true;
+  size_t i, nf = 0, nd = 0;
+
+  for (i = 0; i < ck->n; i++) {
+    if (L && ck->v[i].seq < Lseq)
+      continue;                /* its backup completed: only to remove */
+    if (L && ck->v[i].seq == Lseq && L->checkpoint &&
+        strcmp (L->checkpoint, ck->v[i].name) == 0)
+      have_KL = true;
+    if (ck->v[i].flags & RAWTRACK_BITMAP_IN_USE)
+      consistent = false;
+  }
+  /* A live run that ended a stale view merged K_L into that view's
+   * checkpoint, which now covers every change since L. */
+  if (!have_KL && L && bk_live_stale_successor (live, L->checkpoint))
+    for (i = 0; i < ck->n; i++)
+      if (strcmp (ck->v[i].name,
+                  bk_live_stale_successor (live, L->checkpoint)) == 0 &&
+          ck->v[i].seq > Lseq) {
+        have_KL = true;
+        fprintf (stderr, "%s: the checkpoint of the latest backup was "
+                 "merged into '%s' when its stale view ended\n", progname,
+                 ck->v[i].name);
+      }
+
+  p->incremental = false;
+  if (full)
+    p->why_full = NULL;
+  else if (!L)
+    p->why_full = "the repository is empty";
+  else if (strcmp (L->source, identity) != 0)
+    p->why_full = "the latest backup is of another source";
+  else if (!have_KL)
+    p->why_full = "the source has no checkpoint bitmap of the latest backup";
+  else if (!consistent)
+    p->why_full = "a checkpoint bitmap is inconsistent (in use)";
+  else
+    p->incremental = true;
+  if (p->incremental && L->vsize != vsize)
+    fprintf (stderr, "%s: the disk %s from %" PRIu64 " to %" PRIu64
+             " bytes since %s%s\n", progname,
+             vsize > L->vsize ? "grew" : "shrank", L->vsize, vsize, L->id,
+             vsize > L->vsize ? ": everything past the old end is copied"
+             : "");
+
+  p->freeze = calloc (ck->n + 1, sizeof *p->freeze);
+  p->dirty = calloc (ck->n + 1, sizeof *p->dirty);
+  if (!p->freeze || !p->dirty) {
+    fprintf (stderr, "%s: out of memory\n", progname);
+    exit (1);
+  }
+  for (i = 0; i < ck->n; i++) {
+    if (ck->v[i].flags & RAWTRACK_BITMAP_IN_USE)
+      continue;
+    if (live || (ck->v[i].flags & RAWTRACK_BITMAP_AUTO))
+      p->freeze[nf++] = ck->v[i].name;
+    if (p->incremental && !(L && ck->v[i].seq < Lseq))
+      p->dirty[nd++] = ck->v[i].name;
+  }
+  p->newckpt = bk_checkpoint_name (r, maxseq + 1);
 }
 
 /* ---- create -------------------------------------------------------------------- */
@@ -607,14 +706,24 @@ make_id (uint64_t seq, time_t t, char **iso)
   return id;
 }
 
-int
-bk_create (const char *source, const char *repo,
-           const struct bk_create_opts *o)
+static bool
+is_nbd_uri (const char *s)
+{
+  return strncmp (s, "nbd://", 6) == 0 || strncmp (s, "nbds://", 7) == 0 ||
+    strncmp (s, "nbd+", 4) == 0 || strncmp (s, "nbds+", 5) == 0;
+}
+
+/* One backup of source into repo.  live: the server holding the image
+ * source (a live backup), or NULL (offline, or an NBD source). */
+static int
+create (const char *source, const char *repo, const struct bk_create_opts *o,
+        struct bk_live *live)
 {
   struct bk_repo *r = NULL;
   struct bk_source *s = NULL;
   struct bk_manifest *L, *m = calloc (1, sizeof *m);
-  struct ckpts ck = { 0 };
+  struct bk_ckpts ck = { 0 };
+  struct ck_plan cp = { 0 };
   struct bk_range *ranges = NULL;
   size_t nranges = 0, i;
   struct pipe pp = { .lock = PTHREAD_MUTEX_INITIALIZER,
@@ -623,9 +732,11 @@ bk_create (const char *source, const char *repo,
   struct rawtrack_writer_opts wo = { .struct_size = sizeof wo };
   struct copy_result res = { 0 };
   char *part = NULL, *final = NULL, *newckpt = NULL, *mname = NULL;
+  char *identity = NULL, *export_name = NULL, *pit_uri = NULL;
   const char *why_full = NULL;
-  bool incremental = false, renamed = false;
+  bool incremental = false, renamed = false, image_src, view = false;
   uint64_t vsize, maxseq = 0, total = 0;
+  int64_t cbw = -1;
   double t0 = bk_now ();
   int ret = BK_EXIT_ERROR;
 
@@ -633,17 +744,51 @@ bk_create (const char *source, const char *repo,
   if (!r)
     goto out;
   L = bk_repo_find (r, NULL);
-  s = bk_source_open (source, true, o->connections, o->bitmap);
-  if (!s) {
-    ret = BK_EXIT_SOURCE;
-    goto out;
+  if (live) {
+    /* The server holds the image: its bitmaps come from `query`. */
+    int ended;
+
+    if (bk_live_export (live, source, r, &export_name, &vsize, &ck) == -1 ||
+        (ended = bk_live_end_stale (live, r, export_name)) == -1) {
+      ret = BK_EXIT_SOURCE;
+      goto out;
+    }
+    if (ended > 0) {
+      /* Ending the stale views changed the bitmaps: ask again. */
+      free (export_name);
+      export_name = NULL;
+      bk_ckpts_free (&ck);
+      if (bk_live_export (live, source, r, &export_name, &vsize, &ck) == -1) {
+        ret = BK_EXIT_SOURCE;
+        goto out;
+      }
+    }
+    identity = realpath (source, NULL);
+    if (!identity)
+      identity = strdup (source);
+    image_src = true;
   }
-  if (bk_source_is_image (s) && o->bitmap) {
+  else {
+    s = bk_source_open (source, true, o->connections, o->bitmap);
+    if (!s) {
+      if (!is_nbd_uri (source) && rawtrack_get_error () &&
+          strstr (rawtrack_get_error (), "lock"))
+        fprintf (stderr, "%s: hint: '%s' is in use by another process; if "
+                 "it is a `rawtrack serve`, give its control socket with "
+                 "--control PATH (or restart it with --control) to back it "
+                 "up live\n", progname, source);
+      ret = BK_EXIT_SOURCE;
+      goto out;
+    }
+    identity = strdup (bk_source_identity (s));
+    vsize = bk_source_size (s);
+    image_src = bk_source_is_image (s);
+  }
+  if (image_src && o->bitmap) {
     fprintf (stderr, "%s: --bitmap is for NBD sources; an image source's "
              "checkpoints are rawtrack's own\n", progname);
     goto out;
   }
-  vsize = bk_source_size (s);
   if (vsize == 0 || vsize % 512) {
     fprintf (stderr, "%s: the source's size %" PRIu64 " is not a non-zero "
              "multiple of 512\n", progname, vsize);
@@ -652,92 +797,91 @@ bk_create (const char *source, const char *repo,
   for (i = 0; i < r->n; i++)
     maxseq = MAX (maxseq, r->b[i]->seq);
 
-  if (L && strcmp (L->source, bk_source_identity (s)) != 0 &&
-      bk_source_is_image (s) && !o->full) {
+  if (L && strcmp (L->source, identity) != 0 && image_src && !o->full) {
     fprintf (stderr, "%s: the latest backup in '%s' (%s) is of '%s', not "
              "'%s'; use one repository per disk (or --full to start a new "
-             "chain here)\n", progname, repo, L->id, L->source,
-             bk_source_identity (s));
+             "chain here)\n", progname, repo, L->id, L->source, identity);
     goto out;
   }
 
-  if (bk_source_is_image (s)) {
-    struct rawtrack_image *img = bk_source_image (s);
-    uint64_t Lseq = L ? L->seq : 0;
-    const char **freeze = NULL;
-    size_t nf = 0;
-    bool have_KL = false, consistent = true;
+  if (image_src) {
+    struct rawtrack_image *img = live ? NULL : bk_source_image (s);
 
-    ckpts_load (r, img, &ck);
-    /* Bitmaps older than L: their backups completed; drop them. */
-    for (i = 0; i < ck.n; i++) {
-      maxseq = MAX (maxseq, ck.v[i].seq);
-      if (L && ck.v[i].seq < Lseq) {
-        if (rawtrack_bitmap_remove (img, ck.v[i].name) == -1) {
+    if (!live) {
+      ckpts_load (r, img, &ck);
+      /* Bitmaps older than L: their backups completed; drop them.  (Live,
+       * they are frozen with the others and removed by backup-end.) */
+      for (i = 0; L && i < ck.n; i++)
+        if (ck.v[i].seq < L->seq &&
+            rawtrack_bitmap_remove (img, ck.v[i].name) == -1) {
           fail_lib ("removing the old checkpoint '%s'", ck.v[i].name);
           goto out;
         }
-        continue;
-      }
-      if (L && ck.v[i].seq == Lseq && L->checkpoint &&
-          strcmp (L->checkpoint, ck.v[i].name) == 0)
-        have_KL = true;
-      if (ck.v[i].flags & RAWTRACK_BITMAP_IN_USE)
-        consistent = false;
+      bk_ckpts_free (&ck);
+      ckpts_load (r, img, &ck);
     }
-    ckpts_free (&ck);
-    ckpts_load (r, img, &ck);
-
-    if (o->full)
-      why_full = NULL;
-    else if (!L)
-      why_full = "the repository is empty";
-    else if (strcmp (L->source, bk_source_identity (s)) != 0)
-      why_full = "the latest backup is of another source";
-    else if (!have_KL)
-      why_full = "the source has no checkpoint bitmap of the latest backup";
-    else if (!consistent)
-      why_full = "a checkpoint bitmap is inconsistent (in use)";
-    else
-      incremental = true;
-    if (incremental && L->vsize != vsize)
-      fprintf (stderr, "%s: the disk %s from %" PRIu64 " to %" PRIu64
-               " bytes since %s%s\n", progname,
-               vsize > L->vsize ? "grew" : "shrank", L->vsize, vsize, L->id,
-               vsize > L->vsize ? ": everything past the old end is copied"
-               : "");
-
-    freeze = calloc (ck.n + 1, sizeof *freeze);
     for (i = 0; i < ck.n; i++)
-      if ((ck.v[i].flags & RAWTRACK_BITMAP_AUTO) &&
-          !(ck.v[i].flags & RAWTRACK_BITMAP_IN_USE))
-        freeze[nf++] = ck.v[i].name;
-    freeze[nf] = NULL;
-    newckpt = bk_checkpoint_name (r, maxseq + 1);
-    if (bk_step_fail ("rotate") == -1 ||
-        rawtrack_bitmap_rotate (img, newckpt, BK_CLUSTER, freeze) == -1) {
-      if (rawtrack_get_error ())
-        fail_lib ("creating the checkpoint '%s'", newckpt);
-      free (freeze);
-      ret = BK_EXIT_SOURCE;
-      goto out;
-    }
-    free (freeze);
-    bk_step ("rotated");
+      maxseq = MAX (maxseq, ck.v[i].seq);
+    plan_checkpoints (r, L, &ck, identity, vsize, maxseq, o->full, live, &cp);
+    why_full = cp.why_full;
+    incremental = cp.incremental;
+    newckpt = strdup (cp.newckpt);
 
-    if (incremental)
-      for (i = 0; i < ck.n; i++) {
-        void *arg[2] = { &ranges, &nranges };
+    /* [1] the rotation: the server's (with its view), or ours. */
+    if (live) {
+      uint64_t pit_size = 0;
 
-        if (ck.v[i].flags & RAWTRACK_BITMAP_IN_USE)
-          continue;
-        if (rawtrack_bitmap_extents (img, ck.v[i].name, 0, vsize,
-                                     collect_dirty, arg) == -1) {
-          fail_lib ("reading the checkpoint '%s'", ck.v[i].name);
-          ret = BK_EXIT_SOURCE;
-          goto out;
-        }
+      if (bk_step_fail ("rotate") == -1) {
+        ret = BK_EXIT_SOURCE;
+        goto out;
       }
+      view = true;             /* from here a failure ends it */
+      /* A view that saves only the frozen bits serves an incremental; one
+       * that also reads past the old end of a grown disk needs them all. */
+      if (bk_live_checkpoint (live, newckpt, export_name, cp.freeze,
+                              !incremental || vsize > L->vsize, &pit_uri,
+                              &pit_size) == -1) {
+        ret = BK_EXIT_SOURCE;
+        goto out;
+      }
+      s = bk_source_open_nbd (pit_uri, o->connections, cp.dirty);
+      if (!s) {
+        ret = BK_EXIT_SOURCE;
+        goto out;
+      }
+      if (bk_source_size (s) != vsize) {
+        fprintf (stderr, "%s: the point-in-time export '%s' has %" PRIu64
+                 " bytes, the disk %" PRIu64 "\n", progname, pit_uri,
+                 bk_source_size (s), vsize);
+        ret = BK_EXIT_SOURCE;
+        goto out;
+      }
+    }
+    else {
+      if (bk_step_fail ("rotate") == -1 ||
+          rawtrack_bitmap_rotate (img, newckpt, BK_CLUSTER, cp.freeze) == -1) {
+        if (rawtrack_get_error ())
+          fail_lib ("creating the checkpoint '%s'", newckpt);
+        ret = BK_EXIT_SOURCE;
+        goto out;
+      }
+      bk_step ("rotated");
+    }
+
+    /* [2] what changed: the union of the frozen bitmaps. */
+    for (i = 0; cp.dirty[i]; i++) {
+      void *arg[2] = { &ranges, &nranges };
+
+      if (live ? bk_source_dirty_bitmap (s, cp.dirty[i], &ranges,
+                                         &nranges) == -1
+          : rawtrack_bitmap_extents (img, cp.dirty[i], 0, vsize,
+                                     collect_dirty, arg) == -1) {
+        if (!live)
+          fail_lib ("reading the checkpoint '%s'", cp.dirty[i]);
+        ret = BK_EXIT_SOURCE;
+        goto out;
+      }
+    }
   }
   else {
     if (o->full)
@@ -753,7 +897,7 @@ bk_create (const char *source, const char *repo,
         ret = BK_EXIT_SOURCE;
         goto out;
       }
-      if (strcmp (L->source, bk_source_identity (s)) != 0)
+      if (strcmp (L->source, identity) != 0)
         fprintf (stderr, "%s: note: the latest backup was read from '%s'; "
                  "trusting --bitmap %s to cover every change since\n",
                  progname, L->source, o->bitmap);
@@ -787,8 +931,8 @@ bk_create (const char *source, const char *repo,
   m->parent = incremental ? strdup (L->id) : NULL;
   m->vsize = vsize;
   m->cluster_size = BK_CLUSTER;
-  m->source_kind = strdup (bk_source_is_image (s) ? "image" : "nbd");
-  m->source = strdup (bk_source_identity (s));
+  m->source_kind = strdup (image_src ? "image" : "nbd");
+  m->source = strdup (identity);
   m->checkpoint = newckpt ? strdup (newckpt) : NULL;
   m->repo = strdup (r->uuid);
   m->compression = strdup (o->compress ? "zstd" : "none");
@@ -819,6 +963,12 @@ bk_create (const char *source, const char *repo,
   if (copy (&pp, w, m, !incremental, total, &res) == -1) {
     ret = pp.failed && !rawtrack_get_error () ? BK_EXIT_SOURCE : BK_EXIT_REPO;
     goto out;
+  }
+  if (live) {
+    /* Every read is done: the view's work is over. */
+    cbw = bk_live_cbw_bytes (live, newckpt);
+    bk_source_close (s);
+    s = NULL;
   }
   if (bk_step_fail ("file-sync") == -1 || rawtrack_writer_finish (w) == -1) {
     if (rawtrack_get_error ())
@@ -851,8 +1001,19 @@ bk_create (const char *source, const char *repo,
   }
   bk_step ("committed");
 
-  /* Drop the frozen checkpoints: failures only leave them for next time. */
-  if (bk_source_is_image (s)) {
+  /* [4] Drop the frozen checkpoints: failures only leave them for next
+   * time (live: the server merges them into the new checkpoint, whose
+   * next backup then copies a little more). */
+  if (live) {
+    view = false;
+    if (bk_step_fail ("drop-frozen") == -1 ||
+        bk_live_end (live, newckpt, true) == -1)
+      fprintf (stderr, "%s: warning: the backup %s is complete (every read "
+               "of the point-in-time export succeeded); the next backup "
+               "copies again what its frozen checkpoints marked\n", progname,
+               m->id);
+  }
+  else if (image_src) {
     for (i = 0; i < ck.n; i++)
       if (bk_step_fail ("drop-frozen") == -1 ||
           rawtrack_bitmap_remove (bk_source_image (s), ck.v[i].name) == -1) {
@@ -871,12 +1032,21 @@ bk_create (const char *source, const char *repo,
     json_string (j, "id", m->id);
     json_string (j, "file", final);
     json_string (j, "type", incremental ? "incremental" : "full");
+    json_string (j, "mode", live ? "live" : image_src ? "offline" : "nbd");
     if (m->parent)
       json_string (j, "parent", m->parent);
     else
       json_null (j, "parent");
     if (m->checkpoint)
       json_string (j, "checkpoint", m->checkpoint);
+    if (live) {
+      json_string (j, "control", bk_live_control (live));
+      json_string (j, "export", export_name);
+      if (cbw >= 0)
+        json_uint (j, "cbw-bytes", (uint64_t) cbw);
+      else
+        json_null (j, "cbw-bytes");
+    }
     json_uint (j, "virtual-size", vsize);
     json_uint (j, "considered-bytes", total);
     json_uint (j, "read-bytes", res.read);
@@ -906,15 +1076,46 @@ bk_create (const char *source, const char *repo,
       free (mp);
     }
   }
+  bk_source_close (s);
+  if (view && ret != BK_EXIT_OK) {
+    /* Nothing is lost: the frozen bitmaps go back into the new one. */
+    if (bk_live_end (live, newckpt, false) == 0)
+      fprintf (stderr, "%s: the live backup failed; its changes go to the "
+               "next backup\n", progname);
+  }
   free (pp.u);
   free (ranges);
   free (part);
   free (final);
   free (mname);
   free (newckpt);
-  ckpts_free (&ck);
+  free (identity);
+  free (export_name);
+  free (pit_uri);
+  ck_plan_free (&cp);
+  bk_ckpts_free (&ck);
   bk_manifest_free (m);
-  bk_source_close (s);
   bk_repo_close (r);
+  return ret;
+}
+
+int
+bk_create (const char *source, const char *repo,
+           const struct bk_create_opts *o)
+{
+  struct bk_live *live = NULL;
+  int ret;
+
+  if (is_nbd_uri (source)) {
+    if (o->control) {
+      fprintf (stderr, "%s: --control is for image sources (an NBD source is "
+               "read as it is)\n", progname);
+      return BK_EXIT_ERROR;
+    }
+  }
+  else if (!o->offline && bk_live_open (source, o->control, &live) == -1)
+    return BK_EXIT_SOURCE;
+  ret = create (source, repo, o, live);
+  bk_live_close (live);
   return ret;
 }

@@ -155,10 +155,15 @@ void
 bk_step (const char *name)
 {
   const char *k = getenv ("RAWTRACK_BACKUP_KILL_AT");
+  const char *st = getenv ("RAWTRACK_BACKUP_STOP_AT");
 
   if (k && strcmp (k, name) == 0) {
     fflush (NULL);
     kill (getpid (), SIGKILL);
+  }
+  if (st && strcmp (st, name) == 0) {
+    fflush (NULL);
+    kill (getpid (), SIGSTOP);         /* the test continues us */
   }
 }
 

@@ -17,7 +17,9 @@
  * not advertise it for more than one connection, as nbdcopy does), each
  * shared by two reading threads, so that two requests per connection are
  * in flight (libnbd handles are thread-safe).  base:allocation gives
- * zeros; the dirty bitmap's context is requested only with --bitmap.
+ * zeros; dirty bitmap contexts are requested only when asked for: the
+ * --bitmap of an NBD source, or the frozen bitmaps of a point-in-time
+ * export of `rawtrack serve` (a live backup, backup-live.c).
  *
  * Locking: none of its own; libnbd and librawtrack lock their handles.
  */
@@ -40,7 +42,8 @@ struct bk_source {
   struct nbd_handle **nbd;
   int nconn;
   char *identity;
-  char *bitmap_ctx;            /* "qemu:dirty-bitmap:NAME" */
+  char **ctx;                  /* "qemu:dirty-bitmap:NAME"... */
+  size_t nctx;
   uint64_t size;
 };
 
@@ -53,17 +56,21 @@ is_uri (const char *s)
 }
 
 static struct nbd_handle *
-nbd_open (const char *uri, const char *ctx)
+nbd_open (const char *uri, char *const *ctx, size_t nctx)
 {
   struct nbd_handle *h = nbd_create ();
+  size_t i;
 
   if (!h) {
     fprintf (stderr, "%s: libnbd: %s\n", progname, nbd_get_error ());
     return NULL;
   }
   remote_nbd_credentials (h);              /* --tls-certificates/--tls-psk */
-  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-      (ctx && nbd_add_meta_context (h, ctx) == -1) ||
+  for (i = 0; i < nctx; i++)
+    if (nbd_add_meta_context (h, ctx[i]) == -1)
+      break;
+  if (i < nctx ||
+      nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_connect_uri (h, uri) == -1) {
     fprintf (stderr, "%s: cannot connect to '%s': %s\n", progname, uri,
              nbd_get_error ());
@@ -73,45 +80,73 @@ nbd_open (const char *uri, const char *ctx)
   return h;
 }
 
+static struct bk_source *
+open_nbd (struct bk_source *s, const char *spec, int connections,
+          const char *const *bitmaps)
+{
+  size_t k;
+  int i;
+  int64_t size;
+
+  for (k = 0; bitmaps && bitmaps[k]; k++)
+    ;
+  s->ctx = calloc (k + 1, sizeof *s->ctx);
+  for (s->nctx = 0; s->nctx < k; s->nctx++)
+    if (asprintf (&s->ctx[s->nctx], "qemu:dirty-bitmap:%s",
+                  bitmaps[s->nctx]) < 0)
+      exit (1);
+  s->nconn = connections < 1 ? 1 : connections;
+  s->nbd = calloc ((size_t) s->nconn, sizeof *s->nbd);
+  s->nbd[0] = nbd_open (spec, s->ctx, s->nctx);
+  if (!s->nbd[0])
+    goto err;
+  size = nbd_get_size (s->nbd[0]);
+  if (size < 0) {
+    fprintf (stderr, "%s: '%s': %s\n", progname, spec, nbd_get_error ());
+    goto err;
+  }
+  s->size = (uint64_t) size;
+  for (k = 0; k < s->nctx; k++)
+    if (nbd_can_meta_context (s->nbd[0], s->ctx[k]) != 1) {
+      fprintf (stderr, "%s: '%s' does not export the dirty bitmap '%s' "
+               "(no meta context %s)\n", progname, spec, bitmaps[k],
+               s->ctx[k]);
+      goto err;
+    }
+  if (s->nconn > 1 && nbd_can_multi_conn (s->nbd[0]) != 1) {
+    fprintf (stderr, "%s: '%s' does not allow multi-conn: using one "
+             "connection\n", progname, spec);
+    s->nconn = 1;
+  }
+  for (i = 1; i < s->nconn; i++)
+    if (!(s->nbd[i] = nbd_open (spec, s->ctx, s->nctx)))
+      goto err;
+  s->identity = strdup (spec);
+  return s;
+
+ err:
+  bk_source_close (s);
+  return NULL;
+}
+
+struct bk_source *
+bk_source_open_nbd (const char *uri, int connections,
+                    const char *const *bitmaps)
+{
+  return open_nbd (calloc (1, sizeof (struct bk_source)), uri, connections,
+                   bitmaps);
+}
+
 struct bk_source *
 bk_source_open (const char *spec, bool image_rw, int connections,
                 const char *bitmap)
 {
   struct bk_source *s = calloc (1, sizeof *s);
-  int i;
 
   if (is_uri (spec)) {
-    int64_t size;
+    const char *bm[2] = { bitmap, NULL };
 
-    if (bitmap && asprintf (&s->bitmap_ctx, "qemu:dirty-bitmap:%s", bitmap) < 0)
-      exit (1);
-    s->nconn = connections < 1 ? 1 : connections;
-    s->nbd = calloc ((size_t) s->nconn, sizeof *s->nbd);
-    s->nbd[0] = nbd_open (spec, s->bitmap_ctx);
-    if (!s->nbd[0])
-      goto err;
-    size = nbd_get_size (s->nbd[0]);
-    if (size < 0) {
-      fprintf (stderr, "%s: '%s': %s\n", progname, spec, nbd_get_error ());
-      goto err;
-    }
-    s->size = (uint64_t) size;
-    if (s->bitmap_ctx && nbd_can_meta_context (s->nbd[0], s->bitmap_ctx) != 1) {
-      fprintf (stderr, "%s: '%s' does not export the dirty bitmap '%s' "
-               "(no meta context %s)\n", progname, spec, bitmap,
-               s->bitmap_ctx);
-      goto err;
-    }
-    if (s->nconn > 1 && nbd_can_multi_conn (s->nbd[0]) != 1) {
-      fprintf (stderr, "%s: '%s' does not allow multi-conn: using one "
-               "connection\n", progname, spec);
-      s->nconn = 1;
-    }
-    for (i = 1; i < s->nconn; i++)
-      if (!(s->nbd[i] = nbd_open (spec, s->bitmap_ctx)))
-        goto err;
-    s->identity = strdup (spec);
-    return s;
+    return open_nbd (s, spec, connections, bm);
   }
 
   s->img = rawtrack_image_open (spec, (image_rw ? RAWTRACK_OPEN_RDWR : 0) |
@@ -149,7 +184,9 @@ bk_source_close (struct bk_source *s)
     }
   free (s->nbd);
   free (s->identity);
-  free (s->bitmap_ctx);
+  for (i = 0; s->ctx && i < (int) s->nctx; i++)
+    free (s->ctx[i]);
+  free (s->ctx);
   free (s);
 }
 
@@ -287,14 +324,13 @@ dirty_extents (void *opaque, const char *metacontext, uint64_t offset,
   return 0;
 }
 
-int
-bk_source_dirty (struct bk_source *s, struct bk_range **v, size_t *n)
+static int
+source_dirty (struct bk_source *s, const char *ctx, struct bk_range **v,
+              size_t *n)
 {
-  struct status_cb c = { .want = s->bitmap_ctx, .v = v, .n = n };
+  struct status_cb c = { .want = ctx, .v = v, .n = n };
   nbd_extent_callback cb = { .callback = dirty_extents, .user_data = &c };
 
-  if (!s->nbd || !s->bitmap_ctx)
-    return 0;
   while (c.pos < s->size) {
     uint64_t start = c.pos, len = s->size - c.pos;
 
@@ -308,7 +344,7 @@ bk_source_dirty (struct bk_source *s, struct bk_range **v, size_t *n)
     }
     if (!c.got || c.pos == start) {
       fprintf (stderr, "%s: the server sent no extents of %s at %" PRIu64
-               "\n", progname, s->bitmap_ctx, start);
+               "\n", progname, ctx, start);
       return -1;
     }
     if (c.pos > s->size) {
@@ -319,4 +355,26 @@ bk_source_dirty (struct bk_source *s, struct bk_range **v, size_t *n)
     }
   }
   return 0;
+}
+
+int
+bk_source_dirty (struct bk_source *s, struct bk_range **v, size_t *n)
+{
+  if (!s->nbd || !s->nctx)
+    return 0;
+  return source_dirty (s, s->ctx[0], v, n);
+}
+
+int
+bk_source_dirty_bitmap (struct bk_source *s, const char *bitmap,
+                        struct bk_range **v, size_t *n)
+{
+  size_t k;
+
+  for (k = 0; s->nbd && k < s->nctx; k++)
+    if (strcmp (s->ctx[k] + strlen ("qemu:dirty-bitmap:"), bitmap) == 0)
+      return source_dirty (s, s->ctx[k], v, n);
+  fprintf (stderr, "%s: internal error: the dirty bitmap '%s' was not "
+           "requested\n", progname, bitmap);
+  return -1;
 }

@@ -105,7 +105,9 @@ void bk_hash (const void *p, size_t n, uint8_t *out);
 void bk_checksum (const struct bk_manifest *m, uint8_t *out);
 /* Test hook: RAWTRACK_BACKUP_FAIL_AT=NAME makes the step NAME fail (exit
  * with an I/O error) or, with RAWTRACK_BACKUP_KILL_AT=NAME, kill -9 the
- * process there.  Steps are named in backup-create.c and backup-verify.c. */
+ * process there; RAWTRACK_BACKUP_STOP_AT=NAME stops it there (SIGSTOP)
+ * until the test continues it.  Steps are named in backup-create.c,
+ * backup-live.c and backup-verify.c. */
 void bk_step (const char *name);
 int bk_step_fail (const char *name);
 
@@ -132,13 +134,35 @@ int64_t bk_source_status (struct bk_source *s, uint64_t off, uint64_t count,
                           bool *zero);
 /* NBD: the dirty extents of the --bitmap, appended to *v (sorted). */
 int bk_source_dirty (struct bk_source *s, struct bk_range **v, size_t *n);
+/* An NBD export with the contexts qemu:dirty-bitmap:NAME of every name in
+ * bitmaps (NULL-terminated; NULL: none) - a point-in-time export of a
+ * live backup - and the dirty extents of one of them. */
+struct bk_source *bk_source_open_nbd (const char *uri, int connections,
+                                      const char *const *bitmaps);
+int bk_source_dirty_bitmap (struct bk_source *s, const char *bitmap,
+                            struct bk_range **v, size_t *n);
 
 /* ---- backup-create.c ---------------------------------------------------- */
 struct bk_create_opts {
   bool full, json, compress;
   int connections;
   const char *bitmap;
+  const char *control;         /* --control PATH: live through that server */
+  bool offline;                /* --offline: never through a server */
 };
+/* The checkpoint bitmaps of one repository on an image. */
+struct bk_ckpt {
+  char *name;
+  uint64_t seq;
+  uint32_t flags;              /* RAWTRACK_BITMAP_AUTO, _IN_USE */
+};
+struct bk_ckpts {
+  struct bk_ckpt *v;
+  size_t n;
+};
+void bk_ckpts_add (struct bk_ckpts *c, const char *name, uint64_t seq,
+                   uint32_t flags);
+void bk_ckpts_free (struct bk_ckpts *c);
 int bk_create (const char *source, const char *repo,
                const struct bk_create_opts *o);
 /* Progress line on a terminal (stderr): done of total bytes. */
@@ -147,6 +171,40 @@ struct bk_progress *bk_progress_new (const char *what, uint64_t total);
 void bk_progress_update (struct bk_progress *p, uint64_t done);
 void bk_progress_end (struct bk_progress *p);
 double bk_now (void);
+
+/* ---- backup-live.c ------------------------------------------------------ */
+/* A live backup through the `rawtrack serve` holding an image. */
+struct bk_live;
+/* The server holding image: the one at control (--control), or the one
+ * the registry names.  1 with *out set; 0 when no server holds it (back
+ * up offline); -1 on error (printed). */
+int bk_live_open (const char *image, const char *control,
+                  struct bk_live **out);
+void bk_live_close (struct bk_live *l);
+const char *bk_live_control (struct bk_live *l);
+/* The export of image (confirmed by dev/ino), its size, and the
+ * checkpoint bitmaps of repository r on it (appended to *ck).  -1 on
+ * error (printed). */
+int bk_live_export (struct bk_live *l, const char *image, struct bk_repo *r,
+                    char **export_name, uint64_t *size, struct bk_ckpts *ck);
+/* End with failure every view of one of r's checkpoints (left by a run
+ * that was killed; the caller holds r's lock): how many, or -1 on error
+ * (printed). */
+int bk_live_end_stale (struct bk_live *l, struct bk_repo *r,
+                       const char *export_name);
+/* The checkpoint of a stale view ended by this run whose frozen bitmaps
+ * included bitmap (merged into it), or NULL. */
+const char *bk_live_stale_successor (struct bk_live *l, const char *bitmap);
+/* checkpoint NAME of export, freezing freeze (NULL-terminated), then
+ * backup-begin: *uri and *size of its point-in-time export.  -1 on error
+ * (printed). */
+int bk_live_checkpoint (struct bk_live *l, const char *name,
+                        const char *export_name, const char *const *freeze,
+                        bool full, char **uri, uint64_t *size);
+/* The bytes the view of checkpoint holds (copy-before-write), or -1. */
+int64_t bk_live_cbw_bytes (struct bk_live *l, const char *checkpoint);
+/* backup-end.  -1 on error (printed). */
+int bk_live_end (struct bk_live *l, const char *checkpoint, bool success);
 
 /* ---- backup-restore.c --------------------------------------------------- */
 /* One layer of an opened chain. */

@@ -22,6 +22,7 @@ help_main (FILE *fp)
   fprintf (fp,
 "Usage: %s backup create SOURCE REPO [--full] [--json] [--connections N]\n"
 "                               [--compress] [--bitmap NAME]\n"
+"                               [--control PATH | --offline]\n"
 "       %s backup restore REPO[:BACKUP] TARGET [--force] [--json]\n"
 "       %s backup verify REPO [--source SOURCE] [--json]\n"
 "       %s backup list REPO [--json]\n"
@@ -53,6 +54,7 @@ help_create (FILE *fp)
   fprintf (fp,
 "Usage: %s backup create SOURCE REPO [--full] [--json] [--connections N]\n"
 "                               [--compress] [--bitmap NAME]\n"
+"                               [--control PATH | --offline]\n"
 "\n"
 "Back up SOURCE into the directory REPO (created if missing) and print the\n"
 "new backup's name.  The first backup is full, each later one incremental:\n"
@@ -68,9 +70,20 @@ help_create (FILE *fp)
 "and freezes the previous one in one crash-atomic step, copies what the\n"
 "frozen one marks, and only once the backup is durable removes it.  A run\n"
 "that fails or is killed at any point loses nothing: the next run copies\n"
-"everything changed since the last backup that completed.  The image must\n"
-"not be open for writing elsewhere (back up a running disk through\n"
-"`rawtrack serve` and an NBD URI).\n"
+"everything changed since the last backup that completed.\n"
+"\n"
+"Live backups: when a `rawtrack serve --control PATH` holds the image (it\n"
+"records itself in $XDG_RUNTIME_DIR/rawtrack/, or /tmp/rawtrack-UID/; or\n"
+"give its socket with --control PATH), the backup is taken through it\n"
+"while the guest keeps writing: the server takes the checkpoint and, at\n"
+"the same instant, a point-in-time view of the disk (it saves the old\n"
+"data of what the guest overwrites meanwhile), and the backup reads that\n"
+"view over NBD - the disk exactly as it was at the checkpoint.  The\n"
+"repository, checkpoints and recovery are the same as offline: offline and\n"
+"live backups of one disk continue one chain.  A failed live backup gives\n"
+"its changes back to the next one; a run killed while its view exists is\n"
+"cleaned up by the next run.  Without a server the image is opened\n"
+"directly, and must not be open for writing elsewhere.\n"
 "\n"
 "NBD sources: the checkpoints are the caller's.  --bitmap NAME reads\n"
 "qemu:dirty-bitmap:NAME (rawtrack serve, qemu-nbd -B NAME, a libvirt\n"
@@ -89,8 +102,16 @@ help_create (FILE *fp)
 "                     not allow multi-conn)\n"
 "  --compress         store clusters compressed with zstd (qcow2\n"
 "                     compression type 1) when that saves space\n"
-"  --json             print a summary as JSON (id, type, bytes read,\n"
-"                     written, zero and skipped, seconds)\n"
+"  --control PATH     back up live through the server whose control\n"
+"                     socket is PATH (default: the server the registry\n"
+"                     names for the image, if any)\n"
+"  --offline          never go through a server (the image must then be\n"
+"                     free)\n"
+"  --json             print a summary as JSON (id, type, mode: live,\n"
+"                     offline or nbd, bytes read, written, zero and\n"
+"                     skipped, seconds; live: the control socket, the\n"
+"                     export and cbw-bytes, the old data the server saved\n"
+"                     for the backup)\n"
 "  --allow-remote     an image SOURCE may follow the NBD URI it names as\n"
 "                     its data file\n"
 "  --tls-certificates DIR, --tls-psk FILE\n"
@@ -202,7 +223,7 @@ help_prune (FILE *fp)
 }
 
 enum { OPT_FULL = 256, OPT_JSON, OPT_CONN, OPT_COMPRESS, OPT_BITMAP,
-       OPT_FORCE, OPT_SOURCE, OPT_KEEP };
+       OPT_FORCE, OPT_SOURCE, OPT_KEEP, OPT_CONTROL, OPT_OFFLINE };
 
 static const struct option long_opts[] = {
   { "full", no_argument, NULL, OPT_FULL },
@@ -213,6 +234,8 @@ static const struct option long_opts[] = {
   { "force", no_argument, NULL, OPT_FORCE },
   { "source", required_argument, NULL, OPT_SOURCE },
   { "keep", required_argument, NULL, OPT_KEEP },
+  { "control", required_argument, NULL, OPT_CONTROL },
+  { "offline", no_argument, NULL, OPT_OFFLINE },
   REMOTE_LONG_OPTS,
   { "help", no_argument, NULL, 'h' },
   { NULL, 0, NULL, 0 },
@@ -324,6 +347,8 @@ cmd_backup (int argc, char **argv)
     case OPT_BITMAP: co.bitmap = optarg; break;
     case OPT_FORCE: force = true; break;
     case OPT_SOURCE: source = optarg; break;
+    case OPT_CONTROL: co.control = optarg; break;
+    case OPT_OFFLINE: co.offline = true; break;
     case OPT_CONN: {
       char *e;
       long v = strtol (optarg, &e, 10);
@@ -348,7 +373,8 @@ cmd_backup (int argc, char **argv)
   }
   /* Options that do not belong to the subcommand. */
   if ((strcmp (sub, "create") != 0 &&
-       (co.full || co.compress || co.connections != 4)) ||
+       (co.full || co.compress || co.connections != 4 ||
+        co.control || co.offline)) ||
       (strcmp (sub, "create") != 0 && co.bitmap &&
        (strcmp (sub, "verify") != 0 || !source)) ||
       (strcmp (sub, "restore") != 0 && force) ||
@@ -356,6 +382,9 @@ cmd_backup (int argc, char **argv)
       (strcmp (sub, "prune") != 0 && have_keep))
     return usage_error ("backup", "an option given does not apply to "
                         "'backup %s'", sub);
+  if (co.control && co.offline)
+    return usage_error ("backup", "--control and --offline exclude each "
+                        "other");
   if (argc - optind != nargs)
     return usage_error ("backup", "'backup %s' takes %d argument%s, %d "
                         "given", sub, nargs, nargs > 1 ? "s" : "",
