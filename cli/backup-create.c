@@ -835,12 +835,12 @@ create (const char *source, const char *repo, const struct bk_create_opts *o,
         ret = BK_EXIT_SOURCE;
         goto out;
       }
-      view = true;             /* from here a failure ends it */
       /* A view that saves only the frozen bits serves an incremental; one
-       * that also reads past the old end of a grown disk needs them all. */
+       * that also reads past the old end of a grown disk needs them all.
+       * Once the view exists, a failure ends it. */
       if (bk_live_checkpoint (live, newckpt, export_name, cp.freeze,
-                              !incremental || vsize > L->vsize, &pit_uri,
-                              &pit_size) == -1) {
+                              !incremental || vsize > L->vsize, &view,
+                              &pit_uri, &pit_size) == -1) {
         ret = BK_EXIT_SOURCE;
         goto out;
       }

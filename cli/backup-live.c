@@ -284,9 +284,11 @@ ckpt_args (struct json *j, void *opaque)
   for (i = 0; a->freeze && a->freeze[i]; i++)
     json_string (j, NULL, a->freeze[i]);
   json_array_end (j);
-  json_array_begin (j, "exports");
-  json_string (j, NULL, a->export_name);
-  json_array_end (j);
+  if (a->export_name[0]) {     /* "": the only export, the default */
+    json_array_begin (j, "exports");
+    json_string (j, NULL, a->export_name);
+    json_array_end (j);
+  }
   json_uint (j, "granularity", BK_CLUSTER);
   json_bool (j, "view", true);
   json_bool (j, "full", a->full);
@@ -301,7 +303,7 @@ begin_args (struct json *j, void *opaque)
 int
 bk_live_checkpoint (struct bk_live *l, const char *name,
                     const char *export_name, const char *const *freeze,
-                    bool full, char **uri, uint64_t *size)
+                    bool full, bool *started, char **uri, uint64_t *size)
 {
   struct ckpt_args a = { name, export_name, freeze, full };
   struct jv *v;
@@ -310,6 +312,9 @@ bk_live_checkpoint (struct bk_live *l, const char *name,
 
   *uri = NULL;
   v = ctl_request (l->c, "checkpoint", ckpt_args, &a, true);
+  /* Refused: nothing changed.  No answer at all: it may have been taken
+   * (the next run ends the view it finds). */
+  *started = v || !ctl_errno (l->c)[0];
   if (!v) {
     fprintf (stderr, "%s: the server at '%s' could not take the checkpoint "
              "'%s': %s\n", progname, l->control, name, ctl_error (l->c));

@@ -197,10 +197,11 @@ int bk_live_end_stale (struct bk_live *l, struct bk_repo *r,
 const char *bk_live_stale_successor (struct bk_live *l, const char *bitmap);
 /* checkpoint NAME of export, freezing freeze (NULL-terminated), then
  * backup-begin: *uri and *size of its point-in-time export.  -1 on error
- * (printed). */
+ * (printed); *started says whether the view may exist (to be ended). */
 int bk_live_checkpoint (struct bk_live *l, const char *name,
                         const char *export_name, const char *const *freeze,
-                        bool full, char **uri, uint64_t *size);
+                        bool full, bool *started, char **uri,
+                        uint64_t *size);
 /* The bytes the view of checkpoint holds (copy-before-write), or -1. */
 int64_t bk_live_cbw_bytes (struct bk_live *l, const char *checkpoint);
 /* backup-end.  -1 on error (printed). */

@@ -52,17 +52,13 @@ struct reg_entry {
   char *nbd;                   /* URI of the server's NBD socket, or NULL */
 };
 void reg_entry_free (struct reg_entry *e);
-/* The registry directory: $XDG_RUNTIME_DIR/rawtrack, or /tmp/rawtrack-UID;
- * create=true makes it (mode 0700).  It must be a directory owned by us
- * and not writable by others.  NULL with a message unless quiet. */
+/* The registry directory: $XDG_RUNTIME_DIR/rawtrack, or /tmp/rawtrack-UID
+ * (as server/registry.c); create=true makes it (mode 0700).  It must be a
+ * directory owned by us and not writable by others.  NULL with a message
+ * unless quiet. */
 char *reg_dir (bool create, bool quiet);
 /* The entry file of the image file with this st_dev/st_ino. */
 char *reg_entry_path (const char *dir, dev_t dev, ino_t ino);
-/* Record (serve): the entry for image (an existing file), atomically
- * replacing any older one.  -1 with a message. */
-int reg_write (const char *image, const struct reg_entry *e);
-/* Remove the entry of image if it is ours (pid == getpid ()). */
-void reg_remove (const char *image);
 /* Look up the server holding image: 1 with *e filled (the entry's pid is
  * alive and its control socket answers connect), 0 when there is none (a
  * stale entry is removed), -1 on error (message printed). */

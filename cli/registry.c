@@ -1,9 +1,10 @@
-/* rawtrack - the registry of running servers: who holds which image.
+/* rawtrack - the registry of running servers: finding the one that holds
+ * an image.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * Owns: the registry directory and its entries (docs/control.md).  A
- * `rawtrack serve --control PATH` records, for every image it serves, a
- * file <st_dev>-<st_ino>.json in
+ * Owns: reading the registry (docs/control.md; serve writes it,
+ * server/registry.c).  A `rawtrack serve --control PATH` records, for
+ * every image it serves, a file <st_dev>-<st_ino>.json in
  *
  *   $XDG_RUNTIME_DIR/rawtrack/   (or /tmp/rawtrack-<uid>/ without it)
  *
@@ -13,15 +14,16 @@
  * file's identity, not its name: any path to the image finds it).
  *
  * Invariants: the directory is ours (owner = our uid) and nobody else may
- * write in it (mode 0700 when we create it; group/other write refused),
- * so an entry is trusted only as far as its pid is alive and its control
- * socket answers - the socket itself is 0600.  An entry is written whole
- * (a temporary file renamed over it) and removed by its server at a clean
- * exit; one left by a crash is stale (pid dead, or nothing listening) and
- * the first lookup removes it, unless a new server replaced it meanwhile
- * (the file's inode is compared before unlinking).
+ * write in it (group/other write refused), and an entry is trusted only
+ * as far as its pid is alive and its control socket answers (the socket
+ * itself is 0600); the caller then confirms with `query` that the server
+ * holds the image (dev/ino).  An entry is written whole by its server (a
+ * temporary file renamed over it) and removed at a clean exit; one left
+ * by a crash is stale (pid dead, or nothing listening there) and the
+ * first lookup removes it, unless a new server replaced it meanwhile (the
+ * file's inode is compared before unlinking).
  *
- * Locking: none; the rename makes writers atomic for readers.
+ * Locking: none.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,7 +59,7 @@ reg_dir (bool create, bool quiet)
   struct stat st;
   char *dir;
 
-  if (xdg && xdg[0] == '/' && stat (xdg, &st) == 0 && S_ISDIR (st.st_mode)) {
+  if (xdg && xdg[0] == '/') {
     if (asprintf (&dir, "%s/rawtrack", xdg) < 0)
       exit (1);
   }
@@ -99,63 +101,6 @@ reg_entry_path (const char *dir, dev_t dev, ino_t ino)
   return p;
 }
 
-int
-reg_write (const char *image, const struct reg_entry *e)
-{
-  struct stat st;
-  char *dir, *path = NULL, *tmp = NULL, *abs = NULL;
-  FILE *fp = NULL;
-  struct json *j;
-  int ret = -1, fd;
-
-  if (stat (image, &st) == -1) {
-    fprintf (stderr, "%s: '%s': %m\n", progname, image);
-    return -1;
-  }
-  dir = reg_dir (true, false);
-  if (!dir)
-    return -1;
-  abs = realpath (image, NULL);
-  path = reg_entry_path (dir, st.st_dev, st.st_ino);
-  if (asprintf (&tmp, "%s.%ld.tmp", path, (long) getpid ()) < 0)
-    exit (1);
-  fd = open (tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd == -1 || !(fp = fdopen (fd, "w"))) {
-    fprintf (stderr, "%s: cannot write the registry entry '%s': %m\n",
-             progname, tmp);
-    if (fd != -1)
-      close (fd);
-    goto out;
-  }
-  j = json_new (fp, false);
-  json_object_begin (j, NULL);
-  json_string (j, "control", e->control);
-  json_int (j, "pid", (int64_t) getpid ());
-  json_string (j, "image", abs ? abs : image);
-  json_string (j, "export", e->export_name ? e->export_name : "");
-  if (e->nbd)
-    json_string (j, "nbd", e->nbd);
-  else
-    json_null (j, "nbd");
-  json_uint (j, "dev", (uint64_t) st.st_dev);
-  json_uint (j, "ino", (uint64_t) st.st_ino);
-  json_object_end (j);
-  json_end (j);
-  if (fclose (fp) != 0 || rename (tmp, path) == -1) {
-    fprintf (stderr, "%s: cannot write the registry entry '%s': %m\n",
-             progname, path);
-    unlink (tmp);
-    goto out;
-  }
-  ret = 0;
- out:
-  free (dir);
-  free (path);
-  free (tmp);
-  free (abs);
-  return ret;
-}
-
 /* Read and parse an entry file; NULL when unreadable or malformed. */
 static struct jv *
 load (const char *path, struct stat *st)
@@ -186,25 +131,6 @@ unlink_if_same (const char *path, const struct stat *was)
   if (lstat (path, &now) == 0 && now.st_ino == was->st_ino &&
       now.st_dev == was->st_dev)
     unlink (path);
-}
-
-void
-reg_remove (const char *image)
-{
-  struct stat st, est;
-  char *dir, *path;
-  struct jv *v;
-
-  if (stat (image, &st) == -1 || !(dir = reg_dir (false, true)))
-    return;
-  path = reg_entry_path (dir, st.st_dev, st.st_ino);
-  v = load (path, &est);
-  if (v && jv_get (v, "pid") && jv_get (v, "pid")->t == JV_NUM &&
-      jv_get (v, "pid")->i == (int64_t) getpid ())
-    unlink_if_same (path, &est);
-  jv_free (v);
-  free (path);
-  free (dir);
 }
 
 int
