@@ -867,9 +867,22 @@ cmd_serve (int argc, char **argv)
   }
   for (n = 0; n < o.images.len; n++) {
     const char *image;
+    struct stat st;
 
-    if (split_image_arg (&o, o.images.ptr[n], &names[n], &image) != 0 ||
-        open_export (&o, image, names[n], &exps[n]) != 0 ||
+    if (split_image_arg (&o, o.images.ptr[n], &names[n], &image) != 0) {
+      status = 1;
+      n++;
+      goto out_image;
+    }
+    /* The same image twice would only meet its own lock. */
+    for (k = 0; k < n && stat (image, &st) == 0; k++)
+      if (st.st_dev == disks[k].dev && st.st_ino == disks[k].ino) {
+        status = fail ("%s is the same image as %s: each image can be "
+                       "served once", image, disks[k].path);
+        n++;
+        goto out_image;
+      }
+    if (open_export (&o, image, names[n], &exps[n]) != 0 ||
         init_disk (image, &exps[n], &disks[n]) != 0) {
       status = 1;
       n++;                         /* exps[n] may hold an image: close it */

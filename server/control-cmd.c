@@ -603,6 +603,7 @@ cmd_checkpoint (struct control_state *st, const struct jv *req,
   uint64_t gran = 0;
   struct ckpt *c = NULL;
   bool any_frozen = false;
+  struct timespec t0, t1;
   size_t i, k;
   char err[512];
 
@@ -688,6 +689,7 @@ cmd_checkpoint (struct control_state *st, const struct jv *req,
     goto err;
 
   /* The instant: no guest write in flight on any disk of the group. */
+  clock_gettime (CLOCK_MONOTONIC, &t0);
   gates_lock (c);
   for (i = 0; i < c->n; i++)
     if (rawtrack_bitmap_rotate (c->d[i].disk->img, name, gran,
@@ -716,6 +718,7 @@ cmd_checkpoint (struct control_state *st, const struct jv *req,
   for (i = 0; c->view && i < c->n; i++)
     view_disk_attach (c->d[i].vd);
   gates_unlock (c);
+  clock_gettime (CLOCK_MONOTONIC, &t1);
 
   c->next = st->ckpts;
   st->ckpts = c;
@@ -734,6 +737,9 @@ cmd_checkpoint (struct control_state *st, const struct jv *req,
   json_object_end (j);
   json_bool (j, "view", c->view);
   json_bool (j, "full", c->full);
+  /* How long guest writes waited (from asking for the gates). */
+  json_double (j, "hold_ms", (double) (t1.tv_sec - t0.tv_sec) * 1e3 +
+               (double) (t1.tv_nsec - t0.tv_nsec) / 1e6);
   return 0;
 
  err:
