@@ -49,6 +49,9 @@
 #include "server.h"
 #include "nbd-protocol.h"
 
+/* Chunks copied with one read and one write at most (1 MiB). */
+#define SAVE_RUN 16
+
 struct view_disk {
   struct view_disk *next_on_disk;  /* disk->views (disk->gate) */
   struct nbd_disk *disk;
@@ -63,7 +66,7 @@ struct view_disk {
   uint64_t *needed;                /* NULL when full */
   uint64_t *saved;                 /* atomic bits */
   uint64_t held;                   /* bytes in the store (under rw) */
-  uint8_t *buf;                    /* one chunk, for the saver (under rw) */
+  uint8_t *buf;                    /* SAVE_RUN chunks, for the saver (rw) */
   struct nbd_export exp;           /* EXPORT@CHECKPOINT */
   char *exp_name;
 };
@@ -172,7 +175,7 @@ view_disk_new (struct nbd_disk *disk, struct fleece_config *fc,
   vd->nr_chunks = (size + VIEW_CHUNK - 1) / VIEW_CHUNK;
   words = (size_t) ((vd->nr_chunks + 63) / 64) + 1;
   vd->saved = calloc (words, sizeof (uint64_t));
-  vd->buf = malloc (VIEW_CHUNK);
+  vd->buf = malloc (SAVE_RUN * VIEW_CHUNK);
   if (!vd->saved || !vd->buf)
     goto nomem;
   if (!full) {
@@ -328,17 +331,22 @@ has_work (const struct view_disk *vd, uint64_t first, uint64_t last)
 static void
 save_range (struct view_disk *vd, uint64_t first, uint64_t last)
 {
-  uint64_t i, size = vd->exp.size;
+  uint64_t i, k, size = vd->exp.size;
 
   pthread_rwlock_wrlock (&vd->rw);
-  for (i = first; i <= last && vd->state == VIEW_ACTIVE; i++) {
+  for (i = first; i <= last && vd->state == VIEW_ACTIVE; i = k) {
     uint64_t off = i * VIEW_CHUNK, len;
     uint64_t held;
     ssize_t w;
 
+    k = i + 1;
     if (!chunk_needed (vd, i) || bit_get (vd->saved, i))
       continue;
-    len = size - off < VIEW_CHUNK ? size - off : VIEW_CHUNK;
+    /* The run of chunks to save that starts here. */
+    while (k <= last && k - i < SAVE_RUN && chunk_needed (vd, k) &&
+           !bit_get (vd->saved, k))
+      k++;
+    len = k * VIEW_CHUNK > size ? size - off : (k - i) * VIEW_CHUNK;
     held = __atomic_add_fetch (&vd->fc->held, len, __ATOMIC_RELAXED);
     vd->held += len;
     if (held > vd->fc->limit) {
@@ -357,7 +365,8 @@ save_range (struct view_disk *vd, uint64_t first, uint64_t last)
                  off, w < 0 ? strerror (errno) : "short write");
       break;
     }
-    bit_set_atomic (vd->saved, i);
+    for (; i < k; i++)
+      bit_set_atomic (vd->saved, i);
   }
   pthread_rwlock_unlock (&vd->rw);
 }
