@@ -185,7 +185,9 @@ RAWTRACK_API const void *rawtrack_io_mem_data (struct rawtrack_io *io,
  * connections when the server allows multi-conn, fixed size (writes past
  * the end: ENOSPC), FUA and flush sent through.  Environment:
  * RAWTRACK_NBD_TIMEOUT (seconds a request may wait for its reply,
- * default 60, 0: forever), RAWTRACK_NBD_CONNECTIONS (default 4).
+ * default 60, 0: forever), RAWTRACK_NBD_CONNECTIONS (connections used
+ * when the server offers multi-conn, default 8: each carries one caller's
+ * request at a time, so this bounds the requests in flight).
  * flags: RAWTRACK_IO_RDONLY or RAWTRACK_IO_RDWR.  NULL and the rawtrack
  * error on failure (naming the URI and the server's answer). */
 RAWTRACK_API struct rawtrack_io *rawtrack_io_nbd_open (const char *uri,

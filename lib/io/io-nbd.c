@@ -6,21 +6,33 @@
  * a dispatcher thread per connection, the mapping of the backend ops to
  * NBD commands, request timeouts and reconnection.
  *
- * Requests: every op is issued with libnbd's asynchronous calls, so any
- * number of threads may have requests in flight on one connection at
- * once (libnbd serialises only the issuing); a large read or write is cut
- * at the server's maximum request size and all pieces are sent before
- * the first is waited for; pwrite_batch sends every buffer, then waits.
- * The caller sleeps on a per-request waiter until libnbd retires each
- * command (the completion callback records the error, the free callback -
- * which libnbd calls exactly once, also when a call fails or the handle
- * is closed - counts it done).  With NBD_FLAG_CAN_MULTI_CONN and a
- * writable open, up to RAWTRACK_NBD_CONNECTIONS (default 4) connections
- * are opened and used in turn; then one FLUSH covers the writes of all
- * of them (the multi-conn promise), as needed for durability.
+ * Requests: every op is issued with libnbd's asynchronous calls; a large
+ * read or write is cut at the server's maximum request size and all
+ * pieces are sent before the first is waited for; pwrite_batch sends
+ * every buffer, then waits.  The caller waits on a per-request waiter
+ * until libnbd retires each command (the completion callback records the
+ * error, the free callback - which libnbd calls exactly once, also when a
+ * call fails or the handle is closed - counts it done).
  *
- * Dispatcher: each connection has one thread polling the libnbd socket
- * (direction from nbd_aio_get_direction) and an eventfd; it calls
+ * Two ways to share connections between the caller's threads:
+ *
+ * Pool (the server offers NBD_FLAG_CAN_MULTI_CONN): up to
+ * RAWTRACK_NBD_CONNECTIONS (default 8) connections; a caller takes a free
+ * one for itself (pool_lock/pool_cv), issues its command(s) and drives
+ * the handle itself - poll, nbd_aio_notify_read/write - until they are
+ * retired, then gives the connection back.  No other thread is involved:
+ * one request costs its system calls and the one wakeup when the reply
+ * arrives (a dispatcher thread costs two more wakeups and the handle
+ * lock's contention, which made a request through `serve` cost several
+ * times the CPU of the same request to the storage server directly).
+ * Requests in flight = connections in use.  One FLUSH on any connection
+ * covers the acknowledged writes of all of them (the multi-conn promise),
+ * as needed for durability.
+ *
+ * Shared (no multi-conn: one connection): any number of threads issue on
+ * the one handle (libnbd serialises only the issuing) and sleep on their
+ * waiter; a dispatcher thread polls the libnbd socket (direction from
+ * nbd_aio_get_direction) and an eventfd and calls
  * nbd_aio_notify_read/write.  libnbd sends a new request from the
  * issuing thread when it can; only when part of it is left to send
  * (direction includes WRITE) is the dispatcher poked to wait for POLLOUT
@@ -50,7 +62,9 @@
  *
  * Locking: conn->lock (a rwlock) is held shared while a command is
  * issued on conn->h and exclusively while the handle is replaced; it is
- * never held while waiting for a reply.
+ * never held while waiting for a reply.  pool_lock protects the busy
+ * flags of the pool; a connection taken from the pool belongs to its
+ * taker alone until given back (conn->lock is then uncontended).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +99,7 @@ struct nbd_conn {
   bool running;                         /* dispatcher started, not joined */
   atomic_bool stop;                     /* dispatcher: exit */
   atomic_bool dead;                     /* the handle died: reconnect */
+  bool busy;                            /* pool: taken (pool_lock) */
 };
 
 struct io_nbd {
@@ -99,6 +114,9 @@ struct io_nbd {
   bool can_flush, can_fua, can_zero, can_fast_zero, can_trim, have_alloc;
   unsigned nconn;
   atomic_uint next;
+  bool pool;                            /* see the note: pool or shared */
+  pthread_mutex_t pool_lock;
+  pthread_cond_t pool_cv;
   struct nbd_conn conn[MAX_CONN];
 };
 
@@ -343,6 +361,8 @@ conn_start (struct nbd_conn *c, struct nbd_handle *h)
   c->h = h;
   atomic_store (&c->stop, false);
   atomic_store (&c->dead, false);
+  if (c->nb->pool)
+    return 0;                           /* its takers drive it */
   if (pthread_create (&c->thread, NULL, dispatcher, c) != 0) {
     c->h = NULL;
     errno = EAGAIN;
@@ -436,10 +456,77 @@ note_dead (struct nbd_conn *c)
   pthread_rwlock_unlock (&c->lock);
 }
 
-static struct nbd_conn *
-pick (struct io_nbd *nb)
+static void release (struct io_nbd *nb, struct nbd_conn *c);
+
+/* Pool mode: an idle connection has no dispatcher watching it, so a
+ * server that went away is noticed here, before a command is sent: an
+ * idle ready handle has nothing to read, so a readable socket means EOF
+ * (or junk), which libnbd turns into a dead handle.  One poll(2) with no
+ * wait. */
+static void
+check_idle (struct nbd_conn *c)
 {
-  return &nb->conn[atomic_fetch_add (&nb->next, 1) % nb->nconn];
+  struct pollfd p = { .fd = nbd_aio_get_fd (c->h), .events = POLLIN };
+
+  if (p.fd < 0 || nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h)) {
+    atomic_store (&c->dead, true);
+    return;
+  }
+  if (poll (&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
+    nbd_aio_notify_read (c->h);
+    if (!nbd_aio_is_ready (c->h))
+      atomic_store (&c->dead, true);
+  }
+}
+
+/* The connection for the next command(s): in pool mode a free one, taken
+ * until release(); otherwise the next in turn.  A dead connection is
+ * revived once first.  NULL with errno (and the connection given back)
+ * when that fails. */
+static struct nbd_conn *
+acquire (struct io_nbd *nb)
+{
+  struct nbd_conn *c;
+
+  if (!nb->pool)
+    c = &nb->conn[atomic_fetch_add (&nb->next, 1) % nb->nconn];
+  else {
+    unsigned i, start = atomic_fetch_add (&nb->next, 1);
+
+    pthread_mutex_lock (&nb->pool_lock);
+    for (;;) {
+      for (i = 0; i < nb->nconn; i++)
+        if (!nb->conn[(start + i) % nb->nconn].busy)
+          break;
+      if (i < nb->nconn)
+        break;
+      pthread_cond_wait (&nb->pool_cv, &nb->pool_lock);
+    }
+    c = &nb->conn[(start + i) % nb->nconn];
+    c->busy = true;
+    pthread_mutex_unlock (&nb->pool_lock);
+  }
+  if (nb->pool && c->h)
+    check_idle (c);
+  if (atomic_load (&c->dead) && conn_revive (c) == -1) {
+    int e = errno;
+
+    release (nb, c);
+    errno = e;
+    return NULL;
+  }
+  return c;
+}
+
+static void
+release (struct io_nbd *nb, struct nbd_conn *c)
+{
+  if (!nb->pool)
+    return;
+  pthread_mutex_lock (&nb->pool_lock);
+  c->busy = false;
+  pthread_cond_signal (&nb->pool_cv);
+  pthread_mutex_unlock (&nb->pool_lock);
 }
 
 /* ---- issuing -------------------------------------------------------------- */
@@ -489,7 +576,8 @@ issue (struct nbd_conn *c, enum op op, void *buf, uint64_t count,
     break;
   }
   }
-  if (r != -1 && (nbd_aio_get_direction (c->h) & LIBNBD_AIO_DIRECTION_WRITE))
+  if (r != -1 && !c->nb->pool &&
+      (nbd_aio_get_direction (c->h) & LIBNBD_AIO_DIRECTION_WRITE))
     poke (c);                  /* the request is not all sent: POLLOUT */
   if (r == -1) {
     /* libnbd has called free_cb already (the callback was not run);
@@ -540,6 +628,73 @@ wait_all (struct io_nbd *nb, struct waiter *w, struct nbd_conn **used,
   pthread_mutex_unlock (&w->m);
 }
 
+/* Pool mode: drive c's handle in this thread until every command of w is
+ * retired.  After the timeout the socket is shut down (libnbd then fails
+ * what is in flight) and the handle driven until it has retired them all,
+ * since they may write into caller memory until then. */
+static void
+drive (struct io_nbd *nb, struct waiter *w, struct nbd_conn *c)
+{
+  int64_t deadline = nb->timeout_ms ? now_ms () + nb->timeout_ms : 0;
+  struct nbd_handle *h = c->h;
+
+  while (w->pending > 0 && h) {
+    struct pollfd p;
+    unsigned dir;
+    int r, t = -1;
+
+    if (nbd_aio_is_dead (h) || nbd_aio_is_closed (h))
+      break;                            /* libnbd retired everything */
+    p.fd = nbd_aio_get_fd (h);
+    if (p.fd < 0)
+      break;
+    dir = nbd_aio_get_direction (h);
+    p.events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+               ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+    p.revents = 0;
+    if (deadline) {
+      int64_t left = deadline - now_ms ();
+
+      if (left <= 0) {
+        pthread_mutex_lock (&w->m);
+        w->err = ETIMEDOUT;
+        pthread_mutex_unlock (&w->m);
+        shutdown (p.fd, SHUT_RDWR);
+        deadline = 0;                   /* now just wait for the failure */
+        continue;
+      }
+      t = (int) left;
+    }
+    r = poll (&p, 1, t);
+    if (r == -1 && errno != EINTR)
+      break;
+    if (r <= 0)
+      continue;
+    if (p.revents & (POLLIN | POLLHUP | POLLERR))
+      nbd_aio_notify_read (h);
+    else if (p.revents & POLLOUT)
+      nbd_aio_notify_write (h);
+  }
+  if (w->pending > 0) {
+    /* The handle is gone with commands unretired: cannot happen with
+     * libnbd's guarantees; fail them rather than wait forever. */
+    pthread_mutex_lock (&w->m);
+    if (!w->err)
+      w->err = EIO;
+    pthread_mutex_unlock (&w->m);
+  }
+}
+
+/* Wait for the commands of w issued on c, in either mode. */
+static void
+finish (struct io_nbd *nb, struct waiter *w, struct nbd_conn *c)
+{
+  if (nb->pool)
+    drive (nb, w, c);
+  else
+    wait_all (nb, w, &c, 1);
+}
+
 /* errno for the caller from a waiter's NBD error. */
 static int
 result (struct waiter *w)
@@ -563,18 +718,21 @@ static int
 run (struct io_nbd *nb, enum op op, uint8_t *buf, uint64_t count,
      uint64_t offset, uint32_t flags, uint64_t piece, struct cmd *status)
 {
-  struct nbd_conn *c = pick (nb);
+  struct nbd_conn *c;
   struct waiter w;
   struct cmd one, *cmds = &one;
   size_t n = 1, i;
   int r;
 
-  if (atomic_load (&c->dead) && conn_revive (c) == -1)
-    return -1;
   if (op == OP_READ || op == OP_WRITE || op == OP_ZERO || op == OP_TRIM)
     n = count ? (size_t) ((count + piece - 1) / piece) : 1;
   if (n > 1 && !(cmds = calloc (n, sizeof *cmds))) {
     errno = ENOMEM;
+    return -1;
+  }
+  if (!(c = acquire (nb))) {
+    if (cmds != &one)
+      free (cmds);
     return -1;
   }
   if (status)
@@ -591,10 +749,11 @@ run (struct io_nbd *nb, enum op op, uint8_t *buf, uint64_t count,
       break;
   }
   pthread_rwlock_unlock (&c->lock);
-  wait_all (nb, &w, &c, 1);
+  finish (nb, &w, c);
   r = result (&w);
   if (r == -1)
     note_dead (c);
+  release (nb, c);
   waiter_destroy (&w);
   if (cmds != &one && cmds != status)
     free (cmds);
@@ -668,7 +827,7 @@ nbd_pwrite_batch_op (struct rawtrack_io *io, const struct rawtrack_io_vec *v,
                      size_t nv)
 {
   struct io_nbd *nb = (struct io_nbd *) io;
-  struct nbd_conn *c = pick (nb);
+  struct nbd_conn *c;
   struct waiter w;
   struct cmd *cmds;
   size_t i;
@@ -687,10 +846,12 @@ nbd_pwrite_batch_op (struct rawtrack_io *io, const struct rawtrack_io_vec *v,
   }
   if (nv == 0)
     return 0;
-  if (atomic_load (&c->dead) && conn_revive (c) == -1)
-    return -1;
   if (!(cmds = calloc (nv, sizeof *cmds))) {
     errno = ENOMEM;
+    return -1;
+  }
+  if (!(c = acquire (nb))) {
+    free (cmds);
     return -1;
   }
   waiter_init (&w);
@@ -702,10 +863,11 @@ nbd_pwrite_batch_op (struct rawtrack_io *io, const struct rawtrack_io_vec *v,
       break;
   }
   pthread_rwlock_unlock (&c->lock);
-  wait_all (nb, &w, &c, 1);
+  finish (nb, &w, c);
   r = result (&w);
   if (r == -1)
     note_dead (c);
+  release (nb, c);
   waiter_destroy (&w);
   free (cmds);
   return r;
@@ -859,6 +1021,8 @@ nbd_close_op (struct rawtrack_io *io)
       close (c->wake);
     pthread_rwlock_destroy (&c->lock);
   }
+  pthread_mutex_destroy (&nb->pool_lock);
+  pthread_cond_destroy (&nb->pool_cv);
   free (nb->uri);
   free (nb->tls_certificates);
   free (nb->tls_psk_file);
@@ -956,6 +1120,8 @@ io_nbd_open (const char *uri, unsigned flags, bool allow_local)
     return NULL;
   }
   nb->io.ops = &nbd_ops;
+  pthread_mutex_init (&nb->pool_lock, NULL);
+  pthread_cond_init (&nb->pool_cv, NULL);
   nb->writable = (flags & RAWTRACK_IO_RDWR) != 0;
   nb->allow_local = allow_local;
   nb->timeout_ms = env_uint ("RAWTRACK_NBD_TIMEOUT", DEFAULT_TIMEOUT_S,
@@ -1004,9 +1170,10 @@ io_nbd_open (const char *uri, unsigned flags, bool allow_local)
 
   want = 1;
   if (nbd_can_multi_conn (h) == 1)
-    want = env_uint ("RAWTRACK_NBD_CONNECTIONS", 4, MAX_CONN);
+    want = env_uint ("RAWTRACK_NBD_CONNECTIONS", 8, MAX_CONN);
   if (want == 0)
     want = 1;
+  nb->pool = want > 1;
   for (i = 0; i < want; i++) {
     struct nbd_conn *c = &nb->conn[i];
 
@@ -1029,6 +1196,14 @@ io_nbd_open (const char *uri, unsigned flags, bool allow_local)
     if (conn_start (c, h) == -1) {
       rt_set_error (errno, "cannot start a thread");
       nbd_close (h);
+      goto fail;
+    }
+  }
+  if (nb->pool && nb->nconn == 1) {
+    /* Only one connection could be made: share it (dispatcher). */
+    nb->pool = false;
+    if (conn_start (&nb->conn[0], nb->conn[0].h) == -1) {
+      rt_set_error (errno, "cannot start a thread");
       goto fail;
     }
   }
