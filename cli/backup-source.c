@@ -15,11 +15,12 @@
  *
  * NBD: `connections` handles (multi-conn: refused by a server that does
  * not advertise it for more than one connection, as nbdcopy does), each
- * shared by two reading threads, so that two requests per connection are
- * in flight (libnbd handles are thread-safe).  base:allocation gives
- * zeros; dirty bitmap contexts are requested only when asked for: the
- * --bitmap of an NBD source, or the frozen bitmaps of a point-in-time
- * export of `rawtrack serve` (a live backup, backup-live.c).
+ * owned by one reading thread that keeps up to 16 requests of 256 KiB in
+ * flight on it (nbd_aio_pread; only that thread polls the handle).
+ * base:allocation gives zeros; dirty bitmap contexts are requested only
+ * when asked for: the --bitmap of an NBD source, or the frozen bitmaps of
+ * a point-in-time export of `rawtrack serve` (a live backup,
+ * backup-live.c).
  *
  * Locking: none of its own; libnbd and librawtrack lock their handles.
  */
@@ -33,8 +34,13 @@
 #include <libnbd.h>
 
 #include "backup.h"
+#include "arith.h"
 
-#define NBD_THREADS_PER_CONN 2
+/* One reading thread per connection, owning it (no two threads poll one
+ * handle); each read keeps NBD_PIECES requests in flight. */
+#define NBD_THREADS_PER_CONN 1
+#define NBD_PIECE (256u << 10)
+#define NBD_PIECES 16
 #define NBD_MAX_STATUS (1u << 30)
 
 struct bk_source {
@@ -231,20 +237,49 @@ bk_source_pread (struct bk_source *s, int t, void *buf, uint64_t count,
   }
   {
     struct nbd_handle *h = s->nbd[(t / NBD_THREADS_PER_CONN) % s->nconn];
+    int64_t cookie[NBD_PIECES];
     uint64_t done = 0;
 
-    /* Servers limit a request (qemu-nbd: 32 MiB); stay well below. */
+    /* Up to NBD_PIECES requests of NBD_PIECE bytes in flight at once, the
+     * next batch once they are all in. */
     while (done < count) {
-      uint64_t n = count - done < (8u << 20) ? count - done : (8u << 20);
+      uint64_t at = done;
+      int np = 0, i, rc;
 
-      if (nbd_pread (h, (char *) buf + done, n, off + done, 0) == -1) {
-        fprintf (stderr, "%s: reading the NBD source at offset %" PRIu64
-                 ": %s\n", progname, off + done, nbd_get_error ());
-        return -1;
+      for (; np < NBD_PIECES && done < count; np++) {
+        uint64_t n = MIN (count - done, (uint64_t) NBD_PIECE);
+
+        cookie[np] = nbd_aio_pread (h, (char *) buf + done, n, off + done,
+                                    NBD_NULL_COMPLETION, 0);
+        if (cookie[np] == -1)
+          goto err;
+        done += n;
       }
-      done += n;
+      for (i = 0; i < np; i++) {
+        while ((rc = nbd_aio_command_completed (h, (uint64_t) cookie[i]))
+               == 0)
+          if (nbd_poll (h, -1) == -1)
+            goto err;
+        if (rc == -1) {
+          /* Retire the rest before reporting. */
+          char *e = strdup (nbd_get_error ());
+
+          for (i++; i < np; i++)
+            while (nbd_aio_command_completed (h, (uint64_t) cookie[i]) == 0 &&
+                   nbd_poll (h, -1) != -1)
+              ;
+          fprintf (stderr, "%s: reading the NBD source at %" PRIu64 "+%"
+                   PRIu64 ": %s\n", progname, off + at, done - at, e);
+          free (e);
+          return -1;
+        }
+      }
     }
     return 0;
+   err:
+    fprintf (stderr, "%s: reading the NBD source at offset %" PRIu64
+             ": %s\n", progname, off + done, nbd_get_error ());
+    return -1;
   }
 }
 
