@@ -33,8 +33,8 @@
 
 #define GRAN      65536u
 #define THREADS   4
-#define OPS       600
-#define ROTATIONS 12
+#define OPS       300
+#define ROTATIONS 8
 #define DISK      ((uint64_t) GRAN * THREADS * OPS)
 
 struct op { uint64_t granule; int s, e; };
