@@ -701,9 +701,12 @@ cmd_checkpoint (struct control_state *st, const struct jv *req,
       goto err;
     }
   for (i = 0; c->view && i < c->n; i++) {
+    /* A disk of the group with nothing frozen is backed up in full. */
     c->d[i].vd = view_disk_new (c->d[i].disk, st->fc, name,
                                 c->d[i].exp->name, c->d[i].frozen,
-                                c->d[i].nr_frozen, c->full, err, sizeof err);
+                                c->d[i].nr_frozen,
+                                c->full || c->d[i].nr_frozen == 0,
+                                err, sizeof err);
     if (!c->d[i].vd) {
       fail (e, EIO, "export %s: %s", c->d[i].exp->name, err);
       for (k = 0; k < i; k++) {
@@ -828,7 +831,7 @@ cmd_backup_begin (struct control_state *st, const struct jv *req,
     for (k = 0; k < c->d[i].nr_frozen; k++)
       json_string (j, NULL, c->d[i].frozen[k]);
     json_array_end (j);
-    json_bool (j, "full", c->full);
+    json_bool (j, "full", c->full || c->d[i].nr_frozen == 0);
     json_object_end (j);
   }
   json_array_end (j);

@@ -249,8 +249,11 @@ qemu-io -f raw -c "write -P 1 0 4k" "$ub" >/dev/null
   done ) &
 writer=$!
 sleep 1
-$ctl ctl.sock '{"command": "checkpoint", "new": "g1", "freeze": {"a": ["f1"]}, "exports": ["a", "b"], "full": true}' \
+# a has f1 frozen (all of a dirty since part 4): incremental; b nothing: full.
+$ctl ctl.sock '{"command": "checkpoint", "new": "g1", "freeze": {"a": ["f1"]}, "exports": ["a", "b"]}' \
     '{"command": "backup-begin", "checkpoint": "g1"}' >resp || die "$(cat resp)"
+[ "$(json_get "$(tail -1 resp)" '[(e["name"], e["full"]) for e in r["exports"]]')" = "[('a@g1', False), ('b@g1', True)]" ] ||
+  die "per-disk full: $(cat resp)"
 sleep 0.5
 kill $writer 2>/dev/null || :
 wait $writer 2>/dev/null || :
