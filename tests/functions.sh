@@ -39,6 +39,11 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 fi
 export PYTHON
+# A bare `python3` in a test means the same interpreter.
+python3 ()
+{
+  "$PYTHON" "$@"
+}
 
 # The helper scripts of the interop tests (python comparators, patchers).
 interop_dir="$SRCDIR/tests/interop"
