@@ -34,6 +34,7 @@
  * suite's tests; at most 64).  It links the library: no CLI needed.
  */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -304,6 +305,33 @@ missed_sectors (const char *raw, const struct ranges *v)
 
 struct result { double kill_s; uint64_t ops, written, dirty, over, beyond; };
 
+/* What the parent learns from the child's records. */
+struct writes {
+  struct ranges ops;                   /* the writes done */
+  struct rec inflight;                 /* the write started, not done */
+  int have_inflight;
+  uint64_t ndone, stream_end;
+};
+
+/* Take one record from the child into w; true for "idle from now". */
+static bool
+take_record (struct writes *w, const struct rec *r)
+{
+  if (r->done == 2)
+    return true;
+  if (!r->done) {
+    w->inflight = *r;
+    w->have_inflight = 1;
+    return false;
+  }
+  w->have_inflight = 0;
+  ranges_add (&w->ops, r->off, r->off + r->len);
+  w->ndone++;
+  if (r->off + r->len > w->stream_end)
+    w->stream_end = r->off + r->len;
+  return false;
+}
+
 static void
 one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
 {
@@ -311,11 +339,12 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
   struct rawtrack_attach_opts o = { .struct_size = sizeof o,
                                     .cluster_size = 65536, .force = 1 };
   struct rawtrack_image *img;
-  struct ranges ops = { 0 }, gr[NBM];
-  struct rec inflight = { 0 }, r;
-  uint64_t s = seed * 7 + 3, ndone = 0, stream_end = 0;
+  struct ranges gr[NBM];
+  struct writes log = { 0 };
+  struct rec r;
+  uint64_t s = seed * 7 + 3;
   double t_kill, t0;
-  int p[2], fd, i, st, have_inflight = 0;
+  int p[2], fd, i, st;
   pid_t pid;
   size_t got = 0;
   char *rb = (char *) &r;
@@ -370,20 +399,8 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
     if (got < sizeof r)
       continue;
     got = 0;
-    if (r.done == 2) {
+    if (take_record (&log, &r))        /* idle from now: the kill moves */
       t_kill = now () - t0 + 2.0 + (double) (rt_random (&s) % 1000) / 1000;
-      continue;
-    }
-    if (!r.done) {
-      inflight = r;
-      have_inflight = 1;
-      continue;
-    }
-    have_inflight = 0;
-    ranges_add (&ops, r.off, r.off + r.len);
-    ndone++;
-    if (r.off + r.len > stream_end)
-      stream_end = r.off + r.len;
   }
   kill (pid, SIGKILL);
   waitpid (pid, &st, 0);
@@ -397,25 +414,15 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
     if (got < sizeof r)
       continue;
     got = 0;
-    if (r.done == 2)
-      continue;
-    if (!r.done) {
-      inflight = r;
-      have_inflight = 1;
-      continue;
-    }
-    have_inflight = 0;
-    ranges_add (&ops, r.off, r.off + r.len);
-    ndone++;
-    if (r.off + r.len > stream_end)
-      stream_end = r.off + r.len;
+    take_record (&log, &r);
   }
   close (p[0]);
   if (!WIFSIGNALED (st))
     fail ("%s round %" PRIu64 ": the writer exited by itself (status %d)",
           wname[w], seed, st);
-  if (have_inflight && inflight.off + inflight.len > stream_end)
-    stream_end = inflight.off + inflight.len;
+  if (log.have_inflight &&
+      log.inflight.off + log.inflight.len > log.stream_end)
+    log.stream_end = log.inflight.off + log.inflight.len;
 
   img = rawtrack_image_open (img_path, 0, NULL);
   if (!img)
@@ -440,28 +447,28 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
     ranges_norm (&dirty);
     /* The granules written: every op done, and the one in flight. */
     memset (&gr[i], 0, sizeof gr[i]);
-    for (k = 0; k < ops.n; k++)
-      ranges_add (&gr[i], ops.r[k].lo / g * g,
-                  (ops.r[k].hi + g - 1) / g * g);
-    if (have_inflight)
-      ranges_add (&gr[i], inflight.off / g * g,
-                  (inflight.off + inflight.len + g - 1) / g * g);
+    for (k = 0; k < log.ops.n; k++)
+      ranges_add (&gr[i], log.ops.r[k].lo / g * g,
+                  (log.ops.r[k].hi + g - 1) / g * g);
+    if (log.have_inflight)
+      ranges_add (&gr[i], log.inflight.off / g * g,
+                  (log.inflight.off + log.inflight.len + g - 1) / g * g);
     ranges_norm (&gr[i]);
-    for (k = 0; k < ops.n; k++)
-      if (!ranges_cover (&dirty, ops.r[k].lo, ops.r[k].hi)) {
+    for (k = 0; k < log.ops.n; k++)
+      if (!ranges_cover (&dirty, log.ops.r[k].lo, log.ops.r[k].hi)) {
         fail ("%s round %" PRIu64 ": %s misses the write done at "
               "[%" PRIu64 ", %" PRIu64 ")", wname[w], seed, bm[i],
-              ops.r[k].lo, ops.r[k].hi);
+              log.ops.r[k].lo, log.ops.r[k].hi);
         break;
       }
     missed = missed_sectors (raw, &dirty);
     if (missed)
       fail ("%s round %" PRIu64 ": %" PRIu64 " sectors hold data but are "
             "clean in %s (the write in flight: [%" PRIu64 ", +%" PRIu64 ")%s)",
-            wname[w], seed, missed, bm[i], inflight.off, inflight.len,
-            have_inflight ? "" : ", none");
+            wname[w], seed, missed, bm[i], log.inflight.off,
+            log.inflight.len, log.have_inflight ? "" : ", none");
     res[i].kill_s = t_kill;
-    res[i].ops = ndone;
+    res[i].ops = log.ndone;
     res[i].dirty = 0;
     for (k = 0; k < dirty.n; k++)
       res[i].dirty += dirty.r[k].hi - dirty.r[k].lo;
@@ -473,7 +480,7 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
     if (w == W_SEQ) {
       struct ranges head = { 0 };
 
-      ranges_add (&head, 0, stream_end);
+      ranges_add (&head, 0, log.stream_end);
       res[i].beyond = ranges_minus (&dirty, &head);
       free (head.r);
     }
@@ -481,7 +488,7 @@ one_round (const char *dir, int w, uint64_t seed, struct result res[NBM])
     free (gr[i].r);
   }
   rawtrack_image_close (img);
-  free (ops.r);
+  free (log.ops.r);
   unlink (raw);
   unlink (img_path);
 }
