@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "cleanup.h"
+#include "vector.h"
 
 #define MAX_IO (64u * 1024 * 1024)
 
@@ -269,27 +271,16 @@ run_cmd (struct rawtrack_image *img, const struct io_cmd *cmd, uint8_t **buf)
   return 0;
 }
 
-/* A growable list of parsed commands. */
-struct cmd_list {
-  struct io_cmd *v;
-  size_t n, cap;
-};
+/* The parsed commands, in order. */
+DEFINE_VECTOR_TYPE (cmd_list, struct io_cmd, realloc)
 
 static int
 cmd_list_add (struct cmd_list *l, const struct io_cmd *c)
 {
   if (c->op == OP_NONE)
     return 0;
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 16;
-    struct io_cmd *v = realloc (l->v, cap * sizeof *v);
-
-    if (!v)
-      return fail ("out of memory"), -1;
-    l->v = v;
-    l->cap = cap;
-  }
-  l->v[l->n++] = *c;
+  if (cmd_list_append (l, *c) == -1)
+    return fail ("out of memory"), -1;
   return 0;
 }
 
@@ -330,14 +321,15 @@ cmd_io (int argc, char **argv)
     { NULL, 0, NULL, 0 },
   };
   struct rawtrack_image *img;
-  struct cmd_list list = { NULL, 0, 0 };
+  CLEANUP_VECTOR (cmd_list) struct cmd_list list = { 0 };
+  CLEANUP_FREE uint8_t *buf = NULL;
+  CLEANUP_FREE char *line = NULL;
   struct io_cmd cmd;
   struct stat st;
   const char *file = NULL, *data_file = NULL, *src;
   unsigned flags = RAWTRACK_OPEN_RDWR;
-  uint8_t *buf = NULL;
   FILE *fp = NULL;
-  char where[32], *line = NULL;
+  char where[32];
   size_t nr_c = 0, cap = 0, i;
   bool stream = false;
   int c, r = 0;
@@ -355,36 +347,27 @@ cmd_io (int argc, char **argv)
     case 'c':
       snprintf (where, sizeof where, "-c %zu", ++nr_c);
       if (parse_cmd (where, optarg, &cmd) == -1 ||
-          cmd_list_add (&list, &cmd) == -1) {
-        free (list.v);
+          cmd_list_add (&list, &cmd) == -1)
         return 1;
-      }
       break;
     case 'f': file = optarg; break;
     case 'm':
-      if (parse_track_mode (optarg, &flags) == -1) {
-        free (list.v);
+      if (parse_track_mode (optarg, &flags) == -1)
         return usage_error ("io", TRACK_MODE_ERROR);
-      }
       break;
     case 'r': flags &= ~RAWTRACK_OPEN_RDWR; break;
     case 'd': data_file = optarg; break;
     case 'A': flags |= RAWTRACK_OPEN_ALLOW_DEVICE; break;
-    case 'h': help (); free (list.v); return 0;
+    case 'h': help (); return 0;
     default:
-      free (list.v);
       return usage_error ("io", "invalid option or missing argument: '%s'",
                           argv[optind - 1]);
     }
   }
-  if (argc - optind != 1) {
-    free (list.v);
+  if (argc - optind != 1)
     return usage_error ("io", "expected exactly one IMAGE");
-  }
-  if (nr_c && file) {
-    free (list.v);
+  if (nr_c && file)
     return usage_error ("io", "use -c or -f, not both");
-  }
 
   /* Commands from a file: a regular one is parsed whole before anything
    * runs, like -c; a pipe or terminal line by line. */
@@ -398,10 +381,8 @@ cmd_io (int argc, char **argv)
       if (fp != stdin)
         fclose (fp);
       fp = NULL;
-      if (r) {
-        free (list.v);
+      if (r)
         return 1;
-      }
     }
     else
       stream = true;
@@ -411,7 +392,6 @@ cmd_io (int argc, char **argv)
   if (!img) {
     if (fp && fp != stdin)
       fclose (fp);
-    free (list.v);
     return fail_lib ("%s", argv[optind]);
   }
   {
@@ -420,8 +400,8 @@ cmd_io (int argc, char **argv)
     if (data_file_change_text (img, why, sizeof why))
       fprintf (stderr, "%s: warning: %s: %s\n", progname, argv[optind], why);
   }
-  for (i = 0; i < list.n && r == 0; i++)
-    r = run_cmd (img, &list.v[i], &buf);
+  for (i = 0; i < list.len && r == 0; i++)
+    r = run_cmd (img, &list.ptr[i], &buf);
   if (stream) {
     uintmax_t lineno = 0;
 
@@ -436,8 +416,5 @@ cmd_io (int argc, char **argv)
   }
   if (rawtrack_image_close (img) == -1 && r == 0)
     r = fail_lib ("closing %s", argv[optind]);
-  free (line);
-  free (buf);
-  free (list.v);
   return r ? 1 : 0;
 }
