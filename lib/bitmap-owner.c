@@ -36,6 +36,14 @@
 #include "internal.h"
 #include "bitmap.h"
 #include "arith.h"
+#include "vector.h"
+
+/* The cluster index of a byte offset: this file's unit. */
+static inline uint64_t
+cluster_of (const struct rawtrack_image *img, uint64_t off)
+{
+  return off >> img->h.cluster_bits;
+}
 
 enum owner_kind {
   OWN_HEADER, OWN_L1, OWN_L2, OWN_REFTABLE, OWN_REFBLOCK, OWN_BITMAP_DIR,
@@ -48,29 +56,15 @@ struct owner {
   uint32_t bitmap;                 /* OWN_TABLE, OWN_DATA: directory index */
 };
 
-struct owners {
-  struct owner *v;
-  size_t nr, cap;
-};
+DEFINE_VECTOR_TYPE (owners, struct owner, rt_realloc)
 
 static int
 owners_add (struct owners *o, uint64_t cluster, uint32_t kind,
             uint32_t bitmap)
 {
-  if (o->nr == o->cap) {
-    size_t cap = o->cap ? o->cap * 2 : 256;
-    struct owner *n = rt_realloc (o->v, cap * sizeof *n);
+  struct owner w = { .cluster = cluster, .kind = kind, .bitmap = bitmap };
 
-    if (!n)
-      return -1;
-    o->v = n;
-    o->cap = cap;
-  }
-  o->v[o->nr].cluster = cluster;
-  o->v[o->nr].kind = kind;
-  o->v[o->nr].bitmap = bitmap;
-  o->nr++;
-  return 0;
+  return owners_append (o, w);
 }
 
 /* Every cluster of the byte range [off, off + len). */
@@ -100,17 +94,17 @@ cmp_owner (const void *a, const void *b)
 static const struct owner *
 owners_find (const struct owners *o, uint64_t cluster)
 {
-  size_t lo = 0, hi = o->nr;
+  size_t lo = 0, hi = o->len;
 
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
 
-    if (o->v[mid].cluster < cluster)
+    if (o->ptr[mid].cluster < cluster)
       lo = mid + 1;
     else
       hi = mid;
   }
-  return lo < o->nr && o->v[lo].cluster == cluster ? &o->v[lo] : NULL;
+  return lo < o->len && o->ptr[lo].cluster == cluster ? &o->ptr[lo] : NULL;
 }
 
 static const char *const kind_name[] = {
@@ -178,7 +172,7 @@ collect_owners (struct rawtrack_image *img, const struct bitmap_dir *dir,
       }
     free (table);
   }
-  qsort (o->v, o->nr, sizeof *o->v, cmp_owner);
+  qsort (o->ptr, o->len, sizeof *o->ptr, cmp_owner);
   return 0;
 }
 
@@ -267,7 +261,7 @@ bitmap_check_owned (struct rawtrack_image *img, const struct bitmap_dir *dir,
   }
   r = 0;
  out:
-  free (o.v);
+  owners_reset (&o);
   free (table);
   free (data);
   return r;

@@ -339,13 +339,6 @@ struct rawtrack_image {
   bool bitmaps_trusted;            /* extension present and autoclear bit 0 */
 };
 
-/* The cluster index of a byte offset (bitmap-owner.c). */
-static inline uint64_t
-cluster_of (const struct rawtrack_image *img, uint64_t off)
-{
-  return off >> img->h.cluster_bits;
-}
-
 /* ---- qcow2-refcount.c ------------------------------------------------- */
 /* Set up refcount bookkeeping; the table itself is read by
  * qcow2_refcount_load, on first use (every function below calls it). */
