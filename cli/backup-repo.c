@@ -51,6 +51,7 @@
 #include <xxhash.h>
 
 #include "backup.h"
+#include "rawtrack/rawtrack-bitmap.h"
 
 #define REPO_FILE "rawtrack-backup.json"
 
@@ -124,6 +125,61 @@ bk_checksum (const struct bk_manifest *m, uint8_t *out)
   XXH128_canonicalFromHash (&c, XXH3_128bits_digest (st));
   memcpy (out, c.digest, BK_HASH_LEN);
   XXH3_freeState (st);
+}
+
+static int
+cmp_range (const void *a, const void *b)
+{
+  const struct bk_range *x = a, *y = b;
+
+  return x->off < y->off ? -1 : x->off > y->off;
+}
+
+void
+bk_ranges_sort (struct bk_range *v, size_t n)
+{
+  if (n)
+    qsort (v, n, sizeof *v, cmp_range);
+}
+
+struct range_sink {
+  struct bk_range **v;
+  size_t *n;
+};
+
+static int
+collect_dirty (void *opaque, uint64_t start, uint64_t length, int dirty)
+{
+  struct range_sink *k = opaque;
+
+  if (dirty)
+    bk_ranges_add (k->v, k->n, start, length);
+  return 0;
+}
+
+int
+bk_checkpoint_changes (struct bk_repo *r, const struct bk_manifest *L,
+                       struct rawtrack_image *img, uint64_t size,
+                       struct bk_range **v, size_t *n, bool *have_l)
+{
+  struct range_sink k = { v, n };
+  int nb = rawtrack_image_bitmap_count (img), bi;
+
+  for (bi = 0; bi < nb; bi++) {
+    const char *name = rawtrack_image_bitmap_name (img, bi);
+    uint64_t seq;
+
+    if (bk_checkpoint_seq (r, name, &seq) == -1 || seq < L->seq)
+      continue;
+    if (have_l && L->checkpoint && strcmp (L->checkpoint, name) == 0)
+      *have_l = true;
+    if (rawtrack_bitmap_extents (img, name, 0, size, collect_dirty, &k)
+        == -1) {
+      fail_lib ("reading the checkpoint '%s'", name);
+      return -1;
+    }
+  }
+  return 0;
 }
 
 void

@@ -265,24 +265,6 @@ run_job (struct job *j)
 
 /* ---- rollback onto the source ------------------------------------------------ */
 
-static int
-collect (void *opaque, uint64_t start, uint64_t length, int dirty)
-{
-  void **a = opaque;
-
-  if (dirty)
-    bk_ranges_add (a[0], a[1], start, length);
-  return 0;
-}
-
-static int
-cmp_range (const void *a, const void *b)
-{
-  const struct bk_range *x = a, *y = b;
-
-  return x->off < y->off ? -1 : x->off > y->off;
-}
-
 /* The ranges of img that may differ from backup b: NULL/0 with *all set
  * when that cannot be known. */
 static int
@@ -295,7 +277,6 @@ rollback_ranges (struct bk_repo *r, struct bk_manifest *b,
   size_t nc, i, k;
   int nb = rawtrack_image_bitmap_count (img), bi;
   bool in_chain = false, have_L = false;
-  void *arg[2] = { v, n };
 
   *all = true;
   chain = bk_repo_chain (r, L, &nc);
@@ -326,17 +307,9 @@ rollback_ranges (struct bk_repo *r, struct bk_manifest *b,
     return 0;
   }
   /* Changed since L: the live checkpoints. */
-  for (bi = 0; bi < nb; bi++) {
-    const char *name = rawtrack_image_bitmap_name (img, bi);
-    uint64_t seq;
-
-    if (bk_checkpoint_seq (r, name, &seq) == -1 || seq < L->seq)
-      continue;
-    if (rawtrack_bitmap_extents (img, name, 0, b->vsize, collect, arg) == -1) {
-      fail_lib ("reading the checkpoint '%s'", name);
-      free (chain);
-      return -1;
-    }
+  if (bk_checkpoint_changes (r, L, img, b->vsize, v, n, NULL) == -1) {
+    free (chain);
+    return -1;
   }
   /* Changed by the backups after b: what they hold. */
   for (i = 0; i < nc; i++)
@@ -350,8 +323,7 @@ rollback_ranges (struct bk_repo *r, struct bk_manifest *b,
   }
   free (chain);
   /* Sort and merge. */
-  if (*n)
-    qsort (*v, *n, sizeof **v, cmp_range);
+  bk_ranges_sort (*v, *n);
   for (i = 0, k = 0; i < *n; i++) {
     if (k && (*v)[k - 1].off + (*v)[k - 1].len >= (*v)[i].off) {
       uint64_t e = MAX ((*v)[k - 1].off + (*v)[k - 1].len,

@@ -212,24 +212,6 @@ struct clean_set {
 };
 
 static int
-collect_all (void *opaque, uint64_t start, uint64_t length, int dirty)
-{
-  void **a = opaque;
-
-  if (dirty)
-    bk_ranges_add (a[0], a[1], start, length);
-  return 0;
-}
-
-static int
-cmp_range (const void *a, const void *b)
-{
-  const struct bk_range *x = a, *y = b;
-
-  return x->off < y->off ? -1 : x->off > y->off;
-}
-
-static int
 cmp_u64 (const void *a, const void *b)
 {
   uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
@@ -284,11 +266,10 @@ verify_source (struct bk_repo *r, const char *source, const char *bitmap,
   struct bk_chain c = { 0 };
   struct bk_range *dirty = NULL;
   size_t nd = 0, i, k;
-  void *arg[2] = { &dirty, &nd };
   uint64_t nclusters, nclean = 0, *pick = NULL, npick, *clean = NULL;
   uint8_t *a = malloc (BK_CLUSTER), *b = malloc (BK_CLUSTER);
   bool have = false, user_bitmap;
-  int nb, bi, ret = -1;
+  int ret = -1;
 
   *sampled = 0;
   if (!L) {
@@ -327,21 +308,9 @@ verify_source (struct bk_repo *r, const char *source, const char *bitmap,
     have = true;
   }
   img = bk_source_image (src);
-  nb = img ? rawtrack_image_bitmap_count (img) : 0;
-  for (bi = 0; bi < nb; bi++) {
-    const char *name = rawtrack_image_bitmap_name (img, bi);
-    uint64_t seq;
-
-    if (bk_checkpoint_seq (r, name, &seq) == -1 || seq < L->seq)
-      continue;
-    if (L->checkpoint && strcmp (L->checkpoint, name) == 0)
-      have = true;
-    if (rawtrack_bitmap_extents (img, name, 0, L->vsize, collect_all,
-                                 arg) == -1) {
-      fail_lib ("reading the checkpoint '%s'", name);
-      goto out;
-    }
-  }
+  if (img &&
+      bk_checkpoint_changes (r, L, img, L->vsize, &dirty, &nd, &have) == -1)
+    goto out;
   if (!have) {
     fprintf (stderr, "%s: '%s' has no checkpoint of the latest backup %s: "
              "cannot tell what is unchanged\n", progname, source, L->id);
@@ -349,8 +318,7 @@ verify_source (struct bk_repo *r, const char *source, const char *bitmap,
   }
   if (bk_chain_open (r, L, &c) == -1)
     goto out;
-  if (nd)
-    qsort (dirty, nd, sizeof *dirty, cmp_range);
+  bk_ranges_sort (dirty, nd);
 
   /* Clean clusters: not touched by any dirty range. */
   nclusters = DIV_ROUND_UP (L->vsize, BK_CLUSTER);

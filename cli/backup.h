@@ -234,5 +234,14 @@ int bk_prune (const char *repo, uint64_t keep, bool json);
 /* Growable range list helper. */
 void bk_ranges_add (struct bk_range **v, size_t *n, uint64_t off,
                     uint64_t len);
+/* Sort ranges by offset (backup-repo.c). */
+void bk_ranges_sort (struct bk_range *v, size_t n);
+/* Add to *v the dirty extents in [0, size) of every checkpoint bitmap of
+ * img that belongs to r from backup L on: what changed since L.  *have_l
+ * (when not NULL) is set to true when L's own checkpoint is among them
+ * (and left alone otherwise).  -1 with a message printed (backup-repo.c). */
+int bk_checkpoint_changes (struct bk_repo *r, const struct bk_manifest *L,
+                           struct rawtrack_image *img, uint64_t size,
+                           struct bk_range **v, size_t *n, bool *have_l);
 
 #endif /* RAWTRACK_BACKUP_H */
