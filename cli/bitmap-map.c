@@ -138,6 +138,14 @@ static const char *const shades_utf8[5] = {
 };
 static const char *const shades_ascii[5] = { " ", ".", "o", "O", "#" };
 
+/* What a layer's bytes are: a bitmap's are dirty (else clean), a
+ * backup's are held (else empty: an older layer or zeros). */
+struct words {
+  const char *none, *some;
+};
+static const struct words bitmap_words = { "clean", "dirty" };
+static const struct words backup_words = { "empty", "held" };
+
 static void
 print_summary (FILE *fp, const struct map_options *o, const struct slices *s)
 {
@@ -152,16 +160,20 @@ print_summary (FILE *fp, const struct map_options *o, const struct slices *s)
            s->size ? 100.0 * (double) s->total / (double) s->size : 0.0);
 }
 
-static void
-draw_strip (const struct map_options *o, const struct slices *s)
+static const char *const *
+strip_shades (const struct map_options *o)
 {
-  const char *const *sh = o->ascii || !locale_is_utf8 () ? shades_ascii
-                                                          : shades_utf8;
+  return o->ascii || !locale_is_utf8 () ? shades_ascii : shades_utf8;
+}
+
+/* The cells of one layer, a terminal row at a time, offsets on the left. */
+static void
+strip_rows (const char *const *sh, const struct slices *s)
+{
   unsigned cols = terminal_columns ();
   uint64_t per_row, i;
 
   per_row = cols > STRIP_MARGIN + 8 ? cols - STRIP_MARGIN : 8;
-  print_summary (stdout, o, s);
   for (i = 0; i < s->n; i++) {
     if (i % per_row == 0) {
       char lab[32];
@@ -181,15 +193,52 @@ draw_strip (const struct map_options *o, const struct slices *s)
     human_size (s->size, end, sizeof end);
     printf ("%10s end\n", end);
   }
-  printf ("legend: '%s' clean  '%s' up to 1/3 dirty  '%s' up to 2/3  "
-          "'%s' more  '%s' all dirty\n", sh[0], sh[1], sh[2], sh[3], sh[4]);
+}
+
+static void
+strip_legend (const char *const *sh, const struct words *w)
+{
+  printf ("legend: '%s' %s  '%s' up to 1/3 %s  '%s' up to 2/3  "
+          "'%s' more  '%s' all %s\n", sh[0], w->none, sh[1], w->some, sh[2],
+          sh[3], sh[4], w->some);
+}
+
+static void
+draw_strip (const struct map_options *o, const struct slices *s)
+{
+  const char *const *sh = strip_shades (o);
+
+  print_summary (stdout, o, s);
+  strip_rows (sh, s);
+  strip_legend (sh, &bitmap_words);
+}
+
+/* "slices": each cell's offset, length, and its bytes (KEY-bytes and
+ * KEY-fraction, KEY "dirty" or "held"). */
+static void
+json_slices (struct json *j, const struct slices *s, const char *key)
+{
+  char kb[32], kf[32];
+  uint64_t i;
+
+  snprintf (kb, sizeof kb, "%s-bytes", key);
+  snprintf (kf, sizeof kf, "%s-fraction", key);
+  json_array_begin (j, "slices");
+  for (i = 0; i < s->n; i++) {
+    json_object_begin (j, NULL);
+    json_uint (j, "start", i * s->slice);
+    json_uint (j, "length", cell_len (s, i));
+    json_uint (j, kb, s->dirty[i]);
+    json_double (j, kf, fraction (s, i));
+    json_object_end (j);
+  }
+  json_array_end (j);
 }
 
 static void
 draw_json (const struct map_options *o, const struct slices *s)
 {
   struct json *j = json_new (stdout, true);
-  uint64_t i;
 
   json_object_begin (j, NULL);
   json_string (j, "image", o->image);
@@ -199,16 +248,7 @@ draw_json (const struct map_options *o, const struct slices *s)
   json_uint (j, "slice-size", s->slice);
   json_uint (j, "dirty-bytes", s->total);
   json_uint (j, "dirty-extents", s->extents);
-  json_array_begin (j, "slices");
-  for (i = 0; i < s->n; i++) {
-    json_object_begin (j, NULL);
-    json_uint (j, "start", i * s->slice);
-    json_uint (j, "length", cell_len (s, i));
-    json_uint (j, "dirty-bytes", s->dirty[i]);
-    json_double (j, "dirty-fraction", fraction (s, i));
-    json_object_end (j);
-  }
-  json_array_end (j);
+  json_slices (j, s, "dirty");
   json_object_end (j);
   json_end (j);
 }
@@ -254,15 +294,31 @@ svg_fill (double f, char *buf, size_t len)
   snprintf (buf, len, "#%02x%02x%02x", c[0], c[1], c[2]);
 }
 
+/* The SVG page: a heading (title, subtitle) and one grid a layer, under
+ * each other, each with its name above it when there are several (n > 1)
+ * and offset axes; the legend below.  w says what a cell's share is of. */
+struct svg_page {
+  const char *title, *heading, *subtitle;
+  const struct slices *s;          /* n layers over one slicing */
+  const char *const *names;
+  size_t n;
+  const struct words *w;
+};
+
 static int
-draw_svg (const struct map_options *o, const struct slices *s)
+draw_svg_page (const char *path, const struct svg_page *pg)
 {
-  const int gap = 1, left = 96, top = 78, right = 24;
-  uint64_t cols = s->n < MAP_SVG_COLUMNS ? s->n : MAP_SVG_COLUMNS;
-  uint64_t rows = cols ? (s->n + cols - 1) / cols : 0, i;
+  const int gap = 1, left = 96, right = 24, label = pg->n > 1 ? 22 : 0;
+  const int layer_gap = 30;
+  const struct slices *s0 = &pg->s[0];
+  uint64_t cols = s0->n < MAP_SVG_COLUMNS ? s0->n : MAP_SVG_COLUMNS;
+  uint64_t rows = cols ? (s0->n + cols - 1) / cols : 0, i;
   /* 12-pixel cells in a full row of 64; fewer cells get bigger ones. */
   int cell = cols ? (int) (832 / cols) - gap : 12;
-  int gw, gh, width;
+  int gw, gh, width, height, top = 78, y0;
+  char sl[32], fill[16];
+  size_t k;
+  FILE *fp;
 
   if (cell > 48)
     cell = 48;
@@ -271,84 +327,90 @@ draw_svg (const struct map_options *o, const struct slices *s)
   gw = (int) cols * (cell + gap);
   gh = (int) rows * (cell + gap);
   width = left + (gw > 620 ? gw : 620) + right;
-  int height = top + gh + 70;
-  char sz[32], sl[32], dt[32], fill[16];
-  FILE *fp;
-
-  fp = strcmp (o->svg, "-") == 0 ? stdout : fopen (o->svg, "w");
+  height = top + (int) pg->n * (label + gh) + (int) (pg->n - 1) * layer_gap
+           + 70;
+  fp = strcmp (path, "-") == 0 ? stdout : fopen (path, "w");
   if (!fp)
-    return fail ("%s: %s", o->svg, strerror (errno));
-  human_size (s->size, sz, sizeof sz);
-  human_size (s->slice, sl, sizeof sl);
-  human_size (s->total, dt, sizeof dt);
+    return fail ("%s: %s", path, strerror (errno));
+  human_size (s0->slice, sl, sizeof sl);
 
   fprintf (fp,
            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
            "height=\"%d\" viewBox=\"0 0 %d %d\" font-family=\"sans-serif\">\n",
            width, height, width, height);
-  fprintf (fp, "<title>dirty map of bitmap '");
-  xml_text (fp, o->name);
-  fprintf (fp, "' in ");
-  xml_text (fp, o->image);
+  fprintf (fp, "<title>");
+  xml_text (fp, pg->title);
   fprintf (fp, "</title>\n"
            "<rect width=\"100%%\" height=\"100%%\" fill=\"#ffffff\"/>\n");
   fprintf (fp, "<text x=\"%d\" y=\"24\" font-size=\"16\" "
-           "font-weight=\"bold\">Bitmap '", left);
-  xml_text (fp, o->name);
-  fprintf (fp, "' of ");
-  xml_text (fp, o->image);
-  fprintf (fp, "</text>\n"
-           "<text x=\"%d\" y=\"44\" font-size=\"12\" fill=\"#333\">%s disk, "
-           "%" PRIu64 " cells of %s, %s dirty (%.4g%%)</text>\n",
-           left, sz, s->n, sl, dt,
-           s->size ? 100.0 * (double) s->total / (double) s->size : 0.0);
+           "font-weight=\"bold\">", left);
+  xml_text (fp, pg->heading);
+  fprintf (fp, "</text>\n<text x=\"%d\" y=\"44\" font-size=\"12\" "
+           "fill=\"#333\">", left);
+  xml_text (fp, pg->subtitle);
+  fprintf (fp, "</text>\n");
 
   /* Column axis: offset within a row, every 8 columns. */
   fprintf (fp, "<g font-size=\"10\" fill=\"#555\">\n");
   for (i = 0; i < cols; i += 8) {
     char lab[32];
 
-    human_size (i * s->slice, lab, sizeof lab);
+    human_size (i * s0->slice, lab, sizeof lab);
     fprintf (fp, "<text x=\"%d\" y=\"%d\">+%s</text>\n",
              left + (int) i * (cell + gap), top - 8, i ? lab : "0");
   }
-  /* Row axis: the byte offset each row starts at. */
-  for (i = 0; i < rows; i++) {
-    char lab[32];
-
-    human_size (i * cols * s->slice, lab, sizeof lab);
-    fprintf (fp, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n",
-             left - 6, top + (int) i * (cell + gap) + cell / 2 + 4,
-             i ? lab : "0");
-  }
-  fprintf (fp, "</g>\n<g>\n");
-
-  for (i = 0; i < s->n; i++) {
-    char a[32], b[32];
-    double f = fraction (s, i);
-
-    svg_fill (f, fill, sizeof fill);
-    human_size (i * s->slice, a, sizeof a);
-    human_size (i * s->slice + cell_len (s, i), b, sizeof b);
-    fprintf (fp, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
-             "fill=\"%s\"><title>%s - %s: %.4g%% dirty</title></rect>\n",
-             left + (int) (i % cols) * (cell + gap),
-             top + (int) (i / cols) * (cell + gap), cell, cell, fill,
-             i ? a : "0", b, 100.0 * f);
-  }
   fprintf (fp, "</g>\n");
+
+  for (k = 0; k < pg->n; k++) {
+    const struct slices *s = &pg->s[k];
+
+    y0 = top + (int) k * (label + gh + layer_gap) + label;
+    if (label) {
+      fprintf (fp, "<text x=\"%d\" y=\"%d\" font-size=\"12\" "
+               "font-weight=\"bold\">", left, y0 - 8);
+      xml_text (fp, pg->names[k]);
+      fprintf (fp, "</text>\n");
+    }
+    /* Row axis: the byte offset each row starts at. */
+    fprintf (fp, "<g font-size=\"10\" fill=\"#555\">\n");
+    for (i = 0; i < rows; i++) {
+      char lab[32];
+
+      human_size (i * cols * s->slice, lab, sizeof lab);
+      fprintf (fp, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%s</text>\n",
+               left - 6, y0 + (int) i * (cell + gap) + cell / 2 + 4,
+               i ? lab : "0");
+    }
+    fprintf (fp, "</g>\n<g>\n");
+    for (i = 0; i < s->n; i++) {
+      char a[32], b[32];
+      double f = fraction (s, i);
+
+      svg_fill (f, fill, sizeof fill);
+      human_size (i * s->slice, a, sizeof a);
+      human_size (i * s->slice + cell_len (s, i), b, sizeof b);
+      fprintf (fp, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
+               "fill=\"%s\"><title>%s - %s: %.4g%% %s</title></rect>\n",
+               left + (int) (i % cols) * (cell + gap),
+               y0 + (int) (i / cols) * (cell + gap), cell, cell, fill,
+               i ? a : "0", b, 100.0 * f, pg->w->some);
+    }
+    fprintf (fp, "</g>\n");
+  }
 
   /* Legend. */
   {
     static const double steps[] = { 0, 0.0001, 0.25, 0.5, 0.75, 1 };
     static const char *const labels[] = {
-      "clean", "any", "25%", "50%", "75%", "all dirty"
+      NULL, "any", "25%", "50%", "75%", NULL
     };
     const int lc = 12;             /* legend squares */
-    int y = top + gh + 24;
-    size_t k;
+    int y = top + (int) pg->n * (label + gh) + (int) (pg->n - 1) * layer_gap
+            + 24;
+    char all[32];
 
+    snprintf (all, sizeof all, "all %s", pg->w->some);
     fprintf (fp, "<g font-size=\"11\" fill=\"#333\">\n");
     for (k = 0; k < sizeof steps / sizeof steps[0]; k++) {
       int x = left + (int) k * 70;
@@ -357,11 +419,13 @@ draw_svg (const struct map_options *o, const struct slices *s)
       fprintf (fp, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
                "fill=\"%s\" stroke=\"#999\" stroke-width=\"0.5\"/>\n"
                "<text x=\"%d\" y=\"%d\">%s</text>\n",
-               x, y, lc, lc, fill, x + lc + 4, y + lc - 2, labels[k]);
+               x, y, lc, lc, fill, x + lc + 4, y + lc - 2,
+               k == 0 ? pg->w->none : labels[k] ? labels[k] : all);
     }
     fprintf (fp, "<text x=\"%d\" y=\"%d\" fill=\"#555\">each cell: %s of "
-             "the disk, left to right, top to bottom; shade: dirty share "
-             "of the cell</text>\n</g>\n", left, y + lc + 22, sl);
+             "the disk, left to right, top to bottom; shade: %s share "
+             "of the cell</text>\n</g>\n", left, y + lc + 22, sl,
+             pg->w->some);
   }
   fprintf (fp, "</svg>\n");
 
@@ -369,38 +433,72 @@ draw_svg (const struct map_options *o, const struct slices *s)
     return fflush (stdout) == EOF || ferror (stdout)
       ? fail ("error writing to standard output") : 0;
   if (ferror (fp) | (fclose (fp) == EOF))
-    return fail ("%s: write error: %s", o->svg, strerror (errno));
+    return fail ("%s: write error: %s", path, strerror (errno));
   return 0;
 }
 
-/* ---- the subcommand --------------------------------------------------- */
-
-int
-bitmap_map (struct rawtrack_image *img, const struct map_options *o)
+static int
+draw_svg (const struct map_options *o, const struct slices *s)
 {
-  struct slices s = { 0 };
-  uint64_t g = o->granularity, want, granules;
-  int r;
+  char title[512], heading[512], sub[256], sz[32], sl[32], dt[32];
+  const char *names[1] = { o->name };
+  struct svg_page pg = { title, heading, sub, s, names, 1, &bitmap_words };
 
-  s.size = rawtrack_image_virtual_size (img);
+  human_size (s->size, sz, sizeof sz);
+  human_size (s->slice, sl, sizeof sl);
+  human_size (s->total, dt, sizeof dt);
+  snprintf (title, sizeof title, "dirty map of bitmap '%s' in %s", o->name,
+            o->image);
+  snprintf (heading, sizeof heading, "Bitmap '%s' of %s", o->name, o->image);
+  snprintf (sub, sizeof sub, "%s disk, %" PRIu64 " cells of %s, %s dirty "
+            "(%.4g%%)", sz, s->n, sl, dt,
+            s->size ? 100.0 * (double) s->total / (double) s->size : 0.0);
+  return draw_svg_page (o->svg, &pg);
+}
+
+/* ---- slicing ---------------------------------------------------------- */
+
+/* Cut a disk of size bytes into o's number of cells (whole granules of
+ * g); s->dirty zeroed.  -1 (said) when out of memory. */
+static int
+slice_disk (struct slices *s, uint64_t size, uint64_t g,
+            const struct map_options *o)
+{
+  uint64_t want, granules;
+
+  memset (s, 0, sizeof *s);
+  s->size = size;
   want = o->cells ? o->cells
     : o->svg ? MAP_SVG_DEFAULT_CELLS
     : terminal_columns () > STRIP_MARGIN + 8 ? terminal_columns () - STRIP_MARGIN
     : 8;
-  granules = g ? (s.size + g - 1) / g : 0;
+  granules = g ? (s->size + g - 1) / g : 0;
   if (want > granules)
     want = granules;               /* a cell is at least one granule */
   if (want > 0) {
-    s.slice = (s.size + want - 1) / want;
-    s.slice = (s.slice + g - 1) / g * g;
-    s.n = (s.size + s.slice - 1) / s.slice;
+    s->slice = (s->size + want - 1) / want;
+    s->slice = (s->slice + g - 1) / g * g;
+    s->n = (s->size + s->slice - 1) / s->slice;
   }
   else
-    s.slice = g;                   /* empty disk: no cells */
-  s.dirty = calloc (s.n ? s.n : 1, sizeof *s.dirty);
-  if (!s.dirty)
-    return fail ("out of memory for %" PRIu64 " cells", s.n);
+    s->slice = g;                  /* empty disk: no cells */
+  s->dirty = calloc (s->n ? s->n : 1, sizeof *s->dirty);
+  if (!s->dirty)
+    return fail ("out of memory for %" PRIu64 " cells", s->n);
+  return 0;
+}
 
+/* ---- the subcommands -------------------------------------------------- */
+
+int
+bitmap_map (struct rawtrack_image *img, const struct map_options *o)
+{
+  struct slices s;
+  int r;
+
+  if (slice_disk (&s, rawtrack_image_virtual_size (img), o->granularity, o)
+      == -1)
+    return 1;
   if (rawtrack_bitmap_extents (img, o->name, 0, s.size, add_extent, &s)
       == -1) {
     free (s.dirty);
@@ -418,4 +516,86 @@ bitmap_map (struct rawtrack_image *img, const struct map_options *o)
   }
   free (s.dirty);
   return r;
+}
+
+/* The layers' pictures over one slicing: strip, JSON or SVG as o says. */
+int
+map_layers (const char *what, uint64_t size, uint64_t granularity,
+            const struct map_layer *l, size_t n, const struct map_options *o)
+{
+  struct slices *s = calloc (n ? n : 1, sizeof *s);
+  const char **names = calloc (n ? n : 1, sizeof *names);
+  char sz[32], sl[32];
+  size_t k, made = 0;
+  int r = 0;
+
+  if (!s || !names) {
+    free (s);
+    free (names);
+    return fail ("out of memory");
+  }
+  for (k = 0; k < n && r == 0; k++) {
+    r = slice_disk (&s[k], size, granularity, o);
+    if (r == 0) {
+      made++;
+      names[k] = l[k].name;
+      r = l[k].walk (l[k].opaque, add_extent, &s[k]) == -1;
+    }
+  }
+  human_size (size, sz, sizeof sz);
+  human_size (made ? s[0].slice : granularity, sl, sizeof sl);
+  if (r == 0 && o->svg && n) {
+    char title[512], sub[256];
+    struct svg_page pg = { title, title, sub, s, names, n, &backup_words };
+
+    snprintf (title, sizeof title, "%s", what);
+    snprintf (sub, sizeof sub, "%zu layer%s over a %s disk, %" PRIu64
+              " cells of %s each; shade: the share of a cell the layer "
+              "holds", n, n == 1 ? "" : "s", sz, s[0].n, sl);
+    r = draw_svg_page (o->svg, &pg) != 0;
+  }
+  if (r == 0 && o->json) {
+    struct json *j = json_new (stdout, true);
+
+    json_object_begin (j, NULL);
+    json_string (j, "title", what);
+    json_uint (j, "virtual-size", size);
+    json_uint (j, "slice-size", made ? s[0].slice : granularity);
+    json_array_begin (j, "layers");
+    for (k = 0; k < n; k++) {
+      json_object_begin (j, NULL);
+      json_string (j, "name", l[k].name);
+      json_uint (j, "held-bytes", s[k].total);
+      json_uint (j, "held-extents", s[k].extents);
+      json_slices (j, &s[k], "held");
+      json_object_end (j);
+    }
+    json_array_end (j);
+    json_object_end (j);
+    json_end (j);
+  }
+  else if (r == 0 && !o->svg) {
+    const char *const *sh = strip_shades (o);
+
+    printf ("%s: %zu layer%s over a %s disk, %" PRIu64 " cells of %s\n",
+            what, n, n == 1 ? "" : "s", sz, made ? s[0].n : 0, sl);
+    for (k = 0; k < n; k++) {
+      char h[32];
+
+      human_size (s[k].total, h, sizeof h);
+      printf ("%s: %s held (%" PRIu64 " bytes, %.4g%%)\n", l[k].name, h,
+              s[k].total,
+              size ? 100.0 * (double) s[k].total / (double) size : 0.0);
+      strip_rows (sh, &s[k]);
+    }
+    strip_legend (sh, &backup_words);
+  }
+  if (r == 0 && (o->json || !o->svg))
+    r = fflush (stdout) == EOF || ferror (stdout)
+      ? fail ("error writing to standard output") : 0;
+  for (k = 0; k < made; k++)
+    free (s[k].dirty);
+  free (s);
+  free (names);
+  return r ? 1 : 0;
 }

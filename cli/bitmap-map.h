@@ -29,4 +29,22 @@ struct map_options {
  * printed). */
 int bitmap_map (struct rawtrack_image *img, const struct map_options *o);
 
+/* The same pictures for anything that lies in extents on a disk: one
+ * layer a row (`backup list --map`: where each backup of a chain holds
+ * data).  walk calls add (acc, start, length, 1) for every extent the
+ * layer holds, in any order, clipped to the disk; -1 (message printed)
+ * stops. */
+typedef int (*map_add_fn) (void *acc, uint64_t start, uint64_t length,
+                           int held);
+struct map_layer {
+  const char *name;
+  int (*walk) (void *opaque, map_add_fn add, void *acc);
+  void *opaque;
+};
+/* o->cells, o->ascii, o->json and o->svg as for bitmap_map (o->image and
+ * o->name unused); what titles the picture.  Returns the exit status. */
+int map_layers (const char *what, uint64_t size, uint64_t granularity,
+                const struct map_layer *l, size_t n,
+                const struct map_options *o);
+
 #endif

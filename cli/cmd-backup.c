@@ -13,8 +13,10 @@
 #include <string.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <errno.h>
 
 #include "backup.h"
+#include "bitmap-map.h"
 
 static void
 help_main (FILE *fp)
@@ -25,7 +27,7 @@ help_main (FILE *fp)
 "                               [--control PATH | --offline]\n"
 "       %s backup restore REPO[:BACKUP] TARGET [--force] [--json]\n"
 "       %s backup verify REPO [--source SOURCE] [--json]\n"
-"       %s backup list REPO [--json]\n"
+"       %s backup list REPO [--json] [--map [--width N] [--ascii] [--svg FILE]]\n"
 "       %s backup prune REPO --keep N [--json]\n"
 "       %s backup SUBCOMMAND --help\n"
 "\n"
@@ -192,15 +194,29 @@ static void
 help_list (FILE *fp)
 {
   fprintf (fp,
-"Usage: %s backup list REPO [--json]\n"
+"Usage: %s backup list REPO [--json] [--map [--width N] [--ascii] [--svg FILE]]\n"
 "\n"
 "The backups in REPO, oldest first: id, type, parent, time, disk size,\n"
 "bytes of data, bytes of the file.\n"
 "\n"
+"With --map, a picture of where each backup holds data instead, drawn as\n"
+"`rawtrack bitmap map` draws a bitmap: the disk cut into N cells of\n"
+"whole 64 KiB clusters, one strip a backup (oldest first), each cell\n"
+"shaded by the share of it the backup stores data for (ranges a backup\n"
+"records as zeros are not shaded).  A restore of backup B reads each\n"
+"cell from the newest backup of B's chain that holds it.\n"
+"\n"
 "Options:\n"
-"  --json       print a JSON array of objects\n"
-"  -h, --help   show this help\n",
-           progname);
+"  --json         print a JSON array of objects (with --map: the cells'\n"
+"                 held bytes per backup)\n"
+"  --map          draw where each backup holds data\n"
+"  -w, --width N  --map: at most N cells, 1 to %d (default: the\n"
+"                 terminal's width, or $COLUMNS, or 80; --svg: %d)\n"
+"  --ascii        --map: ASCII shades (also when the locale is not UTF-8)\n"
+"  --svg FILE     --map: write the picture as SVG to FILE ('-': standard\n"
+"                 output), one grid of %d cells a row per backup\n"
+"  -h, --help     show this help\n",
+           progname, MAP_MAX_CELLS, MAP_SVG_DEFAULT_CELLS, MAP_SVG_COLUMNS);
 }
 
 static void
@@ -223,7 +239,8 @@ help_prune (FILE *fp)
 }
 
 enum { OPT_FULL = 256, OPT_JSON, OPT_CONN, OPT_COMPRESS, OPT_BITMAP,
-       OPT_FORCE, OPT_SOURCE, OPT_KEEP, OPT_CONTROL, OPT_OFFLINE };
+       OPT_FORCE, OPT_SOURCE, OPT_KEEP, OPT_CONTROL, OPT_OFFLINE, OPT_MAP,
+       OPT_ASCII, OPT_SVG };
 
 static const struct option long_opts[] = {
   { "full", no_argument, NULL, OPT_FULL },
@@ -236,19 +253,96 @@ static const struct option long_opts[] = {
   { "keep", required_argument, NULL, OPT_KEEP },
   { "control", required_argument, NULL, OPT_CONTROL },
   { "offline", no_argument, NULL, OPT_OFFLINE },
+  { "map", no_argument, NULL, OPT_MAP },
+  { "width", required_argument, NULL, 'w' },
+  { "ascii", no_argument, NULL, OPT_ASCII },
+  { "svg", required_argument, NULL, OPT_SVG },
   REMOTE_LONG_OPTS,
   { "help", no_argument, NULL, 'h' },
   { NULL, 0, NULL, 0 },
 };
 
+/* map_layers' walk over one backup: its data extents. */
 static int
-list (const char *dir, bool json)
+walk_backup (void *opaque, map_add_fn add, void *acc)
+{
+  const struct bk_manifest *m = opaque;
+  size_t i;
+
+  for (i = 0; i < m->n_ext; i++)
+    if (add (acc, m->ext[i].off, m->ext[i].len, 1) == -1)
+      return -1;
+  return 0;
+}
+
+/* `backup list --map`: one layer a backup, over the largest disk size. */
+static int
+list_map (struct bk_repo *r, const char *dir, struct map_options *mo)
+{
+  struct map_layer *l = calloc (r->n ? r->n : 1, sizeof *l);
+  char **names = calloc (r->n ? r->n : 1, sizeof *names);
+  char what[600];
+  uint64_t size = 0;
+  size_t i;
+  int st = BK_EXIT_OK;
+
+  if (!l || !names) {
+    free (l);
+    free (names);
+    fail ("out of memory");
+    return BK_EXIT_ERROR;
+  }
+  for (i = 0; i < r->n; i++)
+    if (r->b[i]->vsize > size)
+      size = r->b[i]->vsize;
+  for (i = 0; i < r->n && st == BK_EXIT_OK; i++) {
+    const struct bk_manifest *m = r->b[i];
+    size_t k;
+
+    /* Extents past a smaller disk's end cannot be; clip anyway. */
+    for (k = 0; k < m->n_ext; k++)
+      if (m->ext[k].off >= size || m->ext[k].len > size - m->ext[k].off) {
+        fail ("%s: backup %s lists data past the end of the disk", dir,
+              m->id);
+        st = BK_EXIT_REPO;
+      }
+    if (asprintf (&names[i], "%s (%s)", m->id,
+                  m->parent ? "incremental" : "full") == -1) {
+      names[i] = NULL;
+      fail ("out of memory");
+      st = BK_EXIT_ERROR;
+      break;
+    }
+    l[i].name = names[i];
+    l[i].walk = walk_backup;
+    l[i].opaque = r->b[i];
+  }
+  snprintf (what, sizeof what, "backups in %s", dir);
+  if (st == BK_EXIT_OK && map_layers (what, size, BK_CLUSTER, l, r->n, mo))
+    st = BK_EXIT_ERROR;
+  for (i = 0; i < r->n; i++)
+    free (names[i]);
+  free (names);
+  free (l);
+  return st;
+}
+
+static int
+list (const char *dir, bool json, struct map_options *mo)
 {
   struct bk_repo *r = bk_repo_open (dir, false, false);
   size_t i;
 
   if (!r)
     return BK_EXIT_ERROR;
+  if (mo) {
+    int st;
+
+    mo->json = json;
+    st = list_map (r, dir, mo);
+    bk_repo_close (r);
+    return st;
+  }
   if (json) {
     struct json *j = json_new (stdout, true);
 
@@ -305,7 +399,8 @@ cmd_backup (int argc, char **argv)
   struct bk_create_opts co = { .connections = 4 };
   const char *sub, *source = NULL;
   void (*help) (FILE *) = help_main;
-  bool force = false, json = false, have_keep = false;
+  struct map_options mo = { 0 };
+  bool force = false, json = false, have_keep = false, map = false;
   uint64_t keep = 0;
   int c, nargs;
 
@@ -327,7 +422,7 @@ cmd_backup (int argc, char **argv)
   argv++;
   optind = 1;
   opterr = 0;
-  while ((c = getopt_long (argc, argv, "h", long_opts, NULL)) != -1) {
+  while ((c = getopt_long (argc, argv, "hw:", long_opts, NULL)) != -1) {
     const char *err;
     unsigned remote_flags = 0;
     int rr = remote_option (c, optarg, &remote_flags);
@@ -359,6 +454,20 @@ cmd_backup (int argc, char **argv)
       co.connections = (int) v;
       break;
     }
+    case OPT_MAP: map = true; break;
+    case OPT_ASCII: mo.ascii = true; break;
+    case OPT_SVG: mo.svg = optarg; break;
+    case 'w': {
+      char *e;
+
+      errno = 0;
+      mo.cells = strtoull (optarg, &e, 10);
+      if (errno || e == optarg || *e || optarg[0] == '-' || mo.cells == 0 ||
+          mo.cells > MAP_MAX_CELLS)
+        return usage_error ("backup", "--width '%s': expected a number of "
+                            "cells, 1 to %d", optarg, MAP_MAX_CELLS);
+      break;
+    }
     case OPT_KEEP:
       if (parse_size (optarg, &keep, &err) == -1 || keep < 1 ||
           strspn (optarg, "0123456789") != strlen (optarg))
@@ -379,12 +488,19 @@ cmd_backup (int argc, char **argv)
        (strcmp (sub, "verify") != 0 || !source)) ||
       (strcmp (sub, "restore") != 0 && force) ||
       (strcmp (sub, "verify") != 0 && source) ||
-      (strcmp (sub, "prune") != 0 && have_keep))
+      (strcmp (sub, "prune") != 0 && have_keep) ||
+      (strcmp (sub, "list") != 0 && (map || mo.cells || mo.ascii || mo.svg)))
     return usage_error ("backup", "an option given does not apply to "
                         "'backup %s'", sub);
   if (co.control && co.offline)
     return usage_error ("backup", "--control and --offline exclude each "
                         "other");
+  if (!map && (mo.cells || mo.ascii || mo.svg))
+    return usage_error ("backup", "--width, --ascii and --svg draw the "
+                        "picture of --map: give --map too");
+  if (map && json && mo.svg && strcmp (mo.svg, "-") == 0)
+    return usage_error ("backup", "--json and --svg - would both write to "
+                        "standard output");
   if (argc - optind != nargs)
     return usage_error ("backup", "'backup %s' takes %d argument%s, %d "
                         "given", sub, nargs, nargs > 1 ? "s" : "",
@@ -394,7 +510,7 @@ cmd_backup (int argc, char **argv)
   if (strcmp (sub, "restore") == 0)
     return bk_restore (argv[optind], argv[optind + 1], force, json);
   if (strcmp (sub, "list") == 0)
-    return list (argv[optind], json);
+    return list (argv[optind], json, map ? &mo : NULL);
   if (strcmp (sub, "verify") == 0)
     return bk_verify (argv[optind], source, co.bitmap, json);
   if (!have_keep)
