@@ -129,7 +129,10 @@ for (( round = 1; round <= rounds; round++ )); do
   check "round $round: server killed at random"
 done
 stop_server
-qemu-img check -q disk.qcow2 || die "qemu-img check of the image"
+# kill -9 of the server may leak a cluster (as in QEMU: harmless, what
+# test-kill9 allows too); nothing worse.
+st=0; qemu-img check -q disk.qcow2 || st=$?
+[ "$st" = 0 ] || [ "$st" = 3 ] || die "qemu-img check of the image: exit $st"
 for f in repo/*.qcow2; do qemu-img check -q "$f" || die "$f: qemu-img check"; done
 "$RAWTRACK" backup verify repo >/dev/null || die "backup verify"
 echo "$progname: ok ($rounds rounds)"
