@@ -39,7 +39,9 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 fi
 export PYTHON
-# A bare `python3` in a test means the same interpreter.
+# A bare `python3` in a test means the same interpreter.  (A job put in
+# the background must run "$PYTHON" itself: the $! of a function is the
+# subshell running it, and killing that leaves python running.)
 python3 ()
 {
   "$PYTHON" "$@"

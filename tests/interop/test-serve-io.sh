@@ -180,7 +180,7 @@ stop_server ()
 start_server term.qcow2
 qemu-io -f raw -c "write -P 0x61 0 1M" "nbd+unix:///?socket=$sock" >/dev/null
 rm -f idle.ready
-python3 - "$sock" <<'EOF' &
+"$PYTHON" - "$sock" <<'EOF' &
 import socket, struct, sys, time
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
