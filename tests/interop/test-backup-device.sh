@@ -6,6 +6,8 @@
 #     restore draw a progress bar on stderr: percent, bytes done of total,
 #     rate and time left; without a terminal (and with
 #     RAWTRACK_NO_PROGRESS) nothing of it is printed.
+#     The chain top reads as the disk through qemu-img convert and
+#     through qemu-nbd (nbdcopy), without rawtrack.
 #  2. (root, losetup) restore --force onto a loop block device: the device
 #     reads back the backup byte for byte; without --force it is refused.
 set -euo pipefail
@@ -38,6 +40,23 @@ grep -q '%' err.txt && die "a progress bar without a terminal: $(cat err.txt)"
 RAWTRACK_NO_PROGRESS=1 script -qec "'$RT' backup create disk.qcow2 repo" /dev/null >tty3.out </dev/null
 grep -aq 'left' tty3.out && die "RAWTRACK_NO_PROGRESS ignored: $(cat -v tty3.out)"
 export RAWTRACK_NO_PROGRESS=1
+
+# ---- 1b. QEMU reads the chain top without rawtrack ------------------------
+# (an incremental over the full: qemu-img convert and qemu-nbd + nbdcopy)
+printf '%s\n' "write -P 0x66 5M 100k" "write -z 13M 64k" >cmds
+"$RT" io disk.qcow2 -f cmds >/dev/null
+top="repo/$("$RT" backup create disk.qcow2 repo).qcow2"
+qemu-img convert -O raw "$top" conv.raw
+cmp conv.raw disk.raw || die "qemu-img convert of the chain top differs"
+if command -v qemu-nbd >/dev/null && command -v nbdcopy >/dev/null; then
+  qemu-nbd -r -t -f qcow2 -k "$tmpdir/top.sock" "$top" &
+  npid=$!
+  cleanup_fn kill "$npid"
+  for _ in $(seq 100); do [ -S "$tmpdir/top.sock" ] && break; sleep 0.05; done
+  nbdcopy "nbd+unix:///?socket=$tmpdir/top.sock" nbd.raw
+  kill "$npid"; wait "$npid" 2>/dev/null || true
+  cmp nbd.raw disk.raw || die "the chain top served by qemu-nbd differs"
+fi
 
 # ---- 2. restore onto a block device -----------------------------------------
 [ "$(id -u)" = 0 ] && command -v losetup >/dev/null || skip "part 2 needs root and losetup"
