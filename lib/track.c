@@ -16,9 +16,13 @@
  *   under-report.
  *
  * HOW (DRBD's activity log and md's write-intent bitmap, in qcow2 terms)
- *   1. While tracking, every tracked bitmap has ALL its data clusters
- *      allocated, contiguously, so stream byte j is at data_off + j: bits
- *      are updated in place, never by allocation in the write path.
+ *   1. Starting reads each tracked bitmap's table and nothing else: cost
+ *      O(bitmap directory + tables), whatever the disk size.  A commit
+ *      loads the 4 KiB blocks of the bit stream it is about to change
+ *      (ensure_loaded), gives a cluster that has none a new one and
+ *      publishes it before its bits count (need_clusters, publish_new:
+ *      the order is written there), and updates bits in place.  All-zero
+ *      clusters stay table entries 0, as QEMU writes them.
  *   2. The disk is cut into extents of 2^ext_bits bytes (1 MiB: small,
  *      so that a scattered write marks little).  An extent is HOT when, on disk, every bit covering it is set in every
  *      tracked bitmap.  A write into a hot extent, or into granules whose
@@ -52,11 +56,14 @@
  *      IDLE COOLING: the committer thread also cools every hot extent no
  *      write touched for idle_ms (1 s; idle_sweep), so the over-report
  *      decays to nothing once writes stop.
- *   5. Exact bits are kept in memory.  Every write sets its granules in
- *      ONE shared `delta` bitmap (finest granularity, atomic word
- *      operations) before its data is issued, whatever the number of
- *      bitmaps; the delta is folded into each bitmap's `base` when an
- *      extent cools and at close.  A write that passes without the lock
+ *   5. Exact bits are kept in memory, sparse (bitmap-mem.c): memory
+ *      follows what was written.  Every write sets its granules in ONE
+ *      shared `delta` bitmap (finest granularity, atomic word operations)
+ *      before its data is issued, whatever the number of bitmaps; the
+ *      delta is folded into ONE `written` bitmap when an extent cools and
+ *      at close.  A bitmap's exact bits are orig | written | delta at its
+ *      granularity, orig being its bits at open, kept for the blocks
+ *      loaded.  A write that passes without the lock
  *      re-checks a per-extent sequence number that is odd while the
  *      extent is being cooled (see fast_path), so every write that passed
  *      is in the cooling snapshot.
@@ -124,14 +131,25 @@ struct range { uint64_t lo, hi; };
 DEFINE_VECTOR_TYPE (range_list, struct range, rt_realloc)
 DEFINE_VECTOR_TYPE (extent_list, uint64_t, rt_realloc)
 
+struct newc { uint32_t index; bool fresh; };
+
 struct tbm {                       /* one tracked bitmap */
   uint32_t dir_index;
   uint32_t gran_bits;
-  struct bitmap_mem *base;         /* exact bits folded so far */
-  uint8_t *disk;                   /* what was last written to disk */
+  uint64_t nbits;
+  uint64_t *table;                 /* its bitmap table, host order: what the
+                                    * tracker allocated (published or in
+                                    * newc) */
+  uint32_t table_size;
+  uint64_t table_offset;
   uint64_t disk_len;               /* table_size * cluster size */
-  uint64_t data_off;               /* stream byte j at data_off + j */
-  struct range_list wr;            /* sectors to write in this commit */
+  uint64_t *loaded;                /* bit per stream block of t->lb bytes:
+                                    * orig and disk hold its bits */
+  struct bitmap_mem *orig;         /* the bits at open (loaded blocks) */
+  struct bitmap_mem *disk;         /* what the disk holds (loaded blocks) */
+  struct range_list wr;            /* stream bytes to write in this commit */
+  struct newc *newc;               /* clusters allocated, not yet published */
+  uint32_t nr_newc, cap_newc;
 };
 
 struct track {
@@ -140,7 +158,9 @@ struct track {
   pthread_cond_t cond;
   struct tbm *bm;
   uint32_t nr;
-  struct bitmap_mem *delta;        /* writes not yet folded into bases */
+  uint64_t lb;                     /* stream block: min (4096, cluster) */
+  struct bitmap_mem *written;      /* every write since open, folded */
+  struct bitmap_mem *delta;        /* writes not yet folded into written */
   struct bitmap_mem *summary;      /* set: dirty on disk in every bitmap */
   uint32_t ext_bits;
   uint64_t nr_ext;
@@ -154,6 +174,8 @@ struct track {
   struct extent_list stale;        /* cold, but all-ones may be on disk */
   struct rawtrack_io_vec *vec;     /* every bitmap's wr, for write_sectors */
   size_t cap_vec;
+  uint8_t *scratch;                /* the bytes vec points at */
+  size_t cap_scratch;
   bool committing;
   uint64_t commits;                /* completed commit rounds */
   int last_err;                    /* errno of the last failed commit */
@@ -178,28 +200,6 @@ struct track {
 };
 
 /* ---- small helpers ---------------------------------------------------- */
-
-static void
-bits_set (uint8_t *p, uint64_t lo, uint64_t hi)
-{
-  for (; lo < hi && (lo & 7); lo++)
-    p[lo >> 3] |= (uint8_t) (1u << (lo & 7));
-  if (hi - lo >= 8) {
-    memset (p + (lo >> 3), 0xff, (hi - lo) >> 3);
-    lo += (hi - lo) & ~7ull;
-  }
-  for (; lo < hi; lo++)
-    p[lo >> 3] |= (uint8_t) (1u << (lo & 7));
-}
-
-static void
-bit_put (uint8_t *p, uint64_t bit, bool v)
-{
-  if (v)
-    p[bit >> 3] |= (uint8_t) (1u << (bit & 7));
-  else
-    p[bit >> 3] &= (uint8_t) ~(1u << (bit & 7));
-}
 
 /* Guest range of extent e, clipped to the disk. */
 static void
@@ -234,76 +234,236 @@ add_write (struct tbm *b, uint64_t byte_lo, uint64_t byte_hi)
   return range_list_append (&b->wr, r);
 }
 
-/* ---- start ------------------------------------------------------------ */
+/* ---- the bitmaps' clusters, loaded and allocated where touched --------- *
+ * Nothing of a bitmap is read when tracking starts but its table.  A
+ * commit that sets or cools bits first loads the stream blocks holding
+ * them (ensure_loaded: orig and disk get the bits on disk, which are the
+ * bits at open, as nothing else wrote them since), and gives a cluster
+ * that has none (table entry 0 or all-ones) a new one (need_cluster).
+ * A new cluster is published by the commit that needs it, in this order
+ * (publish_new):
+ *   1. its refcount (qcow2_alloc_clusters) and its whole contents written;
+ *   2. flush (SAFE);
+ *   3. the table sector holding its entry rewritten in place;
+ *   4. the commit's sector writes, log, flush as before.
+ * So a table entry never points at a cluster that is not yet written and
+ * counted; a crash before 3 leaks the cluster at worst.  A commit that
+ * fails keeps its new clusters in newc, and the next commit publishes
+ * them.  Clusters are never freed while tracking. */
 
-/* Give bitmap b a contiguous, fully allocated data area holding its bits,
- * reusing the current one when it already is.  Returns 1 if the directory
- * entry changed (new table offset).  img->lock held. */
+static bool
+block_loaded (const struct tbm *b, uint64_t k)
+{
+  return (b->loaded[k >> 6] >> (k & 63)) & 1;
+}
+
+static void
+block_mark (struct tbm *b, uint64_t k)
+{
+  b->loaded[k >> 6] |= 1ull << (k & 63);
+}
+
+/* Give stream block k the bits on disk.  track->lock held. */
 static int
-make_dense (struct rawtrack_image *img, struct tbm *b,
-            const struct bitmap_dir *dir, struct bitmap_entry *e,
-            struct cluster_list *allocated, struct cluster_list *to_free)
+load_block (struct rawtrack_image *img, struct track *t, struct tbm *b,
+            uint64_t k, uint8_t *buf)
 {
   const uint64_t cs = img->cluster_size;
-  uint64_t *table = NULL, i, tclusters;
-  uint8_t *tbl = NULL;
-  int64_t data, toff;
-  bool dense = true;
+  uint64_t j = k * t->lb, entry = b->table[j / cs];
+  uint64_t off = entry & BME_TABLE_ENTRY_OFFSET_MASK;
+
+  if (off) {
+    if (io_read (img->file, buf, t->lb, off + j % cs, "bitmap data") == -1)
+      return -1;
+    bitmap_mem_load (b->orig, j, t->lb, buf);
+    bitmap_mem_load (b->disk, j, t->lb, buf);
+  }
+  else if (entry & BME_TABLE_ENTRY_FLAG_ALL_ONES) {
+    bitmap_mem_fill (b->orig, j, t->lb, true);
+    bitmap_mem_fill (b->disk, j, t->lb, true);
+  }
+  block_mark (b, k);
+  return 0;
+}
+
+/* Load every stream block of bitmap b meeting stream bytes [lo, hi). */
+static int
+ensure_loaded (struct rawtrack_image *img, struct track *t, struct tbm *b,
+               uint64_t lo, uint64_t hi)
+{
+  uint8_t buf[4096];
+  uint64_t k;
+
+  for (k = lo / t->lb; k * t->lb < hi; k++)
+    if (!block_loaded (b, k) && load_block (img, t, b, k, buf) == -1) {
+      rt_prefix_error ("loading bitmap bits for tracking: ");
+      return -1;
+    }
+  return 0;
+}
+
+/* Give every cluster of b meeting stream bytes [lo, hi) a data cluster.
+ * track->lock held; takes img->lock. */
+static int
+need_clusters (struct rawtrack_image *img, struct track *t, struct tbm *b,
+               uint64_t lo, uint64_t hi)
+{
+  const uint64_t cs = img->cluster_size;
+  uint64_t ci;
+
+  for (ci = lo / cs; ci * cs < hi; ci++) {
+    int64_t fsize, off;
+    bool fresh;
+
+    if (b->table[ci] & BME_TABLE_ENTRY_OFFSET_MASK)
+      continue;
+    /* Its bits are 0 or 1 as the entry says: load without I/O. */
+    if (ensure_loaded (img, t, b, ci * cs, (ci + 1) * cs) == -1)
+      return -1;
+    if (b->nr_newc == b->cap_newc) {
+      uint32_t cap = b->cap_newc ? b->cap_newc * 2 : 8;
+      struct newc *n = rt_realloc (b->newc, cap * sizeof *n);
+
+      if (!n)
+        return -1;
+      b->newc = n;
+      b->cap_newc = cap;
+    }
+    pthread_mutex_lock (&img->lock);
+    fsize = rawtrack_io_get_size (img->file);
+    off = fsize < 0 ? -1 : qcow2_alloc_clusters (img, 1);
+    pthread_mutex_unlock (&img->lock);
+    if (off < 0) {
+      if (fsize < 0)
+        set_error (errno ? errno : EIO, "reading the image file size");
+      rt_prefix_error ("allocating a bitmap cluster: ");
+      return -1;
+    }
+    /* Past the old end of the file the cluster reads as zeros already:
+     * only its non-zero blocks need writing (publish_new). */
+    fresh = off >= fsize;
+    b->table[ci] = (uint64_t) off;
+    b->newc[b->nr_newc++] = (struct newc) { (uint32_t) ci, fresh };
+  }
+  return 0;
+}
+
+static bool
+all_zero (const uint8_t *p, uint64_t n)
+{
+  uint64_t i;
+
+  for (i = 0; i < n; i++)
+    if (p[i])
+      return false;
+  return true;
+}
+
+/* Steps 1 to 3 above for every new cluster of every bitmap.  Only the
+ * commit leader runs it; the clusters and tables are the tracker's. */
+static int
+publish_new (struct rawtrack_image *img, struct track *t)
+{
+  const uint64_t cs = img->cluster_size;
+  uint64_t wb = MIN ((uint64_t) WR_BLOCK, cs);
+  uint8_t *buf = NULL, sector[512];
+  uint32_t k, i;
+  bool any = false;
   int r = -1;
 
-  /* The area is rewritten in place at every commit, and the old clusters
-   * are freed when it moves: they must be this bitmap's alone. */
-  if (bitmap_check_owned (img, dir, b->dir_index) == -1)
-    return -1;
-  b->disk_len = (uint64_t) e->table_size * cs;
-  b->disk = rt_calloc (1, b->disk_len);
-  if (!b->disk)
-    return -1;
-  bitmap_mem_store (b->base, 0, bitmap_mem_stream_bytes (b->base), b->disk);
-
-  if (bitmap_table_read (img, e, &table) == -1)
-    return -1;
-  for (i = 0; i < e->table_size; i++)
-    if (table[i] != (table[0] & BME_TABLE_ENTRY_OFFSET_MASK) + i * cs ||
-        table[0] == 0) {
-      dense = false;
-      break;
-    }
-  if (dense) {
-    b->data_off = table[0];
-    free (table);
+  for (k = 0; k < t->nr; k++)
+    any |= t->bm[k].nr_newc > 0;
+  if (!any)
     return 0;
-  }
+  buf = rt_malloc (cs);
+  if (!buf)
+    return -1;
+  for (k = 0; k < t->nr; k++) {
+    struct tbm *b = &t->bm[k];
 
-  data = qcow2_alloc_clusters (img, e->table_size);
-  if (data < 0 || cluster_list_add (allocated, (uint64_t) data,
-                                    e->table_size) == -1)
+    for (i = 0; i < b->nr_newc; i++) {
+      uint64_t ci = b->newc[i].index, off = b->table[ci], j;
+
+      bitmap_mem_store (b->disk, ci * cs, cs, buf);
+      for (j = 0; j < cs; j += wb) {
+        /* The last block always: the file covers the whole cluster. */
+        if (b->newc[i].fresh && j + wb < cs && all_zero (buf + j, wb))
+          continue;
+        if (io_write (img->file, buf + j, wb, off + j, "bitmap data") == -1)
+          goto out;
+      }
+    }
+  }
+  if (t->mode == MODE_SAFE && io_flush (img->file, "image file") == -1)
     goto out;
-  if (io_write (img->file, b->disk, b->disk_len, (uint64_t) data,
-                "bitmap data") == -1)
-    goto out;
-  tclusters = DIV_ROUND_UP ((uint64_t) e->table_size * 8, cs);
-  tbl = rt_calloc (tclusters, cs);
-  if (!tbl)
-    goto out;
-  for (i = 0; i < e->table_size; i++)
-    be64_store (tbl + i * 8, (uint64_t) data + i * cs);
-  toff = qcow2_alloc_clusters (img, tclusters);
-  if (toff < 0 || cluster_list_add (allocated, (uint64_t) toff,
-                                    tclusters) == -1)
-    goto out;
-  if (io_write (img->file, tbl, tclusters * cs, (uint64_t) toff,
-                "bitmap table") == -1)
-    goto out;
-  if (bitmap_collect_clusters (img, e, to_free) == -1)
-    goto out;
-  e->table_offset = (uint64_t) toff;
-  b->data_off = (uint64_t) data;
-  r = 1;
+  for (k = 0; k < t->nr; k++) {
+    struct tbm *b = &t->bm[k];
+
+    for (i = 0; i < b->nr_newc; i++) {
+      uint64_t first = (uint64_t) b->newc[i].index / 64 * 64, e;
+
+      memset (sector, 0, sizeof sector);
+      for (e = first; e < first + 64 && e < b->table_size; e++)
+        be64_store (sector + (e - first) * 8, b->table[e]);
+      if (io_write (img->file, sector, sizeof sector,
+                    b->table_offset + first * 8, "bitmap table") == -1)
+        goto out;
+    }
+  }
+  r = 0;
  out:
-  free (table);
-  free (tbl);
+  free (buf);
   return r;
+}
+
+/* After a commit's final flush: the new clusters are published. */
+static void
+published (struct track *t)
+{
+  uint32_t k;
+
+  for (k = 0; k < t->nr; k++)
+    t->bm[k].nr_newc = 0;
+}
+
+/* ---- start ------------------------------------------------------------ */
+
+/* Read bitmap dir_index's table for tracking (its bits stay on disk).
+ * img->lock held. */
+static int
+tbm_open (struct rawtrack_image *img, struct tbm *b, uint32_t dir_index)
+{
+  const struct bitmap_entry *e = &img->bitmaps.entries[dir_index];
+  uint64_t need = bitmap_table_size_for (img->virtual_size,
+                                         e->granularity_bits,
+                                         img->cluster_size);
+
+  if (e->table_size != need)
+    return set_corrupt ("bitmap '%s': its table has %" PRIu32 " entries, "
+                        "the virtual size needs %" PRIu64, e->name,
+                        e->table_size, need);
+  /* Bits and table entries are rewritten in place at every commit,
+   * cooling and close: the clusters must be this bitmap's alone. */
+  if (bitmap_check_owned (img, &img->bitmaps, dir_index) == -1)
+    return -1;
+  b->dir_index = dir_index;
+  b->gran_bits = e->granularity_bits;
+  b->table_size = e->table_size;
+  b->table_offset = e->table_offset;
+  b->disk_len = (uint64_t) e->table_size * img->cluster_size;
+  if (bitmap_table_read (img, e, &b->table) == -1)
+    return -1;
+  b->orig = bitmap_mem_new (img->virtual_size, 1u << e->granularity_bits);
+  b->disk = bitmap_mem_new (img->virtual_size, 1u << e->granularity_bits);
+  if (!b->orig || !b->disk)
+    return -1;
+  b->nbits = bitmap_mem_nbits (b->orig);
+  /* One bit per stream block of min (4 KiB, cluster) bytes. */
+  b->loaded = rt_calloc (DIV_ROUND_UP (DIV_ROUND_UP (b->disk_len,
+                                                     MIN (4096u,
+                                                          img->cluster_size)),
+                                       64) + 1, sizeof *b->loaded);
+  return b->loaded ? 0 : -1;
 }
 
 static void
@@ -314,11 +474,15 @@ track_free (struct track *t)
   if (!t)
     return;
   for (i = 0; i < t->nr; i++) {
-    bitmap_mem_free (t->bm[i].base);
-    free (t->bm[i].disk);
+    bitmap_mem_free (t->bm[i].orig);
+    bitmap_mem_free (t->bm[i].disk);
+    free (t->bm[i].table);
+    free (t->bm[i].loaded);
     range_list_reset (&t->bm[i].wr);
+    free (t->bm[i].newc);
   }
   free (t->bm);
+  bitmap_mem_free (t->written);
   bitmap_mem_free (t->delta);
   bitmap_mem_free (t->summary);
   free (t->est);
@@ -329,6 +493,7 @@ track_free (struct track *t)
   extent_list_reset (&t->pend);
   extent_list_reset (&t->stale);
   free (t->vec);
+  free (t->scratch);
   pthread_mutex_destroy (&t->lock);
   pthread_cond_destroy (&t->cond);
   pthread_cond_destroy (&t->kick);
@@ -356,9 +521,7 @@ int
 track_start (struct rawtrack_image *img)
 {
   struct track *t;
-  struct bitmap_update u;
   uint32_t i, min_gran = 31;
-  bool dir_changed = false, in_update = false;
   int r = -1;
 
   /* Crash-safe tracking rests on syncing the image file: a backend that
@@ -437,13 +600,11 @@ track_start (struct rawtrack_image *img)
      * already (QEMU does not track them either). */
     if (!(e->flags & BME_FLAG_AUTO) || (e->flags & BME_FLAG_IN_USE))
       continue;
-    b->dir_index = i;
-    b->gran_bits = e->granularity_bits;
-    if (bitmap_load (img, e, &b->base) == -1) {
-      rt_prefix_error ("loading bitmap '%s' for tracking: ", e->name);
+    t->nr++;                       /* (so that track_free frees it) */
+    if (tbm_open (img, b, i) == -1) {
+      rt_prefix_error ("bitmap '%s' for tracking: ", e->name);
       goto out;
     }
-    t->nr++;
     if (b->gran_bits < min_gran)
       min_gran = b->gran_bits;
     if (b->gran_bits > t->ext_bits)
@@ -454,8 +615,10 @@ track_start (struct rawtrack_image *img)
     goto out;
   }
 
+  t->lb = MIN (4096u, img->cluster_size);
   t->delta = bitmap_mem_new (img->virtual_size, 1u << min_gran);
-  if (!t->delta)
+  t->written = bitmap_mem_new (img->virtual_size, 1u << min_gran);
+  if (!t->delta || !t->written)
     goto out;
   /* A 512-byte sector holds 4096 bits of the finest bitmap. */
   t->span = MAX ((4096ull << min_gran) >> t->ext_bits, 1);
@@ -477,53 +640,13 @@ track_start (struct rawtrack_image *img)
   if (!t->summary || !t->est || !t->seq || !t->ref || !t->quiet || !t->hot)
     goto out;
 
-  if (bitmap_update_begin (img, &u, 0) == -1)
-    goto out;
-  in_update = true;
-  for (i = 0; i < t->nr; i++) {
-    struct bitmap_entry *e = &u.dir.entries[t->bm[i].dir_index];
-    int d = make_dense (img, &t->bm[i], &u.dir, e, &u.allocated, &u.old);
-
-    if (d == -1)
-      goto out;
-    if (d == 1)
-      dir_changed = true;
-  }
-  in_update = false;
-  if (dir_changed) {
-    if (bitmap_update_commit (img, &u) == -1)
-      goto out;
-  }
-  else
-    bitmap_update_end (img, &u, false);
-
-  /* summary = AND of all bases (what is set on disk in every bitmap). */
-  bitmap_mem_set_all (t->summary);
-  for (i = 0; i < t->nr; i++) {
-    uint64_t pos = 0, start, len;
-    int64_t c;
-
-    while (pos < img->virtual_size &&
-           (c = bitmap_mem_next_clean (t->bm[i].base, pos,
-                                       img->virtual_size)) >= 0) {
-      start = (uint64_t) c;
-      if (bitmap_mem_next_dirty_area (t->bm[i].base, start,
-                                      img->virtual_size, &pos, &len))
-        len = pos - start;
-      else
-        len = img->virtual_size - start;
-      bitmap_mem_clear (t->summary, start, len);
-      pos = start + len;
-    }
-  }
-
+  /* summary starts clean: a write to bits that are dirty on disk already
+   * commits once per extent (nothing is read to know better). */
   if (track_log_install (img, t->max_hot, t->ext_bits, &t->log_off) == -1)
     goto out;
   r = 0;
 
  out:
-  if (in_update)
-    bitmap_update_end (img, &u, true);
   pthread_mutex_unlock (&img->lock);
   if (r == -1) {
     track_free (t);
@@ -548,13 +671,13 @@ static void
 fold_run (void *opaque, uint64_t start, uint64_t len)
 {
   struct track *t = opaque;
-  uint32_t i;
 
-  for (i = 0; i < t->nr; i++)
-    bitmap_mem_set (t->bm[i].base, start, len);
+  bitmap_mem_set (t->written, start, len);
 }
 
-/* Move delta's bits over guest [start, end) into every base.  Writers may
+/* Move delta's bits over guest [start, end) into written (one record for
+ * every bitmap: the exact bits of bitmap b are orig | written | delta at
+ * b's granularity).  Writers may
  * be setting delta bits in that range at this very moment (fast_path sets
  * them before it checks the extent's state): each word is taken and
  * cleared in one atomic step, so a concurrent bit is either folded now or
@@ -612,7 +735,7 @@ neighbour_busy (const struct track *t, uint64_t bs, uint64_t be, uint64_t v)
  * its delta bits, fences, then reads the summary; this side clears the
  * summary, fences, then takes the delta: either the writer sees the
  * summary cleared and takes the locked path, or its bits are in the fold
- * and keep the bit set (cool_prepare reads base after this).
+ * and keep the bit set (cool_prepare reads written after this).
  * track->lock held. */
 static void
 withdraw_coarse (struct rawtrack_image *img, struct track *t, uint64_t v,
@@ -629,7 +752,11 @@ withdraw_coarse (struct rawtrack_image *img, struct track *t, uint64_t v,
       continue;
     bs = ROUND_DOWN (start, 1ull << b->gran_bits);
     be = MIN (bs + (1ull << b->gran_bits), img->virtual_size);
-    if (bitmap_mem_get (b->base, bs) || neighbour_busy (t, bs, be, v))
+    /* (orig is what the disk held at open where its block is loaded, and
+     * reads clean elsewhere: withdrawing then is merely cautious.) */
+    if (bitmap_mem_get (b->orig, bs) ||
+        bitmap_mem_next_dirty (t->written, bs, be) >= 0 ||
+        neighbour_busy (t, bs, be, v))
       continue;
     bitmap_mem_clear_atomic (t->summary, bs, be - bs);
     ws = MIN (ws, bs);
@@ -643,7 +770,9 @@ withdraw_coarse (struct rawtrack_image *img, struct track *t, uint64_t v,
 
 /* Replace extent v's all-ones with exact bits (track->lock held).  With
  * force, write its sectors even where disk (what rawtrack last wrote)
- * already holds them: after a failed commit the file may not. */
+ * already holds them: after a failed commit the file may not.  The exact
+ * bit of bitmap b over [bs, be) is orig | written there (delta folded
+ * over v, and over the whole of a coarse bit by withdraw_coarse). */
 static int
 cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v,
               bool force)
@@ -659,24 +788,33 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v,
   bitmap_mem_set_atomic (t->summary, start, end - start);
   for (i = 0; i < t->nr; i++) {
     struct tbm *b = &t->bm[i];
-    uint64_t nbits = bitmap_mem_nbits (b->base), g = 1ull << b->gran_bits;
+    uint64_t g = 1ull << b->gran_bits;
 
-    bit_range (b, nbits, start, end, &lo, &hi);
+    bit_range (b, b->nbits, start, end, &lo, &hi);
+    if (hi <= lo)
+      continue;
+    if (ensure_loaded (img, t, b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1 ||
+        need_clusters (img, t, b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1)
+      return -1;
     changed = force;
     for (bit = lo; bit < hi; bit++) {
-      uint64_t bs = bit * g, be = bs + g;
-      bool v1 = bitmap_mem_get (b->base, bs);
+      uint64_t bs = bit * g, be = MIN (bs + g, img->virtual_size);
+      bool v1 = bitmap_mem_get (b->orig, bs) ||
+                bitmap_mem_next_dirty (t->written, bs, be) >= 0;
 
       /* A bit that also covers a hot or pending extent stays set. */
-      if (!v1 && (bs < start || be > end) &&
-          neighbour_busy (t, bs, MIN (be, img->virtual_size), v))
+      if (!v1 && (bs < start || be > end) && neighbour_busy (t, bs, be, v))
         v1 = true;
-      if (v1 != !!(b->disk[bit >> 3] & (1u << (bit & 7)))) {
-        bit_put (b->disk, bit, v1);
+      if (v1 != bitmap_mem_get (b->disk, bs)) {
+        if (v1)
+          bitmap_mem_set (b->disk, bs, 1);
+        else
+          bitmap_mem_clear (b->disk, bs, 1);
         changed = true;
       }
       if (!v1) {
         uint64_t cs = MAX (bs, start), ce = MIN (be, end);
+
         if (ce > cs)
           bitmap_mem_clear_atomic (t->summary, cs, ce - cs);
       }
@@ -689,7 +827,8 @@ cool_prepare (struct rawtrack_image *img, struct track *t, uint64_t v,
   return 0;
 }
 
-/* Set every bit covering extent e in each disk image (track->lock held). */
+/* Set every bit covering extent e in each disk image (track->lock held).
+ * The blocks are loaded first: orig keeps the bits at open. */
 static int
 hot_prepare (struct rawtrack_image *img, struct track *t, uint64_t e)
 {
@@ -700,10 +839,13 @@ hot_prepare (struct rawtrack_image *img, struct track *t, uint64_t e)
   for (i = 0; i < t->nr; i++) {
     struct tbm *b = &t->bm[i];
 
-    bit_range (b, bitmap_mem_nbits (b->base), start, end, &lo, &hi);
+    bit_range (b, b->nbits, start, end, &lo, &hi);
     if (hi <= lo)
       continue;
-    bits_set (b->disk, lo, hi);
+    if (ensure_loaded (img, t, b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1 ||
+        need_clusters (img, t, b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1)
+      return -1;
+    bitmap_mem_set (b->disk, start, end - start);
     if (add_write (b, lo / 8, DIV_ROUND_UP (hi, 8)) == -1)
       return -1;
   }
@@ -718,23 +860,67 @@ range_cmp (const void *a, const void *b)
   return (x->lo > y->lo) - (x->lo < y->lo);
 }
 
-/* Write the sectors every bitmap queued (its wr ranges).  SAFE mode hands
- * them to the backend as ONE batch: the commit is about to wait for the
- * device anyway, and n scattered sectors submitted together cost about
- * one round trip where page-cache writes would trickle out one by one at
- * the sync (io-file-aio.c; 64 bitmaps: ~5 ms a commit instead of ~14).
+/* Is cluster ci of b among the new ones (written whole by publish_new)? */
+static bool
+is_new (const struct tbm *b, uint64_t ci)
+{
+  uint32_t i;
+
+  for (i = 0; i < b->nr_newc; i++)
+    if (b->newc[i].index == ci)
+      return true;
+  return false;
+}
+
+/* Write the sectors every bitmap queued (its wr ranges: stream bytes,
+ * mapped through the table cluster by cluster; those of new clusters go
+ * with the whole cluster in publish_new).  SAFE mode hands them to the
+ * backend as ONE batch: the commit is about to wait for the device
+ * anyway, and n scattered sectors submitted together cost about one
+ * round trip where page-cache writes would trickle out one by one at the
+ * sync (io-file-aio.c; 64 bitmaps: ~5 ms a commit instead of ~14).
  * PROCESS mode only needs them in the kernel: plain page-cache writes. */
 static int
 write_sectors (struct rawtrack_image *img, struct track *t)
 {
+  const uint64_t cs = img->cluster_size;
+  const uint64_t wb = MIN ((uint64_t) WR_BLOCK, cs);
   bool batch = t->mode == MODE_SAFE;
-  size_t n = 0, w;
+  size_t n = 0, w, bytes = 0, used = 0;
   uint32_t k;
 
-  for (k = 0; k < t->nr; k++)
-    n += t->bm[k].wr.len;
-  if (n == 0)
-    return 0;
+  for (k = 0; k < t->nr; k++) {
+    struct tbm *b = &t->bm[k];
+    size_t m = 0;
+
+    if (b->wr.len == 0)               /* (wr is NULL until first used) */
+      continue;
+    /* A batch goes in whole filesystem blocks: ext4 makes a sub-block
+     * direct write wait for every other one in flight, which would undo
+     * the batch.  The bytes around the sectors are what the disk holds
+     * already (disk is the on-disk image, and a block never spans two
+     * clusters nor leaves a loaded stream block), so a torn wider write
+     * is still a superset.  Ranges are sorted and merged. */
+    for (w = 0; w < b->wr.len; w++) {
+      if (batch) {
+        b->wr.ptr[w].lo = ROUND_DOWN (b->wr.ptr[w].lo, wb);
+        b->wr.ptr[w].hi = MIN (ROUND_UP (b->wr.ptr[w].hi, wb), b->disk_len);
+      }
+    }
+    qsort (b->wr.ptr, b->wr.len, sizeof *b->wr.ptr, range_cmp);
+    for (w = 1; w < b->wr.len; w++) {
+      if (b->wr.ptr[w].lo <= b->wr.ptr[m].hi)
+        b->wr.ptr[m].hi = MAX (b->wr.ptr[m].hi, b->wr.ptr[w].hi);
+      else
+        b->wr.ptr[++m] = b->wr.ptr[w];
+    }
+    b->wr.len = m + 1;
+    for (w = 0; w < b->wr.len; w++)
+      /* at most one piece per cluster met, plus one */
+      n += (b->wr.ptr[w].hi - 1) / cs - b->wr.ptr[w].lo / cs + 1;
+    for (w = 0; w < b->wr.len; w++)
+      bytes += b->wr.ptr[w].hi - b->wr.ptr[w].lo;
+  }
   if (n > t->cap_vec) {
     struct rawtrack_io_vec *v = rt_realloc (t->vec, n * sizeof *v);
 
@@ -743,41 +929,38 @@ write_sectors (struct rawtrack_image *img, struct track *t)
     t->vec = v;
     t->cap_vec = n;
   }
+  if (bytes > t->cap_scratch) {
+    uint8_t *p = rt_realloc (t->scratch, bytes);
+
+    if (!p)
+      return -1;
+    t->scratch = p;
+    t->cap_scratch = bytes;
+  }
   n = 0;
   for (k = 0; k < t->nr; k++) {
     struct tbm *b = &t->bm[k];
 
-    /* A batch goes in whole filesystem blocks: ext4 makes a sub-block
-     * direct write wait for every other one in flight, which would undo
-     * the batch.  The bytes around the sectors are what the disk holds
-     * already (disk is the on-disk image), so a torn wider write is still
-     * a superset.  Widened ranges may meet: sorted, then merged (only
-     * here: elsewhere the ranges are in no order, and go as they are). */
-    if (batch && b->wr.len > 0) {     /* (wr is NULL until first used) */
-      for (w = 0; w < b->wr.len; w++) {
-        uint64_t lo = ROUND_DOWN (b->data_off + b->wr.ptr[w].lo, WR_BLOCK);
-        uint64_t hi = ROUND_UP (b->data_off + b->wr.ptr[w].hi, WR_BLOCK);
-
-        b->wr.ptr[w].lo = MAX (lo, b->data_off) - b->data_off;
-        b->wr.ptr[w].hi = MIN (hi - b->data_off, b->disk_len);
-      }
-      qsort (b->wr.ptr, b->wr.len, sizeof *b->wr.ptr, range_cmp);
-    }
     for (w = 0; w < b->wr.len; w++) {
-      struct rawtrack_io_vec *prev = n ? &t->vec[n - 1] : NULL;
+      uint64_t j = b->wr.ptr[w].lo;
 
-      if (batch && w > 0 &&
-          b->data_off + b->wr.ptr[w].lo <= prev->offset + prev->count) {
-        uint64_t end = MAX (prev->offset + prev->count,
-                            b->data_off + b->wr.ptr[w].hi);
+      while (j < b->wr.ptr[w].hi) {
+        uint64_t ci = j / cs, e = MIN (b->wr.ptr[w].hi, (ci + 1) * cs);
+        uint64_t off = (b->table[ci] & BME_TABLE_ENTRY_OFFSET_MASK) + j % cs;
+        struct rawtrack_io_vec *prev = n ? &t->vec[n - 1] : NULL;
+        uint8_t *buf = t->scratch + used;
 
-        prev->count = end - prev->offset;
-        continue;
+        if (!is_new (b, ci)) {
+          bitmap_mem_store (b->disk, j, e - j, buf);
+          used += e - j;
+          if (prev && prev->offset + prev->count == off &&
+              (const uint8_t *) prev->buf + prev->count == buf)
+            prev->count += e - j;
+          else
+            t->vec[n++] = (struct rawtrack_io_vec) { buf, e - j, off };
+        }
+        j = e;
       }
-      t->vec[n].buf = b->disk + b->wr.ptr[w].lo;
-      t->vec[n].count = b->wr.ptr[w].hi - b->wr.ptr[w].lo;
-      t->vec[n].offset = b->data_off + b->wr.ptr[w].lo;
-      n++;
     }
   }
   if (batch)
@@ -892,35 +1075,42 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
     t->bm[k].wr.len = 0;
   for (i = 0; i < nr_victims && !err; i++)
     if (cool_prepare (img, t, victims[i], false) == -1)
-      err = errno;
+      err = errno ? errno : EIO;
   for (i = 0; i < nr_victims; i++)
     __atomic_add_fetch (&t->seq[victims[i]], 1, __ATOMIC_SEQ_CST);
   if (err)
     goto done_locked;
 
   /* I/O without the tracking lock: only the leader touches disk images
-   * (disk, wr: hot_prepare runs unlocked too).  The bitmaps' data
-   * clusters are the tracker's alone while it runs (the bitmap operations
-   * refuse to work meanwhile), so their sectors are written without
-   * img->lock: a guest write that needs a mapping must not wait for them.
-   * The log lives in cluster 0 beside the header, which metadata updates
-   * rewrite: it is written under img->lock.
+   * (disk, orig, loaded, table, wr, newc; track_bitmap reads orig and
+   * loaded under track->lock, so the preparations that load blocks run
+   * with it held).  The bitmaps' clusters are the tracker's alone while
+   * it runs (the bitmap operations refuse to work meanwhile), so their
+   * sectors are written without img->lock: a guest write that needs a
+   * mapping must not wait for them.  The log lives in cluster 0 beside
+   * the header, which metadata updates rewrite: it is written under
+   * img->lock.
    * THE BOUND UNDER KILL -9: the cooled sectors are written before the
-   * new all-ones (two write_sectors calls, each complete before the next
-   * starts), so at no instant does the kernel hold more than max_hot
-   * extents' all-ones.  Power loss may keep the second write and drop
-   * the first: there the bound is max_hot plus one commit's batch. */
-  pthread_mutex_unlock (&t->lock);
+   * new all-ones are even prepared (two write_sectors calls, each
+   * complete before the next starts), so at no instant does the kernel
+   * hold more than max_hot extents' all-ones.  Power loss may keep the
+   * second write and drop the first: there the bound is max_hot plus one
+   * commit's batch.  New clusters are published before the sectors of
+   * either write that land in them (publish_new; it may write a cluster
+   * twice when both writes meet it). */
   if (nr_victims && nr_batch) {
-    if (write_sectors (img, t) == -1)
+    pthread_mutex_unlock (&t->lock);
+    if (publish_new (img, t) == -1 || write_sectors (img, t) == -1)
       err = errno ? errno : EIO;
+    pthread_mutex_lock (&t->lock);
     for (k = 0; k < t->nr; k++)
       t->bm[k].wr.len = 0;
   }
   for (i = 0; i < nr_batch && !err; i++)
     if (hot_prepare (img, t, batch[i]) == -1)
       err = errno ? errno : ENOMEM;
-  if (!err && write_sectors (img, t) == -1)
+  pthread_mutex_unlock (&t->lock);
+  if (!err && (publish_new (img, t) == -1 || write_sectors (img, t) == -1))
     err = errno ? errno : EIO;
   pthread_mutex_lock (&img->lock);
   if (!err && track_log_write (img, t->log_off, t->max_hot, t->ext_bits,
@@ -931,6 +1121,8 @@ commit (struct rawtrack_image *img, struct track *t, bool idle)
       io_flush (img->file, "image file") == -1)
     err = errno ? errno : EIO;
   pthread_mutex_lock (&t->lock);
+  if (!err)
+    published (t);
 
  done_locked:
   for (i = 0; i < nr_batch; i++) {
@@ -1350,13 +1542,18 @@ track_stop (struct rawtrack_image *img)
     for (i = 0; i < t->nr && r == 0; i++) {
       struct bitmap_entry *e = &u.dir.entries[t->bm[i].dir_index];
       struct bitmap_entry consistent = *e;
+      struct bitmap_mem *bits = NULL;
 
-      /* Its old clusters are ours to free: collect them as consistent. */
+      /* Its old clusters are ours to free: collect them as consistent.
+       * The bits: those on disk (reading the allocated clusters only)
+       * and every write since open. */
       consistent.flags &= ~BME_FLAG_IN_USE;
       if (bitmap_collect_clusters (img, &consistent, &u.old) == -1 ||
-          bitmap_store (img, t->bm[i].base, 0, &e->table_offset,
-                        &u.allocated) == -1)
+          bitmap_load (img, &consistent, &bits) == -1 ||
+          bitmap_mem_merge (bits, t->written) == -1 ||
+          bitmap_store (img, bits, 0, &e->table_offset, &u.allocated) == -1)
         r = -1;
+      bitmap_mem_free (bits);
       e->flags &= ~BME_FLAG_IN_USE;
     }
     if (r == 0)
@@ -1370,6 +1567,7 @@ track_stop (struct rawtrack_image *img)
   /* SAFE / PROCESS: cool every hot extent, write, sync. */
   for (k = 0; k < t->nr; k++)
     t->bm[k].wr.len = 0;
+  fold_delta (t, 0, img->virtual_size);
   while (t->nr_hot && r == 0) {
     uint64_t v = t->hot[--t->nr_hot];
 
@@ -1380,8 +1578,9 @@ track_stop (struct rawtrack_image *img)
   while (t->stale.len && r == 0)
     if (cool_prepare (img, t, t->stale.ptr[--t->stale.len], true) == -1)
       r = -1;
-  fold_delta (t, 0, img->virtual_size);
   pthread_mutex_lock (&img->lock);
+  if (r == 0)
+    r = publish_new (img, t);
   if (r == 0)
     r = write_sectors (img, t);
   if (r == 0)
@@ -1419,29 +1618,51 @@ struct bitmap_mem *
 track_bitmap (struct rawtrack_image *img, const char *name, uint64_t start,
               uint64_t len)
 {
-  uint64_t end;
+  uint64_t end, k, lo, hi;
   struct track *t = __atomic_load_n (&img->track, __ATOMIC_ACQUIRE);
   struct bitmap_mem *copy = NULL;
+  uint8_t buf[4096];
   uint32_t i;
 
   if (!t)
     return NULL;
   pthread_mutex_lock (&t->lock);
   for (i = 0; i < t->nr; i++) {
-    struct bitmap_entry *e = &img->bitmaps.entries[t->bm[i].dir_index];
+    struct tbm *b = &t->bm[i];
+    struct bitmap_entry *e = &img->bitmaps.entries[b->dir_index];
 
     if (strcmp (e->name, name) != 0)
       continue;
-    copy = bitmap_mem_new (img->virtual_size, 1u << t->bm[i].gran_bits);
-    if (!copy)
-      break;
     end = start < img->virtual_size
           ? start + MIN (len, img->virtual_size - start) : start;
-    copy_range (copy, t->bm[i].base, start, end);
+    if (end == start) {
+      copy = bitmap_mem_new (img->virtual_size, 1u << b->gran_bits);
+      break;
+    }
+    /* The bits at open: on disk where the tracker has not touched them
+     * (only the clusters of the range are read), from orig where it
+     * has (the disk may hold all-ones there). */
+    pthread_mutex_lock (&img->lock);
+    if (bitmap_load_range (img, e, start, end - start, &copy) == -1) {
+      pthread_mutex_unlock (&img->lock);
+      break;
+    }
+    pthread_mutex_unlock (&img->lock);
+    if (t->mode != MODE_LAZY) {
+      bit_range (b, b->nbits, start, end, &lo, &hi);
+      for (k = lo / 8 / t->lb; k * t->lb < DIV_ROUND_UP (hi, 8); k++)
+        if (block_loaded (b, k)) {
+          bitmap_mem_store (b->orig, k * t->lb, t->lb, buf);
+          bitmap_mem_load (copy, k * t->lb, t->lb, buf);
+        }
+    }
+    if (start > 0)
+      bitmap_mem_clear (copy, 0, start);
+    bitmap_mem_clear (copy, end, img->virtual_size - end);
+    copy_range (copy, t->written, start, end);
     copy_range (copy, t->delta, start, end);
     break;
   }
   pthread_mutex_unlock (&t->lock);
   return copy;
 }
-
