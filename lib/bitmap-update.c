@@ -30,6 +30,8 @@
  *         extension {nb_bitmaps, dir size, dir offset} + autoclear bit 0
  *   [4] free old directory, old tables, old data    (refcount decrements)
  *   [5] flush
+ *   [6] truncate the file after its last cluster in use (qcow2_trim_tail):
+ *       only clusters whose freeing is durable are given back
  *
  *   crash before [3] durable : old header -> old directory; new clusters leak
  *   crash after [3], before [5]: new header; old clusters leak
@@ -128,7 +130,9 @@ bitmap_update_end (struct rawtrack_image *img, struct bitmap_update *u,
     char saved[1024];
 
     snprintf (saved, sizeof saved, "%s", msg ? msg : "");
-    cluster_list_free_all (img, &u->allocated);
+    if (cluster_list_free_all (img, &u->allocated) == 0 &&
+        io_flush (img->file, "image file") == 0)
+      qcow2_trim_tail (img);
     if (msg)
       rt_set_error (err, "%s", saved);
   }
@@ -357,7 +361,8 @@ bitmap_update_commit (struct rawtrack_image *img, struct bitmap_update *u)
 
   /* [4], [5]: failures here only leak clusters; the operation is done. */
   if (cluster_list_free_all (img, &u->old) == -1 ||
-      io_flush (img->file, "image file") == -1)
+      io_flush (img->file, "image file") == -1 ||
+      qcow2_trim_tail (img) == -1)
     rt_clear_error ();
   bitmap_update_end (img, u, false);
   return 0;

@@ -367,6 +367,10 @@ int64_t qcow2_alloc_clusters (struct rawtrack_image *img, uint64_t n);
 /* Drop one reference from each of n clusters starting at offset. */
 int qcow2_free_clusters (struct rawtrack_image *img, uint64_t offset,
                          uint64_t n);
+/* Truncate the image file after its last cluster with a non-zero
+ * refcount (free clusters at the end are given back, as QEMU does).  The
+ * refcount updates that freed them must be flushed first.  img->lock. */
+int qcow2_trim_tail (struct rawtrack_image *img);
 
 /* ---- qcow2-map.c ------------------------------------------------------ */
 enum qcow2_ctype {

@@ -274,3 +274,36 @@ qcow2_free_clusters (struct rawtrack_image *img, uint64_t offset, uint64_t n)
   }
   return 0;
 }
+
+int
+qcow2_trim_tail (struct rawtrack_image *img)
+{
+  const uint64_t cs = img->cluster_size;
+  int64_t size;
+  uint64_t c, v;
+
+  if (!img->writable)
+    return 0;
+  size = rawtrack_io_get_size (img->file);
+  if (size < 0)
+    return set_error (errno ? errno : EIO, "reading the image file size");
+  if (qcow2_refcount_load (img) == -1)
+    return -1;
+  c = DIV_ROUND_UP ((uint64_t) size, cs);
+  while (c > 1) {
+    if (qcow2_refcount_get (img, c - 1, &v) == -1)
+      return -1;
+    if (v)
+      break;
+    c--;
+  }
+  if (c * cs >= (uint64_t) size)
+    return 0;
+  if (rawtrack_io_truncate (img->file, c * cs) == -1)
+    return set_error (errno ? errno : EIO, "giving back the free clusters "
+                      "at the end of the image file (truncating it to %"
+                      PRIu64 " bytes): %s", c * cs, strerror (errno));
+  if (img->free_hint > c)
+    img->free_hint = c;
+  return 0;
+}
