@@ -78,7 +78,7 @@ for size in $SIZES; do
     gb=$(( ($(stat -c %s "$W/b.qcow2") - base) ))
     cs=$((2 << 20))
     span=$(( cs * 8 * 65536 ))
-    need=$(( $(awk -v s=$span '{print int($2 / s)}' "$W/cmds" | sort -u |
+    need=$(( $(awk -v s=$span '{print int($4 / s)}' "$W/cmds" | sort -u |
                wc -l) * n * cs ))
     # open + write + close, taking turns
     : > "$W/rt"; : > "$W/qm"
