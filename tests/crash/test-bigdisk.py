@@ -21,7 +21,9 @@
 #     extents as rawtrack bitmap dump;
 #   - the container grows by what the set bits need: at most one bitmap
 #     cluster per bitmap and per written cluster-sized stretch of bits;
-#   - the raw file holds what each reported write wrote.
+#   - the raw file holds what each reported write wrote;
+#   - at the end, removing every bitmap truncates the file back to its
+#     attach size (but for clusters the kills leaked).
 # Rounds: RAWTRACK_BIGDISK_ROUNDS (default 8).
 import json
 import os
@@ -103,6 +105,7 @@ def main():
         with open(raw, "wb") as f:
             f.truncate(SIZE)
         run(RAWTRACK, "attach", raw, img)
+        attach_size = os.path.getsize(img)
         for name, g in BITMAPS.items():
             run(RAWTRACK, "bitmap", "add", img, name, "--granularity", str(g))
         run(RAWTRACK, "bitmap", "add", img, "off", "--disabled")
@@ -214,9 +217,26 @@ def main():
                                    for a, b in ops[k + 1:n + 1]):
                             sys.exit(f"FAIL round {rnd}: the raw file lacks "
                                      f"write {k} [{lo},{hi})")
+        # 6. removing every bitmap gives the tail back (truncation, as
+        # QEMU does): the file is its attach size again, but for the
+        # clusters the kills leaked.
+        grown = os.path.getsize(img) - base_size
+        for name in list(BITMAPS) + ["off"]:
+            run(RAWTRACK, "bitmap", "remove", img, name)
+        chk = json.loads(run("qemu-img", "check", "--output=json", img,
+                             ok=(0, 3)))
+        left = os.path.getsize(img) - attach_size
+        if os.path.getsize(img) > chk["image-end-offset"]:
+            sys.exit(f"FAIL: after removing every bitmap the file is "
+                     f"{os.path.getsize(img)} bytes, its last cluster in "
+                     f"use ends at {chk['image-end-offset']}")
+        if chk.get("leaks", 0) == 0 and left != 0:
+            sys.exit(f"FAIL: after removing every bitmap the image is "
+                     f"{left} bytes larger than attached")
         print(f"test-bigdisk: {ROUNDS} rounds on a {SIZE >> 40} TiB disk "
               f"with {len(BITMAPS)} tracked bitmaps passed; image grew by "
-              f"{(os.path.getsize(img) - base_size) >> 20} MiB")
+              f"{grown >> 20} MiB, {left >> 20} MiB left after removing "
+              f"them")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
