@@ -2,9 +2,9 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * Owns: bitmap_check_owned, asked before rawtrack writes bits into a
- * bitmap's existing clusters in place (tracking reuses a dense data area
- * and rewrites it at every commit, cooling and close) or gives them back
- * (make_dense frees the old clusters after a copy).  On a corrupt image a
+ * bitmap's existing clusters in place (tracking rewrites the table and
+ * the data clusters it touches at every commit, cooling and close).  On a
+ * corrupt image a
  * bitmap table may point into an L2 table, a refcount block, the header
  * or another bitmap's clusters; writing there would unmap guest data or
  * corrupt the other bitmap, and freeing there would let the cluster be
@@ -23,9 +23,10 @@
  * Cost: one pass over the L1 table, the refcount table and every other
  * bitmap's table, a sort of the metadata cluster indexes, and a binary
  * search per cluster of the bitmap.  It runs once per bitmap when
- * tracking starts, before any in-place write: the data area does not
- * move while tracking, so the answer holds until close (cached by being
- * asked once).  Nothing in the write path.
+ * tracking starts, before any in-place write: clusters are only added
+ * while tracking (new ones, refcount 1, the tracker's), so the answer
+ * holds until close (cached by being asked once).  Nothing in the write
+ * path.
  *
  * Locking: img->lock held (the caller's).
  */
