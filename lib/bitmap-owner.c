@@ -20,9 +20,11 @@
  * the image file are not enumerated, as QEMU does not either: with a
  * consistent refcount, sharing one shows as refcount 2.)
  *
- * Cost: one pass over the L1 table, the refcount table and every other
+ * Cost: one pass over the L1 table, the refcount table and every
  * bitmap's table, a sort of the metadata cluster indexes, and a binary
- * search per cluster of the bitmap.  It runs once per bitmap when
+ * search per cluster of each bitmap checked; bitmap_check_owned_set
+ * checks many bitmaps with one such pass (tracking start: not O(n^2)
+ * in the number of bitmaps).  It runs once per bitmap when
  * tracking starts, before any in-place write: clusters are only added
  * while tracking (new ones, refcount 1, the tracker's), so the answer
  * holds until close (cached by being asked once).  Nothing in the write
@@ -119,10 +121,11 @@ static const char *const kind_name[] = {
   [OWN_DATA] = "a data cluster of",
 };
 
-/* Everything but bitmap `self`'s own clusters. */
+/* Every metadata cluster and every bitmap's clusters (the bitmaps being
+ * checked included: check_cluster tells their own entries apart). */
 static int
 collect_owners (struct rawtrack_image *img, const struct bitmap_dir *dir,
-                uint32_t self, struct owners *o)
+                struct owners *o)
 {
   const uint64_t cs = img->cluster_size;
   uint64_t i;
@@ -153,8 +156,6 @@ collect_owners (struct rawtrack_image *img, const struct bitmap_dir *dir,
     const struct bitmap_entry *e = &dir->entries[j];
     uint64_t *table;
 
-    if (j == self)
-      continue;
     if (owners_add_range (img, o, e->table_offset,
                           (uint64_t) e->table_size * 8, OWN_TABLE, j) == -1)
       return -1;
@@ -184,8 +185,16 @@ check_cluster (struct rawtrack_image *img, const struct bitmap_dir *dir,
                uint64_t c, const char *what)
 {
   const struct owner *w = owners_find (o, c);
+  uint32_t self = (uint32_t) (e - dir->entries);
   uint64_t rc;
 
+  /* The bitmap's own entries for c are no overlap (its table named as a
+   * data cluster is caught by the caller); any other one is. */
+  while (w && w < o->ptr + o->len && w->cluster == c &&
+         w->kind >= OWN_TABLE && w->bitmap == self)
+    w++;
+  if (w && (w == o->ptr + o->len || w->cluster != c))
+    w = NULL;
   if (w)
     return set_corrupt ("bitmap '%s': its %s at offset 0x%" PRIx64 " is also "
                         "%s%s%s%s: the image is corrupt (see 'rawtrack "
@@ -214,18 +223,17 @@ cmp_u64 (const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
-int
-bitmap_check_owned (struct rawtrack_image *img, const struct bitmap_dir *dir,
-                    uint32_t self)
+/* Check one bitmap against the owners collected. */
+static int
+check_one (struct rawtrack_image *img, const struct bitmap_dir *dir,
+           const struct owners *os, uint32_t self)
 {
   const struct bitmap_entry *e = &dir->entries[self];
-  struct owners o = { 0 };
+  const struct owners o = *os;
   uint64_t *table = NULL, *data = NULL, i, n = 0, c, tend;
   int r = -1;
 
-  if (qcow2_refcount_load (img) == -1 ||
-      bitmap_table_read (img, e, &table) == -1 ||
-      collect_owners (img, dir, self, &o) == -1)
+  if (bitmap_table_read (img, e, &table) == -1)
     goto out;
   /* The table itself. */
   tend = e->table_offset + (uint64_t) e->table_size * 8;
@@ -262,8 +270,36 @@ bitmap_check_owned (struct rawtrack_image *img, const struct bitmap_dir *dir,
   }
   r = 0;
  out:
-  owners_reset (&o);
   free (table);
   free (data);
   return r;
+}
+
+int
+bitmap_check_owned_set (struct rawtrack_image *img,
+                        const struct bitmap_dir *dir, const uint32_t *selves,
+                        uint32_t n)
+{
+  struct owners o = { 0 };
+  uint32_t i;
+  int r = -1;
+
+  /* The owners once for all of them: every bitmap's table is read once
+   * here and once in check_one, not once per other bitmap. */
+  if (qcow2_refcount_load (img) == -1 || collect_owners (img, dir, &o) == -1)
+    goto out;
+  for (i = 0; i < n; i++)
+    if (check_one (img, dir, &o, selves[i]) == -1)
+      goto out;
+  r = 0;
+ out:
+  owners_reset (&o);
+  return r;
+}
+
+int
+bitmap_check_owned (struct rawtrack_image *img, const struct bitmap_dir *dir,
+                    uint32_t self)
+{
+  return bitmap_check_owned_set (img, dir, &self, 1);
 }

@@ -59,6 +59,10 @@ int bitmap_table_read (struct rawtrack_image *img,
  * before bits are written in place or the clusters are freed. */
 int bitmap_check_owned (struct rawtrack_image *img,
                         const struct bitmap_dir *dir, uint32_t self);
+/* The same for n bitmaps of dir at once (one pass over the metadata). */
+int bitmap_check_owned_set (struct rawtrack_image *img,
+                            const struct bitmap_dir *dir,
+                            const uint32_t *selves, uint32_t n);
 
 /* Load the bits of a consistent bitmap (the in_use check is the caller's):
  * its table size must be the one the virtual size needs, every entry

@@ -348,17 +348,6 @@ need_clusters (struct rawtrack_image *img, struct track *t, struct tbm *b,
   return 0;
 }
 
-static bool
-all_zero (const uint8_t *p, uint64_t n)
-{
-  uint64_t i;
-
-  for (i = 0; i < n; i++)
-    if (p[i])
-      return false;
-  return true;
-}
-
 /* Steps 1 to 3 above for every new cluster of every bitmap.  Only the
  * commit leader runs it; the clusters and tables are the tracker's. */
 static int
@@ -375,21 +364,34 @@ publish_new (struct rawtrack_image *img, struct track *t)
     any |= t->bm[k].nr_newc > 0;
   if (!any)
     return 0;
-  buf = rt_malloc (cs);
+  buf = rt_malloc (wb);
   if (!buf)
     return -1;
   for (k = 0; k < t->nr; k++) {
     struct tbm *b = &t->bm[k];
+    uint64_t g = 1ull << b->gran_bits;
 
     for (i = 0; i < b->nr_newc; i++) {
       uint64_t ci = b->newc[i].index, off = b->table[ci], j;
+      bool zeroed = b->newc[i].fresh;
 
-      bitmap_mem_store (b->disk, ci * cs, cs, buf);
+      /* A reused cluster (freed earlier, inside the file) is zeroed in
+       * one call (fallocate where the file system can), so that here too
+       * only the blocks holding a set bit are written: with 2 MiB
+       * clusters that is one block instead of 512. */
+      if (!zeroed && io_op_zero (img->file, cs, off, 0) == 0)
+        zeroed = true;
       for (j = 0; j < cs; j += wb) {
+        uint64_t sj = ci * cs + j;       /* stream byte */
+        uint64_t gs = sj * 8 * g, ge = MIN ((sj + wb) * 8 * g,
+                                            img->virtual_size);
+
         /* The last block always: the file covers the whole cluster. */
-        if (b->newc[i].fresh && j + wb < cs && all_zero (buf + j, wb))
+        if (zeroed && j + wb < cs &&
+            (gs >= ge || bitmap_mem_next_dirty (b->disk, gs, ge) < 0))
           continue;
-        if (io_write (img->file, buf + j, wb, off + j, "bitmap data") == -1)
+        bitmap_mem_store (b->disk, sj, wb, buf);
+        if (io_write (img->file, buf, wb, off + j, "bitmap data") == -1)
           goto out;
       }
     }
@@ -429,7 +431,7 @@ published (struct track *t)
 /* ---- start ------------------------------------------------------------ */
 
 /* Read bitmap dir_index's table for tracking (its bits stay on disk).
- * img->lock held. */
+ * Its clusters were found its own (track_start).  img->lock held. */
 static int
 tbm_open (struct rawtrack_image *img, struct tbm *b, uint32_t dir_index)
 {
@@ -442,10 +444,6 @@ tbm_open (struct rawtrack_image *img, struct tbm *b, uint32_t dir_index)
     return set_corrupt ("bitmap '%s': its table has %" PRIu32 " entries, "
                         "the virtual size needs %" PRIu64, e->name,
                         e->table_size, need);
-  /* Bits and table entries are rewritten in place at every commit,
-   * cooling and close: the clusters must be this bitmap's alone. */
-  if (bitmap_check_owned (img, &img->bitmaps, dir_index) == -1)
-    return -1;
   b->dir_index = dir_index;
   b->gran_bits = e->granularity_bits;
   b->table_size = e->table_size;
@@ -521,7 +519,7 @@ int
 track_start (struct rawtrack_image *img)
 {
   struct track *t;
-  uint32_t i, min_gran = 31;
+  uint32_t i, min_gran = 31, *sel = NULL, nsel = 0;
   int r = -1;
 
   /* Crash-safe tracking rests on syncing the image file: a backend that
@@ -590,18 +588,29 @@ track_start (struct rawtrack_image *img)
     goto out;
   }
   t->bm = rt_calloc (img->bitmaps.nr ? img->bitmaps.nr : 1, sizeof *t->bm);
-  if (!t->bm)
+  sel = rt_calloc (img->bitmaps.nr ? img->bitmaps.nr : 1, sizeof *sel);
+  if (!t->bm || !sel)
     goto out;
-  for (i = 0; i < img->bitmaps.nr; i++) {
-    struct bitmap_entry *e = &img->bitmaps.entries[i];
+  /* Disabled bitmaps need no updates; in-use ones are inconsistent
+   * already (QEMU does not track them either). */
+  for (i = 0; i < img->bitmaps.nr; i++)
+    if ((img->bitmaps.entries[i].flags & BME_FLAG_AUTO) &&
+        !(img->bitmaps.entries[i].flags & BME_FLAG_IN_USE))
+      sel[nsel++] = i;
+  /* Bits and table entries are rewritten in place at every commit,
+   * cooling and close: the clusters must be each bitmap's alone (one
+   * pass over the metadata for all of them). */
+  if (nsel && t->mode != MODE_LAZY &&
+      bitmap_check_owned_set (img, &img->bitmaps, sel, nsel) == -1) {
+    rt_prefix_error ("tracking: ");
+    goto out;
+  }
+  for (i = 0; i < nsel; i++) {
+    struct bitmap_entry *e = &img->bitmaps.entries[sel[i]];
     struct tbm *b = &t->bm[t->nr];
 
-    /* Disabled bitmaps need no updates; in-use ones are inconsistent
-     * already (QEMU does not track them either). */
-    if (!(e->flags & BME_FLAG_AUTO) || (e->flags & BME_FLAG_IN_USE))
-      continue;
     t->nr++;                       /* (so that track_free frees it) */
-    if (tbm_open (img, b, i) == -1) {
+    if (tbm_open (img, b, sel[i]) == -1) {
       rt_prefix_error ("bitmap '%s' for tracking: ", e->name);
       goto out;
     }
@@ -648,6 +657,7 @@ track_start (struct rawtrack_image *img)
 
  out:
   pthread_mutex_unlock (&img->lock);
+  free (sel);
   if (r == -1) {
     track_free (t);
     return -1;
