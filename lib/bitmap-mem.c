@@ -14,8 +14,8 @@
  *
  * Representation: SPARSE, so that memory follows what was touched, not
  * the disk size.  The bits are cut into chunks of CHUNK_BITS bits (4 KiB,
- * 2 GiB of disk at 64 KiB granularity); a directory of nchunks pointers
- * holds, per chunk, NULL (all clean: costs nothing), ONES (every bit
+ * 2 GiB of disk at 64 KiB granularity); a directory holds, per chunk,
+ * NULL (all clean: costs nothing), ONES (every bit
  * dirty: the shared read-only ones_chunk, costs nothing) or a private
  * 512-word array (bit k of the chunk in word k/64 at bit k%64).  Chunks
  * are allocated on the first bit set (or cleared in a ONES chunk); the
@@ -26,6 +26,12 @@
  * failing aborts the process with a message: every caller's bitmap
  * update is a void operation that must not lose bits, and a 4 KiB
  * allocation failing leaves nothing sensible to do.
+ * The directory has two levels, so that a new bitmap costs O(1) whatever
+ * the disk size (a server builds one per BLOCK_STATUS request): a top
+ * array of ceil(nchunks / 512) page pointers (2 KiB at most), and pages
+ * of 512 chunk pointers allocated with the first chunk stored in them
+ * (a missing page: 512 NULL chunks).  Pages are never freed before the
+ * bitmap; the atomic functions install them with a compare-and-swap.
  *
  * Invariants:
  *   1. nbits = ceil(size / granularity), nchunks = ceil(nbits /
@@ -59,6 +65,8 @@
 #define CHUNK_BITS   (1ull << CHUNK_SHIFT)
 #define CHUNK_WORDS  (CHUNK_BITS / 64)
 #define CHUNK_BYTES  (CHUNK_BITS / 8)
+#define PAGE_SHIFT_  9                           /* chunks per page: 2^9 */
+#define PAGE_SLOTS   (1ull << PAGE_SHIFT_)
 
 static const uint64_t ones_chunk[CHUNK_WORDS] = {
   [0 ... CHUNK_WORDS - 1] = ~0ull
@@ -72,7 +80,9 @@ struct bitmap_mem {
   uint64_t nchunks;                /* ceil(nbits / CHUNK_BITS) */
   uint32_t granularity;            /* bytes per bit, power of two */
   uint32_t gran_bits;              /* log2 (granularity) */
-  uint64_t **chunks;               /* NULL, ONES or CHUNK_WORDS words */
+  uint64_t npages;                 /* ceil(nchunks / PAGE_SLOTS) */
+  uint64_t ***pages;               /* NULL or PAGE_SLOTS chunk pointers,
+                                    * each NULL, ONES or CHUNK_WORDS words */
   uint64_t allocated;              /* chunks allocated (atomic) */
 };
 
@@ -118,21 +128,76 @@ chunk_release (struct bitmap_mem *bm, uint64_t *p)
   }
 }
 
+static uint64_t **
+page_alloc (void)
+{
+  uint64_t **p = calloc (PAGE_SLOTS, sizeof *p);
+
+  if (!p) {
+    fprintf (stderr, "rawtrack: out of memory for a dirty bitmap directory "
+             "page; aborting rather than losing dirty bits\n");
+    abort ();
+  }
+  return p;
+}
+
+/* Chunk c's pointer (plain access): NULL, ONES or its words. */
+static uint64_t *
+chunk_ptr (const struct bitmap_mem *bm, uint64_t c)
+{
+  uint64_t **pg = bm->pages[c >> PAGE_SHIFT_];
+
+  return pg ? pg[c & (PAGE_SLOTS - 1)] : NULL;
+}
+
+/* Where chunk c's pointer lives (plain access), its page allocated. */
+static uint64_t **
+chunk_slot (struct bitmap_mem *bm, uint64_t c)
+{
+  uint64_t ***pp = &bm->pages[c >> PAGE_SHIFT_];
+
+  if (!*pp)
+    *pp = page_alloc ();
+  return &(*pp)[c & (PAGE_SLOTS - 1)];
+}
+
+/* The same for concurrent threads: a page allocated by two threads at
+ * once is installed once, the loser's copy freed. */
+static uint64_t **
+chunk_slot_atomic (struct bitmap_mem *bm, uint64_t c)
+{
+  uint64_t ***pp = &bm->pages[c >> PAGE_SHIFT_];
+  uint64_t **pg = __atomic_load_n (pp, __ATOMIC_ACQUIRE);
+
+  if (!pg) {
+    uint64_t **n = page_alloc ();
+
+    if (__atomic_compare_exchange_n (pp, &pg, n, false, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_ACQUIRE))
+      pg = n;
+    else
+      free (n);
+  }
+  return &pg[c & (PAGE_SLOTS - 1)];
+}
+
 /* Words of chunk c for reading (plain access). */
 static const uint64_t *
 chunk_rd (const struct bitmap_mem *bm, uint64_t c)
 {
-  return bm->chunks[c] ? bm->chunks[c] : zero_chunk;
+  const uint64_t *p = chunk_ptr (bm, c);
+
+  return p ? p : zero_chunk;
 }
 
 /* Words of chunk c for writing (plain access): allocated if needed. */
 static uint64_t *
 chunk_wr (struct bitmap_mem *bm, uint64_t c)
 {
-  uint64_t *p = bm->chunks[c];
+  uint64_t **slot = chunk_slot (bm, c), *p = *slot;
 
   if (!is_private (p))
-    p = bm->chunks[c] = chunk_alloc (bm, p == ONES);
+    p = *slot = chunk_alloc (bm, p == ONES);
   return p;
 }
 
@@ -140,8 +205,13 @@ chunk_wr (struct bitmap_mem *bm, uint64_t c)
 static void
 chunk_put (struct bitmap_mem *bm, uint64_t c, uint64_t *v)
 {
-  chunk_release (bm, bm->chunks[c]);
-  bm->chunks[c] = v;
+  uint64_t **slot;
+
+  if (v == NULL && !bm->pages[c >> PAGE_SHIFT_])
+    return;                        /* a missing page is all NULL */
+  slot = chunk_slot (bm, c);
+  chunk_release (bm, *slot);
+  *slot = v;
 }
 
 /* Words of chunk c for writing by concurrent threads: a chunk allocated
@@ -149,12 +219,13 @@ chunk_put (struct bitmap_mem *bm, uint64_t c, uint64_t *v)
 static uint64_t *
 chunk_wr_atomic (struct bitmap_mem *bm, uint64_t c)
 {
-  uint64_t *p = __atomic_load_n (&bm->chunks[c], __ATOMIC_ACQUIRE);
+  uint64_t **slot = chunk_slot_atomic (bm, c);
+  uint64_t *p = __atomic_load_n (slot, __ATOMIC_ACQUIRE);
 
   while (!is_private (p)) {
     uint64_t *n = chunk_alloc (bm, p == ONES);
 
-    if (__atomic_compare_exchange_n (&bm->chunks[c], &p, n, false,
+    if (__atomic_compare_exchange_n (slot, &p, n, false,
                                      __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE))
       return n;
     chunk_release (bm, n);
@@ -198,8 +269,9 @@ bitmap_mem_new (uint64_t size, uint32_t granularity)
   bm->nchunks = (nbits + CHUNK_BITS - 1) >> CHUNK_SHIFT;
   bm->granularity = granularity;
   bm->gran_bits = gb;
-  bm->chunks = rt_calloc (bm->nchunks ? bm->nchunks : 1, sizeof *bm->chunks);
-  if (!bm->chunks) {
+  bm->npages = (bm->nchunks + PAGE_SLOTS - 1) >> PAGE_SHIFT_;
+  bm->pages = rt_calloc (bm->npages ? bm->npages : 1, sizeof *bm->pages);
+  if (!bm->pages) {
     free (bm);
     return NULL;
   }
@@ -213,9 +285,16 @@ bitmap_mem_free (struct bitmap_mem *bm)
 
   if (!bm)
     return;
-  for (c = 0; c < bm->nchunks; c++)
-    chunk_release (bm, bm->chunks[c]);
-  free (bm->chunks);
+  for (c = 0; c < bm->npages; c++) {
+    uint64_t i;
+
+    if (!bm->pages[c])
+      continue;
+    for (i = 0; i < PAGE_SLOTS; i++)
+      chunk_release (bm, bm->pages[c][i]);
+    free (bm->pages[c]);
+  }
+  free (bm->pages);
   free (bm);
 }
 
@@ -240,7 +319,12 @@ bitmap_mem_nbits (const struct bitmap_mem *bm)
 uint64_t
 bitmap_mem_memory (const struct bitmap_mem *bm)
 {
-  return sizeof *bm + bm->nchunks * sizeof *bm->chunks +
+  uint64_t c, pages = 0;
+
+  for (c = 0; c < bm->npages; c++)
+    pages += __atomic_load_n (&bm->pages[c], __ATOMIC_RELAXED) != NULL;
+  return sizeof *bm + bm->npages * sizeof *bm->pages +
+         pages * PAGE_SLOTS * sizeof (uint64_t *) +
          __atomic_load_n (&bm->allocated, __ATOMIC_RELAXED) * CHUNK_BYTES;
 }
 
@@ -319,7 +403,7 @@ set_bits (struct bitmap_mem *bm, uint64_t lo, uint64_t hi)
   FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
     if (clo == 0 && chi == CHUNK_BITS)
       chunk_put (bm, c, ONES);
-    else if (bm->chunks[c] != ONES)
+    else if (chunk_ptr (bm, c) != ONES)
       words_set (chunk_wr (bm, c), clo, chi);
   }
 }
@@ -330,7 +414,7 @@ clear_bits (struct bitmap_mem *bm, uint64_t lo, uint64_t hi)
   FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
     if (clo == 0 && chi >= chunk_nbits (bm, c))
       chunk_put (bm, c, NULL);
-    else if (bm->chunks[c] != NULL)
+    else if (chunk_ptr (bm, c) != NULL)
       words_clear (chunk_wr (bm, c), clo, chi);
   }
 }
@@ -345,7 +429,7 @@ find_bit (const struct bitmap_mem *bm, uint64_t lo, uint64_t hi,
   if (lo >= hi)
     return hi;
   FOR_CHUNKS (bm, lo, hi, c, clo, chi) {
-    const uint64_t *p = bm->chunks[c];
+    const uint64_t *p = chunk_ptr (bm, c);
     uint64_t b;
 
     if (p == NULL || p == ONES) {
@@ -408,7 +492,7 @@ bitmap_mem_clear_all (struct bitmap_mem *bm)
   uint64_t c;
 
   for (c = 0; c < bm->nchunks; c++)
-    chunk_put (bm, c, NULL);
+    chunk_put (bm, c, NULL);         /* (pages stay: O(nchunks) anyway) */
 }
 
 bool
@@ -508,11 +592,16 @@ bitmap_mem_count (const struct bitmap_mem *bm)
 {
   uint64_t c, n = 0;
 
-  for (c = 0; c < bm->nchunks; c++)
-    if (bm->chunks[c] == ONES)
+  for (c = 0; c < bm->nchunks; c++) {
+    const uint64_t *p = chunk_ptr (bm, c);
+
+    if (!bm->pages[c >> PAGE_SHIFT_])
+      c |= PAGE_SLOTS - 1;           /* a missing page: skip it whole */
+    else if (p == ONES)
       n += CHUNK_BITS;
-    else if (bm->chunks[c])
-      n += popcount_words (bm->chunks[c], CHUNK_WORDS);
+    else if (p)
+      n += popcount_words (p, CHUNK_WORDS);
+  }
   return n;
 }
 
@@ -535,10 +624,14 @@ bitmap_mem_merge (struct bitmap_mem *dst, const struct bitmap_mem *src)
 
   if (dst->granularity == src->granularity) {
     for (c = 0; c < dst->nchunks; c++) {
-      const uint64_t *s = src->chunks[c];
+      const uint64_t *s = chunk_ptr (src, c);
       uint64_t *d;
 
-      if (s == NULL || dst->chunks[c] == ONES)
+      if (!src->pages[c >> PAGE_SHIFT_]) {
+        c |= PAGE_SLOTS - 1;         /* a missing page: nothing to merge */
+        continue;
+      }
+      if (s == NULL || chunk_ptr (dst, c) == ONES)
         continue;
       if (s == ONES) {
         chunk_put (dst, c, ONES);
@@ -591,8 +684,8 @@ mask_tail (struct bitmap_mem *bm)
 {
   uint64_t c = bm->nchunks - 1, v = chunk_nbits (bm, c);
 
-  if (v < CHUNK_BITS && is_private (bm->chunks[c]))
-    words_clear (bm->chunks[c], v, CHUNK_BITS);
+  if (v < CHUNK_BITS && is_private (chunk_ptr (bm, c)))
+    words_clear (chunk_ptr (bm, c), v, CHUNK_BITS);
 }
 
 static bool
@@ -656,8 +749,8 @@ bitmap_mem_load (struct bitmap_mem *bm, uint64_t start_byte, uint64_t n,
       chunk_put (bm, c, NULL);
     else if (m == CHUNK_BYTES && all_bytes (src, m, 0xff))
       chunk_put (bm, c, ONES);
-    else if (!(bm->chunks[c] == NULL && all_bytes (src, m, 0)) &&
-             !(bm->chunks[c] == ONES && all_bytes (src, m, 0xff))) {
+    else if (!(chunk_ptr (bm, c) == NULL && all_bytes (src, m, 0)) &&
+             !(chunk_ptr (bm, c) == ONES && all_bytes (src, m, 0xff))) {
       w = chunk_wr (bm, c);
       if (WORDS_ARE_STREAM)
         memcpy ((uint8_t *) w + in, src, m);
@@ -745,7 +838,11 @@ word_mask (uint64_t i, uint64_t lo, uint64_t hi)
 static uint64_t *
 chunk_load (const struct bitmap_mem *bm, uint64_t c)
 {
-  return __atomic_load_n (&bm->chunks[c], __ATOMIC_ACQUIRE);
+  uint64_t **pg = __atomic_load_n (&bm->pages[c >> PAGE_SHIFT_],
+                                   __ATOMIC_ACQUIRE);
+
+  return pg ? __atomic_load_n (&pg[c & (PAGE_SLOTS - 1)], __ATOMIC_ACQUIRE)
+            : NULL;
 }
 
 void
@@ -818,8 +915,8 @@ bitmap_mem_each_dirty_atomic (struct bitmap_mem *bm, uint64_t offset,
 
       if (!take ||
           (clo == 0 && chi == CHUNK_BITS &&
-           __atomic_compare_exchange_n (&bm->chunks[c], &w, NULL, false,
-                                        __ATOMIC_SEQ_CST,
+           __atomic_compare_exchange_n (chunk_slot_atomic (bm, c), &w, NULL,
+                                        false, __ATOMIC_SEQ_CST,
                                         __ATOMIC_ACQUIRE))) {
         fn (opaque, start, (end < bm->size ? end : bm->size) - start);
         continue;
