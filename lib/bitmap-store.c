@@ -126,11 +126,23 @@ int
 bitmap_table_read (struct rawtrack_image *img, const struct bitmap_entry *e,
                    uint64_t **table)
 {
+  return bitmap_table_read_part (img, e, 0, e->table_size, table);
+}
+
+int
+bitmap_table_read_part (struct rawtrack_image *img,
+                        const struct bitmap_entry *e, uint32_t first,
+                        uint32_t n, uint64_t **table)
+{
   uint64_t fsize = 0, bytes = (uint64_t) e->table_size * 8;
   uint8_t *buf;
   uint64_t *t;
 
   *table = NULL;
+  if (first > e->table_size || n > e->table_size - first)
+    return set_error (EINVAL, "bitmap '%s': table entries %" PRIu32
+                      "..+%" PRIu32 " asked of %" PRIu32, e->name, first, n,
+                      e->table_size);
   if (file_size_of (img, &fsize) == -1)
     return -1;
   /* bitmap_dir_parse bounded table_size (<= 2^27, <= 512 MiB of data). */
@@ -139,13 +151,16 @@ bitmap_table_read (struct rawtrack_image *img, const struct bitmap_entry *e,
                         " (%" PRIu32 " entries) is past the end of the image "
                         "file (%" PRIu64 " bytes)", e->name, e->table_offset,
                         e->table_size, fsize);
+  bytes = (uint64_t) n * 8;
   buf = rt_malloc (bytes ? bytes : 1);
   t = rt_malloc (bytes ? bytes : 1);
   if (!buf || !t)
     goto fail;
-  if (io_read (img->file, buf, bytes, e->table_offset, "bitmap table") == -1 ||
-      bitmap_table_parse (buf, e->table_size, img->cluster_size, fsize,
-                          e->name, e->table_offset, t) == -1)
+  if ((bytes && io_read (img->file, buf, bytes,
+                         e->table_offset + (uint64_t) first * 8,
+                         "bitmap table") == -1) ||
+      bitmap_table_parse (buf, n, img->cluster_size, fsize, e->name,
+                          e->table_offset + (uint64_t) first * 8, t) == -1)
     goto fail;
   free (buf);
   *table = t;
@@ -184,8 +199,6 @@ bitmap_load_range (struct rawtrack_image *img, const struct bitmap_entry *e,
   bm = bitmap_mem_new (img->virtual_size, 1u << e->granularity_bits);
   if (!bm)
     return -1;
-  if (bitmap_table_read (img, e, &table) == -1)
-    goto fail;
 
   /* The stream bytes that hold the bits of [start, start + len) (bit k
    * covers guest bytes k << granularity_bits and is stream bit k), widened
@@ -203,6 +216,11 @@ bitmap_load_range (struct rawtrack_image *img, const struct bitmap_entry *e,
     first = lo / cs;
     last = DIV_ROUND_UP (hi, cs);
   }
+  /* Only the table entries of those clusters (table[i - first]): a
+   * request costs what it covers, not the disk size. */
+  if (bitmap_table_read_part (img, e, (uint32_t) first,
+                              (uint32_t) (last - first), &table) == -1)
+    goto fail;
   /* One piece (at most a cluster) fits; runs of contiguous clusters are
    * read up to IO_CHUNK at a time. */
   bufsize = (size_t) MAX (MIN ((uint64_t) IO_CHUNK, hi - lo),
@@ -211,20 +229,21 @@ bitmap_load_range (struct rawtrack_image *img, const struct bitmap_entry *e,
   if (!buf)
     goto fail;
   for (i = first; i < last; i = j) {
-    uint64_t off = table[i] & BME_TABLE_ENTRY_OFFSET_MASK;
+    uint64_t off = table[i - first] & BME_TABLE_ENTRY_OFFSET_MASK;
     uint64_t plo = MAX (lo, i * cs), phi = MIN (hi, (i + 1) * cs);
 
     j = i + 1;
     if (off == 0) {
       /* The bitmap starts all clean; only all-ones needs work. */
-      if (table[i] & BME_TABLE_ENTRY_FLAG_ALL_ONES)
+      if (table[i - first] & BME_TABLE_ENTRY_FLAG_ALL_ONES)
         bitmap_mem_fill (bm, plo, phi - plo, true);
       continue;
     }
     /* Coalesce a run of contiguous data clusters into one read. */
     while (j < last && phi == j * cs &&
            MIN (hi, (j + 1) * cs) - plo <= bufsize &&
-           (table[j] & BME_TABLE_ENTRY_OFFSET_MASK) == off + (j - i) * cs) {
+           (table[j - first] & BME_TABLE_ENTRY_OFFSET_MASK) ==
+           off + (j - i) * cs) {
       phi = MIN (hi, (j + 1) * cs);
       j++;
     }

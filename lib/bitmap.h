@@ -52,6 +52,11 @@ int bitmap_table_parse (const uint8_t *buf, uint32_t table_size,
  * *table is host-endian, e->table_size entries; caller frees. */
 int bitmap_table_read (struct rawtrack_image *img,
                        const struct bitmap_entry *e, uint64_t **table);
+/* The same for entries [first, first + n) only: (*table)[i] is entry
+ * first + i (the bounds of the whole table are checked all the same). */
+int bitmap_table_read_part (struct rawtrack_image *img,
+                            const struct bitmap_entry *e, uint32_t first,
+                            uint32_t n, uint64_t **table);
 
 /* bitmap-owner.c: 0 when every cluster of dir's bitmap `self` (table and
  * data) has refcount 1 and is no other metadata's and no other bitmap's;
