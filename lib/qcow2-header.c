@@ -21,7 +21,8 @@
  *   6. bitmaps (when nb_bitmaps > 0), 7. unknown extensions byte for byte
  *   - in the order they were read (QEMU reverses them on every rewrite; we
  *   keep them stable, which QEMU accepts either way), 8. the end marker,
- *   9. the backing file name.  The rest of cluster 0 is zero.
+ *   9. the backing file name.  The rest of cluster 0 is zero, and is
+ *   not rewritten past the first 64 KiB (header_write_len).
  */
 #include <stdio.h>
 #include <string.h>
@@ -493,6 +494,22 @@ qcow2_header_serialize (const struct qcow2_header *h, uint8_t *buf,
   return 0;
 }
 
+/* How much of cluster 0 a header write covers: the serialised header,
+ * rounded up to 4 KiB blocks, and never less than the first 64 KiB (what
+ * any header rawtrack or QEMU writes with the default cluster size fills,
+ * so a shorter header wipes what a longer one left).  The rest of a big
+ * cluster (2 MiB for a 15 TiB disk) is zeros already: rewriting it at
+ * every header write would cost 2 MiB and its writeback each time. */
+static size_t
+header_write_len (const uint8_t *buf, size_t cs)
+{
+  size_t end = cs;
+
+  while (end > 0 && buf[end - 1] == 0)
+    end--;
+  return MIN (cs, MAX ((size_t) 65536, ROUND_UP (end, (size_t) 4096)));
+}
+
 int
 qcow2_write_header (struct rawtrack_image *img, bool flush)
 {
@@ -500,7 +517,8 @@ qcow2_write_header (struct rawtrack_image *img, bool flush)
 
   if (!buf ||
       qcow2_header_serialize (&img->h, buf, img->cluster_size) == -1 ||
-      io_write (img->file, buf, img->cluster_size, 0, "image header") == -1 ||
+      io_write (img->file, buf, header_write_len (buf, img->cluster_size), 0,
+                "image header") == -1 ||
       (flush && io_flush (img->file, "image file") == -1))
     return -1;
   return 0;
