@@ -6,8 +6,9 @@
 # NBITMAPS (default "1 16 64"), on a sparse raw file attached by rawtrack
 # with that many enabled bitmaps at 64 KiB:
 #   io      open + one 64 KiB write + close: `rawtrack io` against `qemu-io`
-#           on the same container, taking turns REPS times (each write to a
-#           fresh spot); median wall time and peak RSS, and their ratios;
+#           on identical containers (a for rawtrack, b for QEMU), taking
+#           turns REPS times (each write to a fresh spot); median wall time
+#           and peak RSS, and their ratios;
 #   map     a whole-disk `nbdinfo --map=qemu:dirty-bitmap:b0` through
 #           `rawtrack serve` against `qemu-nbd -B b0`, taking turns; median
 #           time and the server's peak RSS (VmHWM);
@@ -86,7 +87,7 @@ for size in $SIZES; do
       off=$(( ($(od -An -N6 -tu8 /dev/urandom) % (sz >> 16)) << 16 ))
       timed "$RAWTRACK" io "$W/a.qcow2" -c "write -P 1 $off 64k" >> "$W/rt"
       off=$(( ($(od -An -N6 -tu8 /dev/urandom) % (sz >> 16)) << 16 ))
-      timed qemu-io -f qcow2 "$W/a.qcow2" -c "write -P 1 $off 64k" >> "$W/qm"
+      timed qemu-io -f qcow2 "$W/b.qcow2" -c "write -P 1 $off 64k" >> "$W/qm"
     done
     rt_t=$(cut -d' ' -f1 "$W/rt" | median); rt_m=$(cut -d' ' -f2 "$W/rt" | median)
     qm_t=$(cut -d' ' -f1 "$W/qm" | median); qm_m=$(cut -d' ' -f2 "$W/qm" | median)
@@ -95,7 +96,7 @@ for size in $SIZES; do
     for r in $(seq "$REPS"); do
       map_once "$RAWTRACK" serve "$W/a.qcow2" --read-only \
         --socket "$W/s.sock" >> "$W/rs"
-      map_once qemu-nbd -t -r -f qcow2 -B b0 -k "$W/s.sock" "$W/a.qcow2" >> "$W/qs"
+      map_once qemu-nbd -t -r -f qcow2 -B b0 -k "$W/s.sock" "$W/b.qcow2" >> "$W/qs"
     done
     rs_t=$(cut -d' ' -f1 "$W/rs" | median); rs_m=$(cut -d' ' -f2 "$W/rs" | median)
     qs_t=$(cut -d' ' -f1 "$W/qs" | median); qs_m=$(cut -d' ' -f2 "$W/qs" | median)
