@@ -210,6 +210,21 @@ rawtrack_bitmap_default_granularity (struct rawtrack_image *img)
 
 /* Add name; with freeze, also clear the auto flag of every bitmap named
  * in freeze (a NULL-terminated list) in the same directory update. */
+/* An enabled bitmap is tracked at the next write: refuse it up front,
+ * before anything is written, where cluster 0 has no room for the
+ * tracking log (512-byte or 1 KiB clusters with a long data file name),
+ * rather than let every tracked write fail later. */
+static int
+check_track_room (struct rawtrack_image *img, const char *what)
+{
+  size_t other;
+
+  if (track_log_room (&img->h, img->cluster_size, true, &other) <
+      TRACK_LOG_MIN)
+    return track_log_no_room (&img->h, img->cluster_size, other, what);
+  return 0;
+}
+
 static int
 do_add (struct rawtrack_image *img, const char *name, uint64_t g,
         unsigned flags, const char *const *freeze)
@@ -257,6 +272,9 @@ do_add (struct rawtrack_image *img, const char *name, uint64_t g,
   tsize = bitmap_table_size_for (img->virtual_size, gb, img->cluster_size);
   if (tsize == 0)
     return set_error (EINVAL, "cannot add a bitmap to a disk of size 0");
+  if (!(flags & RAWTRACK_BITMAP_ADD_DISABLED) &&
+      check_track_room (img, "cannot add an enabled bitmap") == -1)
+    return -1;
 
   for (k = 0; freeze && freeze[k]; k++) {
     int fi = lookup (img, freeze[k]);
@@ -398,6 +416,8 @@ do_set_auto (struct rawtrack_image *img, const char *name, bool on)
     return -1;
   if (((img->bitmaps.entries[i].flags & BME_FLAG_AUTO) != 0) == on)
     return 0;
+  if (on && check_track_room (img, "cannot enable the bitmap") == -1)
+    return -1;
   if (bitmap_update_begin (img, &u, 0) == -1)
     return -1;
   e = &u.dir.entries[i];

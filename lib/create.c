@@ -56,6 +56,30 @@ check_cluster_size (uint32_t cs, uint32_t *bits)
   return 0;
 }
 
+/* Refuse, before anything is written, a cluster size whose cluster 0
+ * could not hold rawtrack's tracking log beside the header, the data file
+ * name, a bitmaps extension and the data file record (track-log.c): every
+ * tracked write would fail later.  v2 images hold no bitmaps. */
+static int
+check_track_room (const struct layout_params *p, const char *what)
+{
+  struct qcow2_header h;
+  size_t cs = (size_t) 1 << p->cluster_bits, other;
+
+  if (p->version < 3)
+    return 0;
+  memset (&h, 0, sizeof h);
+  h.version = p->version;
+  h.cluster_bits = p->cluster_bits;
+  if (p->data_file) {
+    h.incompat |= QCOW2_INCOMPAT_DATA_FILE;
+    h.data_file = (char *) p->data_file;
+  }
+  if (track_log_room (&h, cs, true, &other) < TRACK_LOG_MIN)
+    return track_log_no_room (&h, cs, other, what);
+  return 0;
+}
+
 /* Write the whole image described by p to an empty backend. */
 static int
 write_layout (struct rawtrack_io *io, const struct layout_params *p)
@@ -307,6 +331,8 @@ rawtrack_attach_io (struct rawtrack_io *image, uint64_t raw_size,
                           : RAWTRACK_ATTACH_DEFAULT_CLUSTER_SIZE,
                           &p.cluster_bits) == -1)
     return -1;
+  if (check_track_room (&p, "refusing to attach") == -1)
+    return -1;
   return write_layout (image, &p);
 }
 
@@ -374,6 +400,8 @@ rawtrack_attach (const char *raw_path, const char *image_path,
     p.data_file = abs;
   }
   p.size = (uint64_t) size;
+  if (check_track_room (&p, "refusing to attach") == -1)
+    goto out;
   r = write_new_file (image_path, o.force != 0, layout_cb, &p);
 
  out:
@@ -429,6 +457,10 @@ rawtrack_image_create (const char *path,
                         o.data_file);
     p.data_file = o.data_file;
     p.data_raw = o.data_file_raw != 0;
+  }
+  if (check_track_room (&p, "refusing to create the image") == -1)
+    return -1;
+  if (o.data_file) {
 
     dpath = datafile_join (path, o.data_file);
     if (!dpath)

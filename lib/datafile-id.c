@@ -50,9 +50,7 @@
 #include "bitmap.h"
 #include "byteorder.h"
 
-#define DATAID_EXT_TYPE   0x52544944u          /* "RTID" */
 #define DATAID_MAGIC      0x72746931u          /* "rti1" */
-#define DATAID_LEN        72
 #define ST_WRITING        0x1u
 #define ST_CHANGED        0x2u
 

@@ -212,6 +212,10 @@ int qcow2_header_parse (const uint8_t *buf, size_t len,
  * file order, end, backing name).  -1 (ENOSPC) if it does not fit. */
 int qcow2_header_serialize (const struct qcow2_header *h, uint8_t *buf,
                             size_t cluster_size);
+/* The same; *used: the bytes of cluster 0 it takes (end marker and
+ * backing name included). */
+int qcow2_header_serialize_used (const struct qcow2_header *h, uint8_t *buf,
+                                 size_t cluster_size, size_t *used);
 void qcow2_header_free (struct qcow2_header *h);
 struct rawtrack_image;
 /* Write the header (cluster 0) from img->h; flushes when flush is set. */
@@ -457,6 +461,21 @@ int track_log_write (struct rawtrack_image *img, uint64_t log_off,
 enum { TRACK_LOG_NONE, TRACK_LOG_CLEAN, TRACK_LOG_CRASHED, TRACK_LOG_STALE };
 int track_log_state (const struct rawtrack_image *img, uint32_t *count,
                      uint64_t *extent_bytes);
+/* Fewest extents a log may hold: below this rawtrack refuses to track
+ * (and attach, create and bitmap add refuse the image). */
+#define TRACK_LOG_MIN 8
+/* How many extents a log can hold in cluster 0 (cluster_size bytes) beside
+ * everything else header h holds (a log it has left out), at most
+ * TRACK_LOG_MAX; 0 if even the rest does not fit.  With plan, count too a
+ * bitmaps extension and the data file identity record (datafile-id.c)
+ * where h has none yet: what a tracked image will need.  *other: the
+ * bytes the rest takes (may be NULL). */
+uint32_t track_log_room (const struct qcow2_header *h, size_t cluster_size,
+                         bool plan, size_t *other);
+/* A message for a cluster 0 with no room for TRACK_LOG_MIN entries (-1,
+ * ENOSPC); what: "cannot track writes", "refusing to attach", ... */
+int track_log_no_room (const struct qcow2_header *h, size_t cluster_size,
+                       size_t other, const char *what);
 
 /* ---- guest-read.c ------------------------------------------------------ */
 /* Raw external data: is all of guest [offset, offset+len) known NORMAL? */
@@ -505,6 +524,10 @@ struct rawtrack_io *io_nbd_open (const char *uri, unsigned flags,
 char *datafile_join (const char *image_path, const char *name);
 
 /* ---- datafile-id.c ---------------------------------------------------- */
+/* Its header extension: type and payload length (track-log.c plans room
+ * for it in cluster 0). */
+#define DATAID_EXT_TYPE   0x52544944u          /* "RTID" */
+#define DATAID_LEN        72
 /* At a read-write open with a local data file: compare the recorded
  * identity, mark the bitmaps in use if it changed, record WRITING. */
 int dataid_open (struct rawtrack_image *img);

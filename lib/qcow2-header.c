@@ -401,6 +401,13 @@ int
 qcow2_header_serialize (const struct qcow2_header *h, uint8_t *buf,
                         size_t cs)
 {
+  return qcow2_header_serialize_used (h, buf, cs, NULL);
+}
+
+int
+qcow2_header_serialize_used (const struct qcow2_header *h, uint8_t *buf,
+                             size_t cs, size_t *used)
+{
   size_t off, i;
   uint32_t header_length;
 
@@ -490,7 +497,10 @@ qcow2_header_serialize (const struct qcow2_header *h, uint8_t *buf,
       return set_error (ENOSPC, "backing file name does not fit in cluster 0");
     memcpy (buf + off, h->backing_file, blen);
     be64_store (buf + 8, off);
+    off += blen;
   }
+  if (used)
+    *used = off;
   return 0;
 }
 

@@ -44,6 +44,7 @@
 #include "internal.h"
 #include "byteorder.h"
 #include "arith.h"
+#include "cleanup.h"
 
 #define TRACK_EXT_TYPE      0x52545243u          /* "RTRC" */
 #define TRACK_EXT_MAGIC     0x72747231u          /* "rtr1" */
@@ -188,4 +189,77 @@ track_log_state (const struct rawtrack_image *img, uint32_t *count,
     return *count ? TRACK_LOG_CRASHED : TRACK_LOG_CLEAN;
   }
   return TRACK_LOG_NONE;
+}
+
+/* ---- room in cluster 0 ------------------------------------------------ */
+
+/* Small clusters (512 B, 1 KiB) leave little room in cluster 0 once the
+ * header, the data file name, the bitmaps extension and the identity
+ * record (datafile-id.c) are in: the log is sized to what is left, and
+ * below TRACK_LOG_MIN extents the image cannot be tracked at all.  QEMU
+ * keeps every extension inside cluster 0 too (it writes no feature table
+ * for clusters of 4 KiB or less, nor does qcow2-header.c), so an image
+ * that fits here keeps fitting when QEMU rewrites the header. */
+uint32_t
+track_log_room (const struct qcow2_header *h, size_t cs, bool plan,
+                size_t *other)
+{
+  static const uint8_t zero_id[DATAID_LEN];
+  struct qcow2_header c = *h;
+  CLEANUP_FREE struct qcow2_ext *ext = NULL;
+  CLEANUP_FREE uint8_t *buf = NULL;
+  size_t i, used = 0, need;
+  bool has_id = false;
+
+  if (other)
+    *other = cs;
+  ext = rt_calloc (h->nr_unknown + 1, sizeof *ext);
+  buf = rt_malloc (cs);
+  if (!ext || !buf)
+    return 0;
+  c.nr_unknown = 0;
+  for (i = 0; i < h->nr_unknown; i++) {
+    if (h->unknown[i].type == TRACK_EXT_TYPE)
+      continue;
+    if (h->unknown[i].type == DATAID_EXT_TYPE)
+      has_id = true;
+    ext[c.nr_unknown++] = h->unknown[i];
+  }
+  if (plan && !has_id && (h->incompat & QCOW2_INCOMPAT_DATA_FILE))
+    ext[c.nr_unknown++] = (struct qcow2_ext) {
+      .type = DATAID_EXT_TYPE, .len = DATAID_LEN, .data = (uint8_t *) zero_id
+    };
+  c.unknown = ext;
+  if (plan && !(c.has_bitmaps_ext && c.nb_bitmaps > 0)) {
+    c.has_bitmaps_ext = true;
+    c.nb_bitmaps = 1;
+  }
+  if (qcow2_header_serialize_used (&c, buf, cs, &used) == -1) {
+    rt_clear_error ();
+    return 0;
+  }
+  if (other)
+    *other = used;
+  need = used + 8 + LOG_HEADER;
+  if (need >= cs)
+    return 0;
+  return (uint32_t) MIN ((cs - need) / 8, (size_t) TRACK_LOG_MAX);
+}
+
+int
+track_log_no_room (const struct qcow2_header *h, size_t cs, size_t other,
+                   const char *what)
+{
+  size_t name = (h->incompat & QCOW2_INCOMPAT_DATA_FILE) && h->data_file
+                ? strlen (h->data_file) : 0;
+  size_t need = other + 8 + LOG_HEADER + 8 * TRACK_LOG_MIN;
+
+  return set_error (ENOSPC, "%s: with %zu-byte clusters the image header "
+                    "(cluster 0) has no room for rawtrack's tracking log: "
+                    "it needs %zu bytes for the header%s, the bitmaps "
+                    "extension, the data file record and a log of %d "
+                    "extents, more than %zu; use a cluster size of 4 KiB "
+                    "or more%s", what, cs, need,
+                    name ? " with the data file name" : "", TRACK_LOG_MIN,
+                    cs, name ? " or a shorter data file path" : "");
 }

@@ -639,6 +639,26 @@ track_start (struct rawtrack_image *img)
     goto out;
   }
 
+  /* Small clusters: the log gets what cluster 0 has left (track-log.c),
+   * and the hot set shrinks with it (a tighter bound, more commits). */
+  {
+    size_t other;
+    uint32_t room = track_log_room (&img->h, img->cluster_size, false,
+                                    &other);
+
+    if (room < TRACK_LOG_MIN) {
+      track_log_no_room (&img->h, img->cluster_size, other,
+                         "cannot track writes");
+      goto out;
+    }
+    if (room < t->max_hot) {
+      t->max_hot = room;
+      t->ahead = MIN (t->ahead, t->max_hot * 3 / 4);
+      if (t->ahead < 2)
+        t->ahead = 0;
+    }
+  }
+
   t->summary = bitmap_mem_new (img->virtual_size, 1u << min_gran);
   t->nr_ext = DIV_ROUND_UP (img->virtual_size, 1ull << t->ext_bits);
   t->est = rt_calloc (t->nr_ext, 1);

@@ -49,6 +49,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <sys/mman.h>
+#include <pthread.h>
+#include <time.h>
 
 #include "server.h"
 #include "nbd-protocol.h"
@@ -747,6 +749,41 @@ do_block_status (struct connection *c, const struct request *req)
 
 /* ---- dispatch ---------------------------------------------------------- */
 
+/* A request the library failed (the server's trouble, not the client's
+ * mistake: those are refused before, with req->error): the client gets
+ * the error, and the operator a log line - at most one a second, with
+ * the number left unsaid, so that a client retrying in a loop cannot
+ * flood the log. */
+static void
+log_failure (struct connection *c, const struct request *req)
+{
+  static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  static time_t last;
+  static uint64_t unsaid;
+  time_t now = time (NULL);
+  uint64_t n;
+
+  pthread_mutex_lock (&m);
+  if (now == last) {
+    unsaid++;
+    pthread_mutex_unlock (&m);
+    return;
+  }
+  last = now;
+  n = unsaid;
+  unsaid = 0;
+  pthread_mutex_unlock (&m);
+  if (n)
+    nbd_error ("connection %u: %s at %" PRIu64 " (%" PRIu64 " bytes) "
+               "failed: %s (and %" PRIu64 " more failed requests not "
+               "logged)", c->id, command_name (req->type), req->offset,
+               req->count, lib_message (), n);
+  else
+    nbd_error ("connection %u: %s at %" PRIu64 " (%" PRIu64 " bytes) "
+               "failed: %s", c->id, command_name (req->type), req->offset,
+               req->count, lib_message ());
+}
+
 /* WRITE, TRIM, WRITE_ZEROES on the image: 0 or -1 (the library's error). */
 static int
 do_write (struct connection *c, const struct request *req,
@@ -796,8 +833,10 @@ proto_handle_request (struct connection *c, const struct request *req,
                                    ? RAWTRACK_WRITE_FUA : 0);
     if (req->error)
       return send_error (c, req, req->error, strerror (req->error));
-    if (r == -1)
+    if (r == -1) {
+      log_failure (c, req);
       return send_error (c, req, lib_errno (), lib_message ());
+    }
     return send_ok (c, req);
   }
   if (req->error)
@@ -811,8 +850,10 @@ proto_handle_request (struct connection *c, const struct request *req,
     disk_before_write (c->exp->disk, req->offset, req->count);
     r = do_write (c, req, wb);
     pthread_rwlock_unlock (&c->exp->disk->gate);
-    if (r == -1)
+    if (r == -1) {
+      log_failure (c, req);
       return send_error (c, req, lib_errno (), lib_message ());
+    }
     return send_ok (c, req);
   }
 
@@ -840,7 +881,9 @@ proto_handle_request (struct connection *c, const struct request *req,
   default:
     return send_error (c, req, EINVAL, "unknown command");
   }
-  if (r == -1)
+  if (r == -1) {
+    log_failure (c, req);
     return send_error (c, req, lib_errno (), lib_message ());
+  }
   return send_ok (c, req);
 }
