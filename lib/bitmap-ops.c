@@ -218,9 +218,11 @@ static int
 check_track_room (struct rawtrack_image *img, const char *what)
 {
   size_t other;
+  int64_t room = track_log_room (&img->h, img->cluster_size, true, &other);
 
-  if (track_log_room (&img->h, img->cluster_size, true, &other) <
-      TRACK_LOG_MIN)
+  if (room == -1)
+    return -1;
+  if (room < TRACK_LOG_MIN)
     return track_log_no_room (&img->h, img->cluster_size, other, what);
   return 0;
 }

@@ -65,6 +65,7 @@ check_track_room (const struct layout_params *p, const char *what)
 {
   struct qcow2_header h;
   size_t cs = (size_t) 1 << p->cluster_bits, other;
+  int64_t room;
 
   if (p->version < 3)
     return 0;
@@ -75,7 +76,10 @@ check_track_room (const struct layout_params *p, const char *what)
     h.incompat |= QCOW2_INCOMPAT_DATA_FILE;
     h.data_file = (char *) p->data_file;
   }
-  if (track_log_room (&h, cs, true, &other) < TRACK_LOG_MIN)
+  room = track_log_room (&h, cs, true, &other);
+  if (room == -1)
+    return -1;
+  if (room < TRACK_LOG_MIN)
     return track_log_no_room (&h, cs, other, what);
   return 0;
 }

@@ -469,9 +469,9 @@ int track_log_state (const struct rawtrack_image *img, uint32_t *count,
  * TRACK_LOG_MAX; 0 if even the rest does not fit.  With plan, count too a
  * bitmaps extension and the data file identity record (datafile-id.c)
  * where h has none yet: what a tracked image will need.  *other: the
- * bytes the rest takes (may be NULL). */
-uint32_t track_log_room (const struct qcow2_header *h, size_t cluster_size,
-                         bool plan, size_t *other);
+ * bytes the rest takes (may be NULL).  -1: out of memory. */
+int64_t track_log_room (const struct qcow2_header *h, size_t cluster_size,
+                        bool plan, size_t *other);
 /* A message for a cluster 0 with no room for TRACK_LOG_MIN entries (-1,
  * ENOSPC); what: "cannot track writes", "refusing to attach", ... */
 int track_log_no_room (const struct qcow2_header *h, size_t cluster_size,

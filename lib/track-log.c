@@ -200,7 +200,7 @@ track_log_state (const struct rawtrack_image *img, uint32_t *count,
  * keeps every extension inside cluster 0 too (it writes no feature table
  * for clusters of 4 KiB or less, nor does qcow2-header.c), so an image
  * that fits here keeps fitting when QEMU rewrites the header. */
-uint32_t
+int64_t
 track_log_room (const struct qcow2_header *h, size_t cs, bool plan,
                 size_t *other)
 {
@@ -216,7 +216,7 @@ track_log_room (const struct qcow2_header *h, size_t cs, bool plan,
   ext = rt_calloc (h->nr_unknown + 1, sizeof *ext);
   buf = rt_malloc (cs);
   if (!ext || !buf)
-    return 0;
+    return -1;
   c.nr_unknown = 0;
   for (i = 0; i < h->nr_unknown; i++) {
     if (h->unknown[i].type == TRACK_EXT_TYPE)
@@ -243,7 +243,7 @@ track_log_room (const struct qcow2_header *h, size_t cs, bool plan,
   need = used + 8 + LOG_HEADER;
   if (need >= cs)
     return 0;
-  return (uint32_t) MIN ((cs - need) / 8, (size_t) TRACK_LOG_MAX);
+  return (int64_t) MIN ((cs - need) / 8, (size_t) TRACK_LOG_MAX);
 }
 
 int

@@ -643,16 +643,18 @@ track_start (struct rawtrack_image *img)
    * and the hot set shrinks with it (a tighter bound, more commits). */
   {
     size_t other;
-    uint32_t room = track_log_room (&img->h, img->cluster_size, false,
-                                    &other);
+    int64_t room = track_log_room (&img->h, img->cluster_size, false,
+                                   &other);
 
+    if (room == -1)
+      goto out;
     if (room < TRACK_LOG_MIN) {
       track_log_no_room (&img->h, img->cluster_size, other,
                          "cannot track writes");
       goto out;
     }
     if (room < t->max_hot) {
-      t->max_hot = room;
+      t->max_hot = (uint32_t) room;
       t->ahead = MIN (t->ahead, t->max_hot * 3 / 4);
       if (t->ahead < 2)
         t->ahead = 0;
