@@ -18,16 +18,25 @@
  * has happened since the checkpoint, since every such write comes here
  * first) and written to the store, then marked saved.
  *
- * Locking: vd->rw.  A reader of the view holds it shared from looking at
- * `saved` until its read of the image returns; a saver holds it exclusive
- * from reading the old data until the bit is set.  So a reader that found
- * a chunk unsaved read it before any guest write to it could start (the
- * writer waits for the saver, the saver for the reader), and a chunk found
- * saved is read from the store.  `saved` bits only go from 0 to 1 (atomic
- * OR, release; read with acquire), so a writer that finds every chunk of
- * its range saved needs no lock.  The state changes (failed, ended) under
- * the lock held exclusive; a reader checks it under its shared lock after
- * reading, so it never returns data of a view that failed meanwhile.
+ * Locking.  vd->save_lock (a mutex) serialises the savers: it covers
+ * vd->buf, vd->held and the first failure's reason.  vd->rw guards the
+ * store's fd: readers and savers hold it shared while they use it; only
+ * dropping the store (the view failed or ended) takes it exclusive.  A
+ * saver never waits for readers, so a guest write that must save waits
+ * only for other saves, not for the point-in-time reads in flight.
+ *
+ * Why a reader needs no lock against savers: a guest write to a chunk
+ * starts only after the chunk's `saved` bit is set (the saver sets it,
+ * with release, after the old data is in the store).  A reader reads the
+ * unsaved chunks from the image, then loads their bits again (acquire):
+ * a bit still clear means no guest write to that chunk had started when
+ * the image read returned, so what it read is the old data; a bit now set
+ * means the chunk may have changed under the read, and it is read again
+ * from the store, which holds the old data.  `saved` bits only go from 0
+ * to 1, so a writer that finds every chunk of its range saved needs no
+ * lock at all.  The state (active -> failed/ended) is atomic; a reader
+ * checks it after reading, so it never returns data of a view that failed
+ * meanwhile.
  * refs: the point-in-time export's connections and the control socket;
  * the last reference frees.  fleece_config.held is atomic.
  *
@@ -48,6 +57,7 @@
 
 #include "server.h"
 #include "nbd-protocol.h"
+#include "arith.h"
 
 /* Chunks copied with one read and one write at most (1 MiB). */
 #define SAVE_RUN 16
@@ -57,16 +67,19 @@ struct view_disk {
   struct nbd_disk *disk;
   struct fleece_config *fc;
   unsigned refs;                   /* atomic */
-  pthread_rwlock_t rw;
-  enum view_state state;           /* under rw; read atomically for query */
-  char reason[256];                /* why it failed (under rw) */
+  pthread_rwlock_t rw;             /* the store's fd (see the note) */
+  pthread_mutex_t save_lock;       /* savers: buf, held, reason */
+  enum view_state state;           /* atomic */
+  char reason[256];                /* why it failed (written once, before
+                                      state turns failed) */
   int fd;                          /* the store; -1 once ended or failed */
   uint64_t nr_chunks;
   bool full;
   uint64_t *needed;                /* NULL when full */
   uint64_t *saved;                 /* atomic bits */
-  uint64_t held;                   /* bytes in the store (under rw) */
-  uint8_t *buf;                    /* SAVE_RUN chunks, for the saver (rw) */
+  uint64_t held;                   /* bytes in the store (atomic) */
+  uint8_t *buf;                    /* SAVE_RUN chunks (save_lock) */
+  unsigned test_read_delay_ms;     /* RAWTRACK_TEST_VIEW_READ_DELAY_MS */
   struct nbd_export exp;           /* EXPORT@CHECKPOINT */
   char *exp_name;
 };
@@ -172,6 +185,15 @@ view_disk_new (struct nbd_disk *disk, struct fleece_config *fc,
     pthread_rwlock_init (&vd->rw, &a);
     pthread_rwlockattr_destroy (&a);
   }
+  pthread_mutex_init (&vd->save_lock, NULL);
+  {
+    /* Test hook (tests/interop/test-serve-live.sh part 8): wait this long
+     * between finding chunks unsaved and reading them from the image, so
+     * that a guest write can save and overwrite them meanwhile. */
+    const char *d = getenv ("RAWTRACK_TEST_VIEW_READ_DELAY_MS");
+
+    vd->test_read_delay_ms = d ? (unsigned) strtoul (d, NULL, 10) % 60000 : 0;
+  }
   vd->nr_chunks = (size + VIEW_CHUNK - 1) / VIEW_CHUNK;
   words = (size_t) ((vd->nr_chunks + 63) / 64) + 1;
   vd->saved = calloc (words, sizeof (uint64_t));
@@ -258,8 +280,9 @@ drop_store (struct view_disk *vd)
   if (vd->fd >= 0)
     close (vd->fd);
   vd->fd = -1;
-  __atomic_fetch_sub (&vd->fc->held, vd->held, __ATOMIC_RELAXED);
-  vd->held = 0;
+  __atomic_fetch_sub (&vd->fc->held,
+                      __atomic_exchange_n (&vd->held, 0, __ATOMIC_RELAXED),
+                      __ATOMIC_RELAXED);
 }
 
 void
@@ -296,10 +319,13 @@ view_disk_unref (struct view_disk *vd)
   free (vd->saved);
   free (vd->buf);
   pthread_rwlock_destroy (&vd->rw);
+  pthread_mutex_destroy (&vd->save_lock);
   free (vd);
 }
 
-/* The view cannot go on: vd->rw held exclusive. */
+/* The view cannot go on (vd->save_lock held, the view active): record
+ * why and turn it failed; the caller drops the store once it has let go
+ * of vd->rw. */
 static void
 fail_view (struct view_disk *vd, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
@@ -313,7 +339,12 @@ fail_view (struct view_disk *vd, const char *fmt, ...)
   va_end (ap);
   nbd_error ("point-in-time export %s failed: %s", vd->exp_name, vd->reason);
   __atomic_store_n (&vd->state, VIEW_FAILED, __ATOMIC_RELEASE);
-  drop_store (vd);
+}
+
+static bool
+view_active (struct view_disk *vd)
+{
+  return __atomic_load_n (&vd->state, __ATOMIC_ACQUIRE) == VIEW_ACTIVE;
 }
 
 /* Does [first, last] hold a chunk that is needed and not saved? */
@@ -332,9 +363,11 @@ static void
 save_range (struct view_disk *vd, uint64_t first, uint64_t last)
 {
   uint64_t i, k, size = vd->exp.size;
+  bool failed = false;
 
-  pthread_rwlock_wrlock (&vd->rw);
-  for (i = first; i <= last && vd->state == VIEW_ACTIVE; i = k) {
+  pthread_mutex_lock (&vd->save_lock);
+  pthread_rwlock_rdlock (&vd->rw);
+  for (i = first; i <= last && view_active (vd); i = k) {
     uint64_t off = i * VIEW_CHUNK, len;
     uint64_t held;
     ssize_t w;
@@ -348,27 +381,37 @@ save_range (struct view_disk *vd, uint64_t first, uint64_t last)
       k++;
     len = k * VIEW_CHUNK > size ? size - off : (k - i) * VIEW_CHUNK;
     held = __atomic_add_fetch (&vd->fc->held, len, __ATOMIC_RELAXED);
-    vd->held += len;
+    __atomic_add_fetch (&vd->held, len, __ATOMIC_RELAXED);
     if (held > vd->fc->limit) {
       fail_view (vd, "the fleecing store would exceed its limit of %"
                  PRIu64 " bytes (--fleece-limit)", vd->fc->limit);
+      failed = true;
       break;
     }
     if (rawtrack_image_pread (vd->disk->img, vd->buf, len, off) == -1) {
       fail_view (vd, "reading the old data at offset %" PRIu64 ": %s", off,
                  rawtrack_get_error ());
+      failed = true;
       break;
     }
     w = pwrite (vd->fd, vd->buf, len, (off_t) off);
     if (w != (ssize_t) len) {
       fail_view (vd, "writing the fleecing store at offset %" PRIu64 ": %s",
                  off, w < 0 ? strerror (errno) : "short write");
+      failed = true;
       break;
     }
     for (; i < k; i++)
       bit_set_atomic (vd->saved, i);
   }
   pthread_rwlock_unlock (&vd->rw);
+  pthread_mutex_unlock (&vd->save_lock);
+  if (failed) {
+    /* The readers in flight see the state and fail; then the store goes. */
+    pthread_rwlock_wrlock (&vd->rw);
+    drop_store (vd);
+    pthread_rwlock_unlock (&vd->rw);
+  }
 }
 
 void
@@ -391,6 +434,24 @@ disk_before_write (struct nbd_disk *disk, uint64_t offset, uint64_t count)
   }
 }
 
+/* Read from the store (vd->rw held shared): 0 or an errno. */
+static int
+store_read (struct view_disk *vd, uint8_t *p, uint64_t n, uint64_t offset)
+{
+  uint64_t done = 0;
+
+  if (vd->fd < 0)
+    return EIO;
+  while (done < n) {
+    ssize_t r = pread (vd->fd, p + done, n - done, (off_t) (offset + done));
+
+    if (r <= 0)
+      return r < 0 ? errno : EIO;
+    done += (uint64_t) r;
+  }
+  return 0;
+}
+
 int
 view_disk_read (struct view_disk *vd, void *buf, uint64_t count,
                 uint64_t offset)
@@ -400,7 +461,7 @@ view_disk_read (struct view_disk *vd, void *buf, uint64_t count,
   int err = 0;
 
   pthread_rwlock_rdlock (&vd->rw);
-  while (pos < end && vd->state == VIEW_ACTIVE) {
+  while (pos < end && view_active (vd)) {
     uint64_t i = pos / VIEW_CHUNK;
     bool saved = bit_get (vd->saved, i);
     uint64_t run_end = (i + 1) * VIEW_CHUNK;
@@ -410,28 +471,31 @@ view_disk_read (struct view_disk *vd, void *buf, uint64_t count,
       run_end += VIEW_CHUNK;
     if (run_end > end)
       run_end = end;
-    if (saved) {
-      uint64_t done = 0;
-
-      while (done < run_end - pos) {
-        ssize_t r = pread (vd->fd, p + done, run_end - pos - done,
-                           (off_t) (pos + done));
-
-        if (r <= 0) {
-          err = r < 0 ? errno : EIO;
-          break;
-        }
-        done += (uint64_t) r;
-      }
-    }
+    if (!saved && vd->test_read_delay_ms)
+      usleep (vd->test_read_delay_ms * 1000u);    /* test hook */
+    if (saved)
+      err = store_read (vd, p, run_end - pos, pos);
     else if (rawtrack_image_pread (vd->disk->img, p, run_end - pos, pos) == -1)
       err = rawtrack_get_errno () ? rawtrack_get_errno () : EIO;
+    else {
+      /* Chunks saved while the image was read may have been overwritten
+       * under the read: their old data is in the store (see the note). */
+      uint64_t c;
+
+      for (c = pos / VIEW_CHUNK; !err && c * VIEW_CHUNK < run_end; c++)
+        if (bit_get (vd->saved, c)) {
+          uint64_t lo = MAX (pos, c * VIEW_CHUNK);
+          uint64_t hi = MIN (run_end, (c + 1) * VIEW_CHUNK);
+
+          err = store_read (vd, p + (lo - pos), hi - lo, lo);
+        }
+    }
     if (err)
       break;
     p += run_end - pos;
     pos = run_end;
   }
-  if (!err && vd->state != VIEW_ACTIVE)
+  if (!err && !view_active (vd))
     err = EIO;
   pthread_rwlock_unlock (&vd->rw);
   if (err) {
@@ -447,12 +511,10 @@ view_disk_state (struct view_disk *vd, uint64_t *held, char *reason,
 {
   enum view_state s;
 
-  pthread_rwlock_rdlock (&vd->rw);
-  s = vd->state;
-  *held = vd->held;
+  s = __atomic_load_n (&vd->state, __ATOMIC_ACQUIRE);
+  *held = __atomic_load_n (&vd->held, __ATOMIC_RELAXED);
   if (reason)
-    snprintf (reason, len, "%s", vd->reason);
-  pthread_rwlock_unlock (&vd->rw);
+    snprintf (reason, len, "%s", s == VIEW_FAILED ? vd->reason : "");
   return s;
 }
 

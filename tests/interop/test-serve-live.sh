@@ -23,6 +23,11 @@
 #  6. kill -9 during a view: after a restart the frozen (disabled) and the
 #     new (enabled) bitmap together cover every write; a new checkpoint
 #     can freeze both and publishes both
+#  7. a sparse 2 TiB disk, two views at once
+#  8. the race of a point-in-time read with copy-before-write, made
+#     certain by a test hook: the view's read waits after reading the image
+#     while a guest write saves and overwrites the same chunk; the read
+#     must still return the old data (readers take no lock against savers)
 # Cheap: a 16 MiB sparse disk; LIVE_ROUNDS=N repeats the race of 2 and 3.
 set -euo pipefail
 source "${SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/functions.sh"
@@ -326,6 +331,24 @@ q=$($ctl ctl.sock '{"command": "query"}')
 # t1 saved 1 MiB + 64 KiB + 4 KiB's chunk; t2 1 MiB (the 4 KiB at 0 is not
 # in t1's bits).
 [ "$(json_get "$q" '[v["cbw_bytes"] for v in r["views"]]')" = "[1048576, 1179648]" ] || die "$q"
+stop_server
+
+# ---- 8. a read racing copy-before-write ------------------------------------
+echo "$progname: part 8 at ${SECONDS}s"
+RAWTRACK_TEST_VIEW_READ_DELAY_MS=1500 start_server disk.qcow2
+qemu-io -f raw -c "write -P 0x5a 0 256k" "$uri" >/dev/null
+$ctl ctl.sock '{"command": "checkpoint", "new": "r1", "full": true}' \
+    '{"command": "backup-begin", "checkpoint": "r1"}' >/dev/null || die "r1"
+qemu-io -f raw -r -c "read -P 0x5a 0 256k" "$(pit_uri @r1)" >race.out 2>&1 &
+reader=$!
+sleep 0.5                        # the reader is inside its delay now
+t0=$SECONDS
+qemu-io -f raw -c "write -P 0x5b 0 256k" "$uri" >/dev/null
+[ $((SECONDS - t0)) -le 1 ] || echo "$progname: the guest write waited for the read"
+wait $reader || die "the point-in-time read failed: $(cat race.out)"
+grep -q Pattern race.out && die "a read racing copy-before-write returned new data: $(cat race.out)"
+qemu-io -f raw -r -c "read -P 0x5b 0 256k" "$uri" | grep -q Pattern && die "guest data"
+$ctl ctl.sock '{"command": "backup-end", "checkpoint": "r1", "result": "success"}' >/dev/null || die "r1 end"
 stop_server
 
 qemu-img check disk.qcow2 >/dev/null || die "qemu-img check disk.qcow2"
