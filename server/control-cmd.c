@@ -416,6 +416,27 @@ error_response (const struct jv *id, const struct cerr *e)
 
 /* ---- query ------------------------------------------------------------- */
 
+/* "exports" and "frozen" of a checkpoint, as query and checkpoint answer
+ * them (docs/control.md). */
+static void
+json_ckpt_disks (struct json *j, const struct ckpt *c)
+{
+  size_t i, k;
+
+  json_array_begin (j, "exports");
+  for (i = 0; i < c->n; i++)
+    json_string (j, NULL, c->d[i].exp->name);
+  json_array_end (j);
+  json_object_begin (j, "frozen");
+  for (i = 0; i < c->n; i++) {
+    json_array_begin (j, c->d[i].exp->name);
+    for (k = 0; k < c->d[i].nr_frozen; k++)
+      json_string (j, NULL, c->d[i].frozen[k]);
+    json_array_end (j);
+  }
+  json_object_end (j);
+}
+
 static const char *
 view_state_name (struct ckpt *c, uint64_t *held, char *reason, size_t len)
 {
@@ -448,7 +469,7 @@ cmd_query (struct control_state *st, const struct jv *req, struct json *j,
 {
   static const char *const allowed[] = { NULL };
   struct ckpt *c;
-  size_t i, k;
+  size_t i;
 
   if (check_args (req, "query", allowed, e) == -1)
     return -1;
@@ -495,18 +516,7 @@ cmd_query (struct control_state *st, const struct jv *req, struct json *j,
     json_string (j, "state", s);
     if (reason[0])
       json_string (j, "reason", reason);
-    json_array_begin (j, "exports");
-    for (i = 0; i < c->n; i++)
-      json_string (j, NULL, c->d[i].exp->name);
-    json_array_end (j);
-    json_object_begin (j, "frozen");
-    for (i = 0; i < c->n; i++) {
-      json_array_begin (j, c->d[i].exp->name);
-      for (k = 0; k < c->d[i].nr_frozen; k++)
-        json_string (j, NULL, c->d[i].frozen[k]);
-      json_array_end (j);
-    }
-    json_object_end (j);
+    json_ckpt_disks (j, c);
     json_bool (j, "full", c->full);
     json_uint (j, "cbw_bytes", held);
     json_uint (j, "created", (uint64_t) c->created);
@@ -726,18 +736,7 @@ cmd_checkpoint (struct control_state *st, const struct jv *req,
   c->next = st->ckpts;
   st->ckpts = c;
   json_string (j, "checkpoint", name);
-  json_array_begin (j, "exports");
-  for (i = 0; i < c->n; i++)
-    json_string (j, NULL, c->d[i].exp->name);
-  json_array_end (j);
-  json_object_begin (j, "frozen");
-  for (i = 0; i < c->n; i++) {
-    json_array_begin (j, c->d[i].exp->name);
-    for (k = 0; k < c->d[i].nr_frozen; k++)
-      json_string (j, NULL, c->d[i].frozen[k]);
-    json_array_end (j);
-  }
-  json_object_end (j);
+  json_ckpt_disks (j, c);
   json_bool (j, "view", c->view);
   json_bool (j, "full", c->full);
   /* How long guest writes waited (from asking for the gates). */
