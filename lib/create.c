@@ -99,8 +99,7 @@ write_layout (struct rawtrack_io *io, const struct layout_params *p)
   uint64_t rt = 1, rb = 1, total, i, j, off;
   uint64_t rt_off, rb_off, l1_off, l2_off, used;
   struct qcow2_header h;
-  uint8_t *buf = NULL;
-  int r = -1;
+  CLEANUP_FREE uint8_t *buf = NULL;
 
   if (l1_size * 8 > QCOW2_MAX_L1_BYTES)
     return set_error (EFBIG, "a %" PRIu64 "-byte disk needs an L1 table of %"
@@ -147,11 +146,11 @@ write_layout (struct rawtrack_io *io, const struct layout_params *p)
   if (p->data_raw)
     h.autoclear |= QCOW2_AUTOCLEAR_DATA_RAW;
   if (qcow2_header_serialize (&h, buf, cs) == -1)
-    goto out;
+    return -1;
   for (used = cs; used > 0 && buf[used - 1] == 0; used--)
     ;
   if (io_write (io, buf, ROUND_UP (used, 512), 0, "image header") == -1)
-    goto out;
+    return -1;
 
   /* Refcount table. */
   memset (buf, 0, rt * cs > WRITE_CHUNK ? WRITE_CHUNK : rt * cs);
@@ -161,7 +160,7 @@ write_layout (struct rawtrack_io *io, const struct layout_params *p)
     for (j = 0; j < n; j++)
       be64_store (buf + j * 8, rb_off + (i + j) * cs);
     if (io_write (io, buf, n * 8, rt_off + off, "refcount table") == -1)
-      goto out;
+      return -1;
     off += n * 8;
     i += n;
   }
@@ -176,7 +175,7 @@ write_layout (struct rawtrack_io *io, const struct layout_params *p)
     used = ROUND_UP (DIV_ROUND_UP (n * refbits, 8), 512);
     if (io_write (io, buf, MIN (used, cs), rb_off + i * cs,
                   "refcount block") == -1)
-      goto out;
+      return -1;
   }
 
   /* L1 table; the rest of its last cluster stays a hole (zeros). */
@@ -186,7 +185,7 @@ write_layout (struct rawtrack_io *io, const struct layout_params *p)
     for (j = 0; j < n; j++)
       be64_store (buf + j * 8, QCOW_OFLAG_COPIED | (l2_off + (i + j) * cs));
     if (io_write (io, buf, n * 8, l1_off + i * 8, "L1 table") == -1)
-      goto out;
+      return -1;
     i += n;
   }
 
@@ -201,22 +200,16 @@ write_layout (struct rawtrack_io *io, const struct layout_params *p)
       be64_store (buf + j * 8, QCOW_OFLAG_COPIED | (g * cs));
     }
     if (io_write (io, buf, n * 8, l2_off + i * 8, "L2 table") == -1)
-      goto out;
+      return -1;
     i += n;
   }
   /* Every structure lies inside the file, unwritten parts as holes. */
   if (io_op_truncate (io, total * cs) == -1 &&
       errno != ENOTSUP) {
-    set_error (errno, "cannot size the new image: %s", strerror (errno));
-    goto out;
+    return set_error (errno, "cannot size the new image: %s",
+                      strerror (errno));
   }
-  if (io_flush (io, "new image") == -1)
-    goto out;
-  r = 0;
-
- out:
-  free (buf);
-  return r;
+  return io_flush (io, "new image");
 }
 
 /* Create path's temporary sibling, run fn over it, then rename it into
@@ -227,18 +220,16 @@ write_new_file (const char *path, bool force,
                 void *opaque)
 {
   size_t len = strlen (path);
-  char *tmp = rt_malloc (len + 16);
+  CLEANUP_FREE char *tmp = rt_malloc (len + 16);
   struct rawtrack_io *io = NULL;
   struct stat st;
-  int fd, r = -1;
+  int fd;
 
   if (!tmp)
     return -1;
-  if (!force && lstat (path, &st) == 0) {
-    free (tmp);
+  if (!force && lstat (path, &st) == 0)
     return set_error (EEXIST, "'%s' already exists (use --force to replace "
                       "it)", path);
-  }
   /* Replacing an image that a VM (or rawtrack) has open would leave it
    * writing a deleted file while the new one is taken for its image. */
   if (force && stat (path, &st) == 0 && S_ISREG (st.st_mode)) {
@@ -249,7 +240,6 @@ write_new_file (const char *path, bool force,
 
       rawtrack_io_close (old);
       if (busy == -1) {
-        free (tmp);
         rt_prefix_error ("not replaced: ");
         return -1;
       }
@@ -257,12 +247,9 @@ write_new_file (const char *path, bool force,
   }
   snprintf (tmp, len + 16, "%s.tmp-XXXXXX", path);
   fd = mkstemp (tmp);
-  if (fd == -1) {
-    r = set_error (errno, "cannot create a temporary file beside '%s': %s",
-                   path, strerror (errno));
-    free (tmp);
-    return r;
-  }
+  if (fd == -1)
+    return set_error (errno, "cannot create a temporary file beside '%s': "
+                      "%s", path, strerror (errno));
   {
     mode_t mask = umask (0);     /* mkstemp makes 0600; use 0666 & ~umask */
     umask (mask);
@@ -292,22 +279,18 @@ write_new_file (const char *path, bool force,
                  strerror (errno));
     else if (link (tmp, path) == 0) {   /* no RENAME_NOREPLACE here */
       unlink (tmp);
-      r = 0;
-      goto done;
+      return 0;
     }
     else
       set_error (errno, "cannot create '%s': %s", path, strerror (errno));
     goto out;
   }
-  r = 0;
-  goto done;
+  return 0;
 
  out:
   rawtrack_io_close (io);
   unlink (tmp);
- done:
-  free (tmp);
-  return r;
+  return -1;
 }
 
 static int
@@ -348,11 +331,10 @@ rawtrack_attach (const char *raw_path, const char *image_path,
   struct layout_params p = {
     .refcount_order = 4, .version = 3, .data_raw = true,
   };
-  struct rawtrack_io *raw;
+  CLEANUP_IO_CLOSE struct rawtrack_io *raw = NULL;
   struct stat rst, ist;
-  char *abs = NULL;
+  CLEANUP_FREE char *abs = NULL;
   int64_t size;
-  int r = -1;
   bool remote;
 
   rt_clear_error ();
@@ -373,45 +355,32 @@ rawtrack_attach (const char *raw_path, const char *image_path,
   if (!raw)
     return -1;
   size = io_op_get_size (raw);
-  if (size == -1) {
-    set_error (errno, "cannot get the size of '%s': %s", raw_path,
-               strerror (errno));
-    goto out;
-  }
-  if (size == 0 || size % 512) {
-    set_error (EINVAL, "'%s' is %" PRId64 " bytes, not a positive multiple "
-               "of 512: a disk image must be made of whole sectors",
-               raw_path, size);
-    goto out;
-  }
+  if (size == -1)
+    return set_error (errno, "cannot get the size of '%s': %s", raw_path,
+                      strerror (errno));
+  if (size == 0 || size % 512)
+    return set_error (EINVAL, "'%s' is %" PRId64 " bytes, not a positive "
+                      "multiple of 512: a disk image must be made of whole "
+                      "sectors", raw_path, size);
   if (!remote && stat (raw_path, &rst) == 0 && stat (image_path, &ist) == 0 &&
-      rst.st_dev == ist.st_dev && rst.st_ino == ist.st_ino) {
-    set_error (EINVAL, "'%s' and '%s' are the same file: refusing to "
-               "overwrite the raw disk", raw_path, image_path);
-    goto out;
-  }
+      rst.st_dev == ist.st_dev && rst.st_ino == ist.st_ino)
+    return set_error (EINVAL, "'%s' and '%s' are the same file: refusing "
+                      "to overwrite the raw disk", raw_path, image_path);
   if (o.stored_name)
     p.data_file = o.stored_name;
   else if (remote)
     p.data_file = raw_path;
   else {
     abs = realpath (raw_path, NULL);
-    if (!abs) {
-      set_error (errno, "cannot resolve '%s': %s", raw_path,
-                 strerror (errno));
-      goto out;
-    }
+    if (!abs)
+      return set_error (errno, "cannot resolve '%s': %s", raw_path,
+                        strerror (errno));
     p.data_file = abs;
   }
   p.size = (uint64_t) size;
   if (check_track_room (&p, "refusing to attach") == -1)
-    goto out;
-  r = write_new_file (image_path, o.force != 0, layout_cb, &p);
-
- out:
-  free (abs);
-  rawtrack_io_close (raw);
-  return r;
+    return -1;
+  return write_new_file (image_path, o.force != 0, layout_cb, &p);
 }
 
 RAWTRACK_API int
@@ -420,9 +389,8 @@ rawtrack_image_create (const char *path,
 {
   struct rawtrack_create_opts o = { .struct_size = sizeof o };
   struct layout_params p = { .refcount_order = 4, .version = 3 };
-  struct rawtrack_io *data = NULL;
-  char *dpath = NULL;
-  int r = -1;
+  CLEANUP_IO_CLOSE struct rawtrack_io *data = NULL;
+  CLEANUP_FREE char *dpath = NULL;
 
   rt_clear_error ();
   if (opts)
@@ -469,18 +437,16 @@ rawtrack_image_create (const char *path,
     dpath = datafile_join (path, o.data_file);
     if (!dpath)
       return -1;
-    if (!o.force && access (path, F_OK) == 0) {
-      r = set_error (EEXIST, "'%s' already exists (use --force to replace "
-                     "it)", path);
-      goto out;
-    }
+    if (!o.force && access (path, F_OK) == 0)
+      return set_error (EEXIST, "'%s' already exists (use --force to "
+                        "replace it)", path);
     data = rawtrack_io_file_open (dpath, RAWTRACK_IO_RDWR | RAWTRACK_IO_CREATE |
                                   (o.force ? 0 : RAWTRACK_IO_EXCL));
     if (!data)
-      goto out;
+      return -1;
     /* --force truncates it: never under a program that has it open. */
     if (image_lock_file (data, RAWTRACK_OPEN_RDWR, true, dpath) == -1)
-      goto out;
+      return -1;
     if (io_op_truncate (data, p.size) == -1 &&
         !(rawtrack_io_caps (data) & RAWTRACK_IO_IS_BLOCKDEV)) {
       set_error (errno, "cannot size the data file '%s': %s", dpath,
@@ -490,16 +456,15 @@ rawtrack_image_create (const char *path,
     if (io_flush (data, "data file") == -1)
       goto out_unlink;
   }
-  r = write_new_file (path, o.force != 0, layout_cb, &p);
-  if (r == -1 && data)
-    goto out_unlink;
-  goto out;
+  if (write_new_file (path, o.force != 0, layout_cb, &p) == 0)
+    return 0;
+  if (!data)
+    return -1;
 
  out_unlink:
-  if (!o.force && dpath)
+  /* The data file this call made goes too (with --force it may have been
+   * there before: it stays). */
+  if (!o.force)
     unlink (dpath);
- out:
-  rawtrack_io_close (data);
-  free (dpath);
-  return r;
+  return -1;
 }

@@ -57,6 +57,16 @@
 
 #include "rawtrack/rawtrack.h"
 #include "vector.h"
+#include "cleanup.h"
+
+/* CLEANUP_IO_CLOSE struct rawtrack_io *io = ...;  closes the backend (if
+ * not NULL) on every exit from the scope; set io to NULL to hand it on. */
+static inline void
+cleanup_io_close (struct rawtrack_io **io)
+{
+  rawtrack_io_close (*io);
+}
+#define CLEANUP_IO_CLOSE __attribute__ ((cleanup (cleanup_io_close)))
 
 /* ---- errors.c --------------------------------------------------------- */
 /* Record the thread's last error (message formatted printf-style).

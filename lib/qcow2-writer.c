@@ -52,6 +52,9 @@
 #include "byteorder.h"
 #include "arith.h"
 
+/* Refcounts indexed by host cluster. */
+DEFINE_VECTOR_TYPE (ref_list, uint16_t, rt_realloc)
+
 struct rawtrack_writer {
   struct rawtrack_io *io;
   bool own_io;
@@ -76,8 +79,7 @@ struct rawtrack_writer {
   uint64_t packed_off;             /* its host offset; 0: none */
   uint64_t packed_fill;
 
-  uint16_t *refs;                  /* refcount of each host cluster */
-  uint64_t refs_len, refs_cap;
+  struct ref_list refs;            /* refcount of each host cluster */
   uint8_t *pad;                    /* one zeroed cluster (partial tails) */
 
   /* Copy-on-write of a partially written cluster (see above). */
@@ -105,22 +107,17 @@ set_ref (struct rawtrack_writer *w, uint64_t host, uint16_t v, bool add)
 {
   uint64_t c = host >> w->cluster_bits;
 
-  if (c >= w->refs_cap) {
-    uint64_t cap = MAX (w->refs_cap * 2, MAX (c + 1, 1024));
-    uint16_t *n = rt_realloc (w->refs, cap * sizeof *n);
-
-    if (!n)
+  if (c >= w->refs.len) {
+    if (ref_list_reserve (&w->refs, c + 1 - w->refs.len) == -1)
       return -1;
-    memset (n + w->refs_cap, 0, (cap - w->refs_cap) * sizeof *n);
-    w->refs = n;
-    w->refs_cap = cap;
+    memset (w->refs.ptr + w->refs.len, 0,
+            (c + 1 - w->refs.len) * sizeof *w->refs.ptr);
+    w->refs.len = c + 1;
   }
   if (add)
-    w->refs[c] += v;
+    w->refs.ptr[c] += v;
   else
-    w->refs[c] = v;
-  if (c + 1 > w->refs_len)
-    w->refs_len = c + 1;
+    w->refs.ptr[c] = v;
   return 0;
 }
 
@@ -153,10 +150,9 @@ flush_packed (struct rawtrack_writer *w)
 static int
 flush_l2 (struct rawtrack_writer *w)
 {
-  uint8_t *buf;
+  CLEANUP_FREE uint8_t *buf = NULL;
   int64_t off;
   uint64_t i;
-  int r;
 
   if (!w->l2_used)
     return 0;
@@ -168,9 +164,7 @@ flush_l2 (struct rawtrack_writer *w)
     return -1;
   for (i = 0; i < w->l2_entries; i++)
     be64_store (buf + i * 8, w->l2[i]);
-  r = io_write (w->io, buf, w->cs, (uint64_t) off, "L2 table");
-  free (buf);
-  if (r == -1)
+  if (io_write (w->io, buf, w->cs, (uint64_t) off, "L2 table") == -1)
     return -1;
   w->l1[w->l2_index] = (uint64_t) off | QCOW_OFLAG_COPIED;
   memset (w->l2, 0, w->cs);
@@ -186,8 +180,7 @@ static int store_data (struct rawtrack_writer *w, uint64_t offset,
 static int
 cow_open (struct rawtrack_writer *w)
 {
-  char *path = NULL;
-  int r = -1;
+  CLEANUP_FREE char *path = NULL;
 
   if (!w->dir && w->backing_file[0] != '/')
     return set_error (ENOTSUP, "copy-on-write from the backing file '%s' "
@@ -205,23 +198,22 @@ cow_open (struct rawtrack_writer *w)
 
     w->bio = rawtrack_io_file_open (path, 0);
     if (!w->bio || (sz = rawtrack_io_get_size (w->bio)) < 0)
-      goto out;
+      goto fail;
     w->bsize = (uint64_t) sz;
   }
   else {
     w->bimg = rawtrack_image_open (path, 0, NULL);
     if (!w->bimg)
-      goto out;
+      goto fail;
     w->bsize = rawtrack_image_virtual_size (w->bimg);
   }
-  r = 0;
- out:
-  if (r == -1)
-    set_error (rawtrack_get_errno () ? rawtrack_get_errno () : EIO,
-               "copy-on-write: cannot open the backing file '%s': %s", path,
-               rawtrack_get_error () ? rawtrack_get_error () : "failed");
-  free (path);
-  return r;
+  return 0;
+
+ fail:
+  return set_error (rawtrack_get_errno () ? rawtrack_get_errno () : EIO,
+                    "copy-on-write: cannot open the backing file '%s': %s",
+                    path, rawtrack_get_error () ? rawtrack_get_error ()
+                    : "failed");
 }
 
 /* Guest bytes [offset, offset + count) of the backing chain into buf. */
@@ -442,7 +434,7 @@ rawtrack_writer_compressed (struct rawtrack_writer *w, uint64_t offset,
     off = alloc_cluster (w);
     if (off < 0)
       return fail (w);
-    w->refs[(uint64_t) off >> w->cluster_bits] = 0;
+    w->refs.ptr[(uint64_t) off >> w->cluster_bits] = 0;
     w->packed_off = (uint64_t) off;
     w->packed_fill = 0;
     memset (w->packed, 0, w->cs);
@@ -450,7 +442,7 @@ rawtrack_writer_compressed (struct rawtrack_writer *w, uint64_t offset,
   host = w->packed_off + w->packed_fill;
   memcpy (w->packed + w->packed_fill, buf, len);
   w->packed_fill += need;
-  w->refs[w->packed_off >> w->cluster_bits]++;
+  w->refs.ptr[w->packed_off >> w->cluster_bits]++;
   /* Descriptor: host offset in bits 0..x-1, additional 512-byte sectors
    * above (qcow2 spec, "Compressed Clusters Descriptor"). */
   x = 62 - (w->cluster_bits - 8);
@@ -487,17 +479,14 @@ static int
 write_words (struct rawtrack_writer *w, const uint64_t *v, uint64_t n,
              uint64_t bytes, uint64_t off, const char *what)
 {
-  uint8_t *buf = rt_calloc (1, bytes);
+  CLEANUP_FREE uint8_t *buf = rt_calloc (1, bytes);
   uint64_t i;
-  int r;
 
   if (!buf)
     return -1;
   for (i = 0; i < n; i++)
     be64_store (buf + i * 8, v[i]);
-  r = io_write (w->io, buf, bytes, off, what);
-  free (buf);
-  return r;
+  return io_write (w->io, buf, bytes, off, what);
 }
 
 RAWTRACK_API int
@@ -505,10 +494,10 @@ rawtrack_writer_finish (struct rawtrack_writer *w)
 {
   const uint64_t cs = w->cs;
   const uint64_t E = cs / 2;       /* 16-bit refcounts per block */
-  uint64_t l1c, l1_off, rb, rt, total, rb_off, rt_off, i, *rtable = NULL;
+  uint64_t l1c, l1_off, rb, rt, total, rb_off, rt_off, i;
+  CLEANUP_FREE uint64_t *rtable = NULL;
+  CLEANUP_FREE uint8_t *buf = NULL;
   struct qcow2_header h;
-  uint8_t *buf = NULL;
-  int r = -1;
 
   rt_clear_error ();
   if (w->failed || w->finished)
@@ -554,8 +543,8 @@ rawtrack_writer_finish (struct rawtrack_writer *w)
     uint64_t c;
 
     memset (buf, 0, cs);
-    for (c = i * E; c < MIN ((i + 1) * E, w->refs_len); c++)
-      be16_store (buf + (c - i * E) * 2, w->refs[c]);
+    for (c = i * E; c < MIN ((i + 1) * E, w->refs.len); c++)
+      be16_store (buf + (c - i * E) * 2, w->refs.ptr[c]);
     if (io_write (w->io, buf, cs, rb_off + i * cs, "refcount block") == -1)
       goto out;
     rtable[i] = rb_off + i * cs;
@@ -586,14 +575,10 @@ rawtrack_writer_finish (struct rawtrack_writer *w)
       io_write (w->io, buf, cs, 0, "image header") == -1 ||
       io_flush (w->io, "image") == -1)
     goto out;
-  r = 0;
+  return 0;
 
  out:
-  if (r == -1)
-    w->failed = true;
-  free (buf);
-  free (rtable);
-  return r;
+  return fail (w);
 }
 
 static struct rawtrack_writer *
@@ -729,7 +714,7 @@ rawtrack_writer_free (struct rawtrack_writer *w)
     rawtrack_image_close (w->bimg);
   if (w->bio)
     rawtrack_io_close (w->bio);
-  free (w->refs);
+  ref_list_reset (&w->refs);
   free (w->backing_file);
   free (w->backing_format);
   free (w);
@@ -742,7 +727,7 @@ rawtrack_compress_cluster (int type, const void *src, size_t len,
                            size_t cluster_size, void *dst)
 {
   const void *in = src;
-  uint8_t *padded = NULL;
+  CLEANUP_FREE uint8_t *padded = NULL;
   int64_t r = -1;
 
   rt_clear_error ();
@@ -770,10 +755,8 @@ rawtrack_compress_cluster (int type, const void *src, size_t len,
 
     memset (&s, 0, sizeof s);
     if (deflateInit2 (&s, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-                      Z_DEFAULT_STRATEGY) != Z_OK) {
-      set_error (ENOMEM, "deflateInit2 failed");
-      goto out;
-    }
+                      Z_DEFAULT_STRATEGY) != Z_OK)
+      return set_error (ENOMEM, "deflateInit2 failed");
     s.next_in = (Bytef *) in;
     s.avail_in = (uInt) cluster_size;
     s.next_out = dst;
@@ -784,7 +767,5 @@ rawtrack_compress_cluster (int type, const void *src, size_t len,
   }
   else
     r = set_error (EINVAL, "unknown compression type %d", type);
- out:
-  free (padded);
   return r;
 }
