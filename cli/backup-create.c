@@ -42,7 +42,13 @@
  * --bitmap NAME makes an incremental over the latest backup.  A disk that
  * grew (qemu-img resize resizes the bitmaps with it) also gets everything
  * past the old end copied; one that shrank gives a smaller backup over a
- * larger parent, which QEMU reads clipped to the smaller size.
+ * larger parent, which QEMU reads clipped to the smaller size.  A disk
+ * shrunk and grown back between two backups reads zeros where its
+ * bitmaps (cut and regrown clean) mark nothing and the chain holds old
+ * data: every incremental also backs up, as zeros, the source's zero runs
+ * (holes, zero clusters) under which the chain holds data
+ * (add_stale_zeros).  An NBD source whose size changed gets a full
+ * backup: where it was cut cannot be seen.
  *
  * Pipeline: the work is cut into units (up to 2 MiB of clusters to read,
  * or a run of zero clusters never read).  bk_source_parallel threads take
@@ -691,6 +697,41 @@ plan_checkpoints (struct bk_repo *r, struct bk_manifest *L,
 
 /* ---- create -------------------------------------------------------------------- */
 
+static int64_t
+source_status (void *opaque, uint64_t off, uint64_t count, bool *zero)
+{
+  return bk_source_status (opaque, off, count, zero);
+}
+
+/* Zeros no bitmap marks but the chain of L holds data under (a disk
+ * shrunk and grown back since L, a hole punched behind rawtrack's back)
+ * are changes too: added to the ranges (plan() turns them into zero
+ * clusters without reading them).  -1 with a message printed. */
+static int
+add_stale_zeros (struct bk_repo *r, struct bk_manifest *L,
+                 struct bk_source *s, uint64_t vsize, struct bk_range **v,
+                 size_t *n)
+{
+  struct bk_chain c;
+  size_t before = *n, i;
+  uint64_t bytes = 0;
+  int ret;
+
+  if (bk_chain_open (r, L, &c) == -1)
+    return -1;
+  ret = bk_chain_stale_zeros (&c, MIN (vsize, L->vsize), source_status, s,
+                              v, n);
+  bk_chain_close (&c);
+  for (i = before; i < *n; i++)
+    bytes += (*v)[i].len;
+  if (ret == 0 && bytes)
+    fprintf (stderr, "%s: %" PRIu64 " bytes read as zeros where backup %s "
+             "holds data and no checkpoint marks a change (a disk shrunk "
+             "and grown back?): backed up as zeros\n", progname, bytes,
+             L->id);
+  return ret;
+}
+
 static char *
 make_id (uint64_t seq, time_t t, char **iso)
 {
@@ -890,6 +931,12 @@ create (const char *source, const char *repo, const struct bk_create_opts *o,
       why_full = L ? "no --bitmap for the NBD source" : NULL;
     else if (!L)
       why_full = "the repository is empty";
+    else if (L->vsize != vsize)
+      /* Only the size is visible: the disk may have been cut anywhere
+       * below both sizes and grown back, and the caller's bitmap does not
+       * mark what the cut zeroed. */
+      why_full = "the disk's size changed since the latest backup and an "
+        "NBD source cannot show where it may have been cut";
     else
       incremental = true;
     if (incremental) {
@@ -911,6 +958,10 @@ create (const char *source, const char *repo, const struct bk_create_opts *o,
   if (incremental) {
     if (vsize > L->vsize)
       bk_ranges_add (&ranges, &nranges, L->vsize, vsize - L->vsize);
+    if (add_stale_zeros (r, L, s, vsize, &ranges, &nranges) == -1) {
+      ret = BK_EXIT_REPO;
+      goto out;
+    }
   }
   else {
     free (ranges);

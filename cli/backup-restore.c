@@ -22,7 +22,10 @@
  *                     differ is rewritten - the union of the live
  *                     checkpoint bitmaps of this repository (changed since
  *                     the latest backup) and every cluster the backups
- *                     after the restored one hold - through tracked writes,
+ *                     after the restored one hold, and the zero runs of
+ *                     the disk under which the chain holds data (zeros no
+ *                     bitmap saw: a disk shrunk and grown back) - through
+ *                     tracked writes,
  *                     so the next backup records the rollback.  Without a
  *                     checkpoint of the latest backup the whole disk is
  *                     rewritten.
@@ -121,6 +124,91 @@ bk_chain_map (struct bk_chain *c, uint64_t off, uint64_t len, bk_map_fn fn,
               void *opaque)
 {
   return map_layer (c, (int) c->n - 1, off, len, fn, opaque);
+}
+
+/* ---- zeros the tracking never saw ------------------------------------------ */
+
+/* A disk shrunk and grown back (qemu-img resize) between two backups, or
+ * a hole punched behind rawtrack's back, reads as zeros where no bitmap
+ * marks a change, while the chain still holds the old data there.  The
+ * source's zero runs are cheap to list (holes, zero clusters).  A whole
+ * cluster of such a run that the chain holds as data differs for sure
+ * (a backup stores an all-zero cluster as a zero cluster); the partial
+ * clusters at the two ends of a run where that happened are read from
+ * the chain and compared.  Partial clusters elsewhere are not read: a
+ * cluster that holds a few written blocks among holes is the common case
+ * and its zeros are in the chain as well. */
+struct stale {
+  struct bk_chain *c;
+  struct bk_range **v;
+  size_t *n;
+  bool check;                  /* read the chain's bytes: partial clusters */
+  bool found;
+  int err;
+};
+
+static int
+stale_cb (void *opaque, uint64_t off, uint64_t len, int layer, bool zero)
+{
+  struct stale *st = opaque;
+
+  if (layer < 0 || zero)
+    return 0;
+  if (st->check) {
+    static const uint8_t z[BK_CLUSTER];
+    uint8_t *buf = malloc (len);
+    bool same;
+
+    if (!buf || rawtrack_image_pread (st->c->img[layer], buf, len, off) == -1) {
+      free (buf);
+      return fail_lib ("reading '%s' at offset %" PRIu64,
+                       st->c->m[layer]->file, off), -1;
+    }
+    same = memcmp (buf, z, len) == 0;  /* len <= BK_CLUSTER */
+    free (buf);
+    if (same)
+      return 0;
+  }
+  bk_ranges_add (st->v, st->n, off, len);
+  st->found = true;
+  return 0;
+}
+
+int
+bk_chain_stale_zeros (struct bk_chain *c, uint64_t size,
+                      bk_status_fn status, void *opaque,
+                      struct bk_range **v, size_t *n)
+{
+  struct stale st = { .c = c, .v = v, .n = n };
+  uint64_t off = 0;
+
+  size = MIN (size, c->vsize);
+  while (off < size) {
+    bool zero;
+    int64_t r = status (opaque, off, size - off, &zero);
+    uint64_t a = off, b = off + (uint64_t) (r > 0 ? r : 0);
+    uint64_t wa = ROUND_UP (a, (uint64_t) BK_CLUSTER);
+    uint64_t wb = b == size ? b : ROUND_DOWN (b, (uint64_t) BK_CLUSTER);
+
+    if (r <= 0)
+      return -1;
+    off = b;
+    if (!zero || wb <= wa)
+      continue;
+    st.check = false;
+    st.found = false;
+    if (bk_chain_map (c, wa, wb - wa, stale_cb, &st) == -1)
+      return -1;
+    if (!st.found)
+      continue;
+    /* The ends of the run: compared byte for byte. */
+    st.check = true;
+    if (a < wa && bk_chain_map (c, a, wa - a, stale_cb, &st) == -1)
+      return -1;
+    if (wb < b && bk_chain_map (c, wb, b - wb, stale_cb, &st) == -1)
+      return -1;
+  }
+  return 0;
 }
 
 /* ---- the copy -------------------------------------------------------------- */
@@ -267,10 +355,23 @@ run_job (struct job *j)
 
 /* The ranges of img that may differ from backup b: NULL/0 with *all set
  * when that cannot be known. */
+static int64_t
+image_status (void *opaque, uint64_t off, uint64_t count, bool *zero)
+{
+  unsigned st;
+  int64_t n = rawtrack_image_block_status (opaque, off, count, &st);
+
+  if (n <= 0)
+    return fail_lib ("block status of the target at offset %" PRIu64, off),
+      -1;
+  *zero = (st & (RAWTRACK_STATUS_ZERO | RAWTRACK_STATUS_HOLE)) != 0;
+  return n;
+}
+
 static int
 rollback_ranges (struct bk_repo *r, struct bk_manifest *b,
-                 struct rawtrack_image *img, struct bk_range **v, size_t *n,
-                 bool *all)
+                 struct bk_chain *c, struct rawtrack_image *img,
+                 struct bk_range **v, size_t *n, bool *all)
 {
   struct bk_manifest *L = bk_repo_find (r, NULL);
   struct bk_manifest **chain;
@@ -322,6 +423,10 @@ rollback_ranges (struct bk_repo *r, struct bk_manifest *b,
       bk_ranges_add (v, n, chain[k]->zero[z].off, chain[k]->zero[z].len);
   }
   free (chain);
+  /* Zeros no checkpoint saw (the disk shrunk and grown back since L, a
+   * hole punched behind rawtrack's back) where b holds data. */
+  if (bk_chain_stale_zeros (c, b->vsize, image_status, img, v, n) == -1)
+    return -1;
   /* Sort and merge. */
   bk_ranges_sort (*v, *n);
   for (i = 0, k = 0; i < *n; i++) {
@@ -414,7 +519,7 @@ bk_restore (const char *spec, const char *target, bool force, bool json)
                target, rawtrack_image_virtual_size (j.img), b->vsize);
       goto out;
     }
-    if (rollback_ranges (r, b, j.img, &v, &nv, &all) == -1)
+    if (rollback_ranges (r, b, &c, j.img, &v, &nv, &all) == -1)
       goto out;
     if (all) {
       free (v);

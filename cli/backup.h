@@ -224,6 +224,16 @@ typedef int (*bk_map_fn) (void *opaque, uint64_t off, uint64_t len,
                           int layer, bool zero);
 int bk_chain_map (struct bk_chain *c, uint64_t off, uint64_t len,
                   bk_map_fn fn, void *opaque);
+/* Add to *v the runs of [0, min(size, the chain's size)) where status
+ * (the disk now) says zeros but the chain holds data: zeros written where
+ * no bitmap saw them (a disk shrunk and grown back, a hole punched
+ * behind rawtrack's back).  status returns the run length at off (at most
+ * count) and whether it reads as zeros, or -1 with a message printed. */
+typedef int64_t (*bk_status_fn) (void *opaque, uint64_t off, uint64_t count,
+                                 bool *zero);
+int bk_chain_stale_zeros (struct bk_chain *c, uint64_t size,
+                          bk_status_fn status, void *opaque,
+                          struct bk_range **v, size_t *n);
 int bk_restore (const char *spec, const char *target, bool force, bool json);
 
 /* ---- backup-verify.c ---------------------------------------------------- */

@@ -5,6 +5,9 @@
 # Each backup is an incremental (not a full one), passes qemu-img check,
 # reads as the disk through qemu-img compare, and restores byte for byte;
 # the earlier backups of the chain still restore to their own sizes.
+# A disk shrunk and grown back between two backups (to the same or
+# another size) gets the cut area backed up as zeros though no bitmap
+# marks it, and a rollback onto such a disk rewrites it.
 # (NBD sources: tests/interop/test-backup-nbd.sh part 3.)
 set -euo pipefail
 source "${SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}/tests/functions.sh"
@@ -67,13 +70,43 @@ io "write -P 0x55 12M 64k"
 step 3
 assert_eq incremental "$(jq -r .type out.3)" "regrown: an incremental"
 
+# Shrunk and grown back to the same size between two backups: the cut
+# area reads zeros, its bitmap bits are clean (cut, regrown clean) and the
+# chain holds the old data there.  The backup must hold the zeros.
+io "write -P 0x66 0 24M"
+step 4
+qemu-img resize -q --shrink disk.qcow2 $((6 * MiB))
+qemu-img resize -q disk.qcow2 $((24 * MiB))
+io "write -P 0x67 2M 64k"
+step 5
+assert_eq incremental "$(jq -r .type out.5)" "regrown to the same size: an incremental"
+grep -q "$((18 * MiB)) bytes read as zeros where backup" err.5 ||
+  die "regrown: the cut area was not noticed: $(cat err.5)"
+[ "$(jq '."read-bytes"' out.5)" -le $((64 * 1024)) ] ||
+  die "regrown: read too much: $(cat out.5)"
+
+# Cut deeper, inside a cluster, and grown back to less than before.
+io "write -P 0x68 0 24M"
+step 6
+qemu-img resize -q --shrink disk.qcow2 $((4 * MiB + 12800))
+qemu-img resize -q disk.qcow2 $((20 * MiB))
+step 7
+assert_eq incremental "$(jq -r .type out.7)" "regrown smaller: an incremental"
+
+# A rollback onto the disk after a cut and regrowth rewrites the cut area.
+qemu-img resize -q --shrink disk.qcow2 $((1 * MiB))
+qemu-img resize -q disk.qcow2 $((20 * MiB))
+"$RT" backup restore repo disk.qcow2 --force --json >out.rb
+assert_same_file disk.raw snap.7
+assert_eq rollback "$(jq -r .mode out.rb)" "rollback mode"
+
 # Every backup of the chain still restores at its own size.
-for n in 0 1 2 3; do
+for n in 0 1 2 3 4 5 6 7; do
   rm -f r.raw
   "$RT" backup restore "repo:$(jq -r .id out.$n)" r.raw
   assert_same_file r.raw snap.$n
 done
 "$RT" backup verify repo >/dev/null || die "verify"
-qemu-img info --backing-chain "repo/$(jq -r .id out.3).qcow2" | grep -c '^image:' >n
-assert_eq 4 "$(cat n)" "chain length"
+qemu-img info --backing-chain "repo/$(jq -r .id out.7).qcow2" | grep -c '^image:' >n
+assert_eq 8 "$(cat n)" "chain length"
 echo "test-backup-resize: ok"
