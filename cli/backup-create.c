@@ -132,6 +132,15 @@ bk_progress_update (struct bk_progress *p, uint64_t done)
 }
 
 void
+bk_progress_clear (struct bk_progress *p)
+{
+  if (p && p->tty && p->last != p->start) {
+    fprintf (stderr, "\r\033[K");
+    fflush (stderr);
+  }
+}
+
+void
 bk_progress_end (struct bk_progress *p)
 {
   if (p && p->tty && p->last != p->start)

@@ -591,10 +591,12 @@ bk_restore (const char *spec, const char *target, bool force, bool json)
   }
   if (j.out && rawtrack_io_flush (j.out) == -1) {
     fail_lib ("syncing the target");
+    ret = BK_EXIT_REPO;
     goto out;
   }
   if (j.img && rawtrack_image_flush (j.img) == -1) {
     fail_lib ("syncing the target");
+    ret = BK_EXIT_REPO;
     goto out;
   }
   if (container) {

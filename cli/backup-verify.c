@@ -91,8 +91,10 @@ check_report (void *opaque, int level, const char *message)
     add_finding (f, "qcow2 check: %s", message);
 }
 
+/* prog/done: the progress of the whole verify (bytes of extents re-read). */
 static void
-verify_one (struct bk_repo *r, struct bk_manifest *m, struct findings *f)
+verify_one (struct bk_repo *r, struct bk_manifest *m, struct findings *f,
+            struct bk_progress *prog, uint64_t *done)
 {
   char *path = bk_path (r, m->file);
   struct rawtrack_image *img;
@@ -190,6 +192,8 @@ verify_one (struct bk_repo *r, struct bk_manifest *m, struct findings *f)
     if (memcmp (c.digest, e->hash, BK_HASH_LEN) != 0)
       add_finding (f, "extent at offset %" PRIu64 " (%" PRIu64 " bytes): "
                    "checksum mismatch - the data is damaged", e->off, e->len);
+    *done += e->len;
+    bk_progress_update (prog, *done);
   }
   bk_checksum (m, sum);
   if (memcmp (sum, m->checksum, BK_HASH_LEN) != 0)
@@ -268,6 +272,7 @@ verify_source (struct bk_repo *r, const char *source, const char *bitmap,
   size_t nd = 0, i, k;
   uint64_t nclusters, nclean = 0, *pick = NULL, npick, *clean = NULL;
   uint8_t *a = malloc (BK_CLUSTER), *b = malloc (BK_CLUSTER);
+  struct bk_progress *prog = NULL;
   bool have = false, user_bitmap;
   int ret = -1;
 
@@ -349,9 +354,11 @@ verify_source (struct bk_repo *r, const char *source, const char *bitmap,
     }
     qsort (pick, npick, sizeof *pick, cmp_u64);
   }
+  prog = bk_progress_new ("verify source", npick * (uint64_t) BK_CLUSTER);
   for (k = 0; k < npick; k++) {
     uint64_t off = pick[k] * BK_CLUSTER, n = MIN (BK_CLUSTER, L->vsize - off);
 
+    bk_progress_update (prog, k * (uint64_t) BK_CLUSTER);
     if (k && pick[k] == pick[k - 1])
       continue;
     if (bk_source_pread (src, 0, a, n, off) == -1)
@@ -366,6 +373,7 @@ verify_source (struct bk_repo *r, const char *source, const char *bitmap,
   }
   ret = 0;
  out:
+  bk_progress_end (prog);
   bk_chain_close (&c);
   bk_source_close (src);
  out0:
@@ -384,8 +392,10 @@ bk_verify (const char *dir, const char *source, const char *bitmap,
   struct bk_repo *r = bk_repo_open (dir, false, false);
   struct findings all = { 0 };
   struct json *j = NULL;
+  struct bk_progress *prog;
   size_t i, bad = 0;
-  uint64_t sampled = 0;
+  uint64_t sampled = 0, total = 0, done = 0;
+  double t0 = bk_now ();
   int ret = BK_EXIT_OK;
   char *jp;
 
@@ -401,11 +411,16 @@ bk_verify (const char *dir, const char *source, const char *bitmap,
     json_object_begin (j, NULL);
     json_array_begin (j, "backups");
   }
+  for (i = 0; i < r->n; i++)
+    for (size_t e = 0; e < r->b[i]->n_ext; e++)
+      total += r->b[i]->ext[e].len;
+  prog = bk_progress_new ("verify", total);
   for (i = 0; i < r->n; i++) {
     struct findings f = { 0 };
     size_t k;
 
-    verify_one (r, r->b[i], &f);
+    verify_one (r, r->b[i], &f, prog, &done);
+    bk_progress_clear (prog);
     if (f.n)
       bad++;
     if (json) {
@@ -427,6 +442,7 @@ bk_verify (const char *dir, const char *source, const char *bitmap,
     }
     findings_free (&f);
   }
+  bk_progress_end (prog);
   if (json)
     json_array_end (j);
   if (source) {
@@ -458,6 +474,8 @@ bk_verify (const char *dir, const char *source, const char *bitmap,
   }
   if (json) {
     json_bool (j, "ok", bad == 0 && ret == BK_EXIT_OK);
+    json_uint (j, "checked-bytes", done);
+    json_double (j, "seconds", bk_now () - t0);
     json_object_end (j);
     json_end (j);
   }
@@ -598,6 +616,7 @@ struct fold {
   XXH3_state_t *st;
   bool open;
   int err;
+  struct bk_progress *prog;
 };
 
 static void
@@ -618,6 +637,7 @@ fold_run (void *opaque, uint64_t off, uint64_t len, int layer, bool zero)
   struct fold *fo = opaque;
   struct bk_manifest *m = fo->m;
 
+  bk_progress_update (fo->prog, off);
   if (layer < 0 || zero) {
     fold_close_ext (fo);
     if (layer >= 0) {
@@ -678,6 +698,7 @@ bk_prune (const char *dir, uint64_t keep, bool json)
   struct fold fo = { 0 };
   size_t nc, i, nremove = 0;
   char *part = NULL, *mpart = NULL, *jtmp = NULL, *jfin = NULL;
+  double t0 = bk_now ();
   int ret = BK_EXIT_REPO;
   FILE *fp;
 
@@ -700,8 +721,17 @@ bk_prune (const char *dir, uint64_t keep, bool json)
     if (!json)
       fprintf (stderr, "%s: nothing to prune: %zu backup%s, keeping %"
                PRIu64 "\n", progname, r->n, r->n == 1 ? "" : "s", keep);
-    else
-      printf ("{\n    \"removed\": 0,\n    \"kept\": %zu\n}\n", r->n);
+    else {
+      struct json *j = json_new (stdout, true);
+
+      json_object_begin (j, NULL);
+      json_null (j, "full");
+      json_uint (j, "removed", 0);
+      json_uint (j, "kept", r->n);
+      json_double (j, "seconds", bk_now () - t0);
+      json_object_end (j);
+      json_end (j);
+    }
     ret = BK_EXIT_OK;
     goto out;
   }
@@ -750,8 +780,12 @@ bk_prune (const char *dir, uint64_t keep, bool json)
   fo.buf = malloc (BK_CLUSTER);
   fo.cbuf = malloc (BK_CLUSTER);
   fo.st = XXH3_createState ();
+  fo.prog = bk_progress_new ("prune", T->vsize);
   if (bk_chain_map (&c, 0, T->vsize, fold_run, &fo) == -1)
     goto out;
+  bk_progress_update (fo.prog, T->vsize);
+  bk_progress_end (fo.prog);
+  fo.prog = NULL;
   fold_close_ext (&fo);
   if (bk_step_fail ("prune-file") == -1 || rawtrack_writer_finish (w) == -1) {
     if (rawtrack_get_error ())
@@ -795,9 +829,21 @@ bk_prune (const char *dir, uint64_t keep, bool json)
   bk_chain_close (&c);
   if (bk_prune_recover (r) == -1)
     goto out;
-  if (json)
-    printf ("{\n    \"full\": \"%s\",\n    \"removed\": %zu,\n    \"kept\": "
-            "%zu\n}\n", T->id, nremove, r->n - nremove);
+  if (json) {
+    struct json *j = json_new (stdout, true);
+
+    json_object_begin (j, NULL);
+    json_string (j, "full", T->id);
+    json_uint (j, "removed", nremove);
+    json_uint (j, "kept", r->n - nremove);
+    json_uint (j, "virtual-size", m->vsize);
+    json_uint (j, "data-bytes", m->data_bytes);
+    json_uint (j, "zero-bytes", m->zero_bytes);
+    json_uint (j, "written-bytes", m->file_bytes);
+    json_double (j, "seconds", bk_now () - t0);
+    json_object_end (j);
+    json_end (j);
+  }
   else
     fprintf (stderr, "%s: folded %zu backup%s into %s\n", progname, nremove,
              nremove == 1 ? "" : "s", T->id);
@@ -823,6 +869,7 @@ bk_prune (const char *dir, uint64_t keep, bool json)
     XXH3_freeState (fo.st);
   free (fo.buf);
   free (fo.cbuf);
+  bk_progress_end (fo.prog);
   bk_chain_close (&c);
   bk_manifest_free (m);
   free (chain);

@@ -169,6 +169,8 @@ int bk_create (const char *source, const char *repo,
 struct bk_progress;
 struct bk_progress *bk_progress_new (const char *what, uint64_t total);
 void bk_progress_update (struct bk_progress *p, uint64_t done);
+/* Erase the bar (before printing a line); the next update redraws it. */
+void bk_progress_clear (struct bk_progress *p);
 void bk_progress_end (struct bk_progress *p);
 double bk_now (void);
 

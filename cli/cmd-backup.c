@@ -157,7 +157,12 @@ help_restore (FILE *fp)
 "Options:\n"
 "  --force      overwrite an existing TARGET\n"
 "  --json       print a summary as JSON\n"
-"  -h, --help   show this help\n",
+"  -h, --help   show this help\n"
+"\n"
+"A progress bar (bytes, rate, time left) is shown when standard error is\n"
+"a terminal.  Exit status: 0 success, 1 bad usage or input (an existing\n"
+"TARGET without --force, no such backup), 3 reading the repository (a\n"
+"backup file of the chain missing or unreadable) or writing TARGET failed.\n",
            progname);
 }
 
@@ -187,11 +192,13 @@ help_verify (FILE *fp)
 "  --source SOURCE   compare with the disk as described above\n"
 "  --bitmap NAME     NBD SOURCE: its dirty bitmap (default: the latest\n"
 "                    backup's checkpoint)\n"
-"  --json            print the findings as JSON\n"
+"  --json            print the findings as JSON (per backup, the source's,\n"
+"                    ok, checked-bytes, seconds)\n"
 "  -h, --help        show this help\n"
 "\n"
-"Exit status: 0 all good, 4 damage or a difference found, 1 or 3 when the\n"
-"check could not run.\n",
+"A progress bar (bytes, rate, time left) is shown when standard error is\n"
+"a terminal.  Exit status: 0 all good, 4 damage or a difference found,\n"
+"1 when the check could not run (bad usage, an unusable SOURCE).\n",
            progname);
 }
 
@@ -238,8 +245,13 @@ help_prune (FILE *fp)
 "\n"
 "Options:\n"
 "  --keep N     backups to keep (at least 1)\n"
-"  --json       print a summary as JSON\n"
-"  -h, --help   show this help\n",
+"  --json       print a summary as JSON (full, removed, kept, data-bytes,\n"
+"               zero-bytes, written-bytes, seconds)\n"
+"  -h, --help   show this help\n"
+"\n"
+"A progress bar (bytes, rate, time left) is shown when standard error is\n"
+"a terminal.  Exit status: 0 success (also when there is nothing to\n"
+"prune), 1 bad usage or input, 3 the repository failed.\n",
            progname);
 }
 

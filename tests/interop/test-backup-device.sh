@@ -8,6 +8,9 @@
 #     RAWTRACK_NO_PROGRESS) nothing of it is printed.
 #     The chain top reads as the disk through qemu-img convert and
 #     through qemu-nbd (nbdcopy), without rawtrack.
+#  1c. verify and prune: the same bar on a terminal (verify also for its
+#     --source sample), none without one; their --json summaries; every
+#     documented exit status (0, 1, 2, 3, 4) produced for real.
 #  2. (root, losetup) restore --force onto a loop block device: the device
 #     reads back the backup byte for byte; without --force it is refused.
 set -euo pipefail
@@ -57,6 +60,66 @@ if command -v qemu-nbd >/dev/null && command -v nbdcopy >/dev/null; then
   kill "$npid"; wait "$npid" 2>/dev/null || true
   cmp nbd.raw disk.raw || die "the chain top served by qemu-nbd differs"
 fi
+
+# ---- 1c. verify and prune: progress, --json, exit codes ---------------------
+# (a repository of its own: three backups of a small disk)
+truncate -s $((8 * MiB)) e.raw
+"$RT" attach e.raw e.qcow2 >/dev/null
+for p in 0x31 0x32 0x33; do
+  printf '%s\n' "write -P $p 1M 2M" >cmds
+  "$RT" io e.qcow2 -f cmds >/dev/null
+  "$RT" backup create e.qcow2 erepo >/dev/null 2>&1
+done
+unset RAWTRACK_NO_PROGRESS
+script -qec "'$RT' backup verify erepo" /dev/null >tty4.out </dev/null
+grep -aqE 'verify: \[#*.*% .* of .*/s, [0-9]+:[0-9]{2} left' tty4.out ||
+  die "no verify progress on a terminal: $(cat -v tty4.out)"
+grep -aq ': ok (' tty4.out || die "verify on a terminal: $(cat -v tty4.out)"
+script -qec "'$RT' backup verify erepo --source e.qcow2" /dev/null >tty5.out </dev/null
+grep -aq 'verify source: \[#*' tty5.out ||
+  die "no verify --source progress on a terminal: $(cat -v tty5.out)"
+"$RT" backup verify erepo --source e.qcow2 >v.out 2>v.err || die "verify: $(cat v.err)"
+grep -q '%' v.err && die "verify: a progress bar without a terminal: $(cat v.err)"
+"$RT" backup verify erepo --json >v.json
+assert_eq true "$(jq .ok v.json)" "verify --json ok"
+assert_eq $((3 * 2 * MiB)) "$(jq '."checked-bytes"' v.json)" "verify --json checked-bytes"
+jq -e '.seconds >= 0' v.json >/dev/null || die "verify --json: no seconds: $(cat v.json)"
+cp -a erepo erepo2
+script -qec "'$RT' backup prune erepo2 --keep 2" /dev/null >tty6.out </dev/null
+grep -aqE 'prune: \[#*.*% .* of 8(\.0)? MiB' tty6.out ||
+  die "no prune progress on a terminal: $(cat -v tty6.out)"
+"$RT" backup prune erepo --keep 2 --json >p.json 2>p.err
+grep -q '%' p.err && die "prune: a progress bar without a terminal: $(cat p.err)"
+assert_eq 1 "$(jq .removed p.json)" "prune --json removed"
+assert_eq 2 "$(jq .kept p.json)" "prune --json kept"
+assert_eq $((2 * MiB)) "$(jq '."data-bytes"' p.json)" "prune --json data-bytes"
+jq -e '."written-bytes" > 0 and .seconds >= 0' p.json >/dev/null ||
+  die "prune --json: $(cat p.json)"
+export RAWTRACK_NO_PROGRESS=1
+
+# Every documented exit status, each produced for real.
+expect_exit 0 "$RT" backup verify erepo
+expect_exit 0 "$RT" backup prune erepo --keep 5
+expect_exit 1 "$RT" backup prune erepo               # no --keep
+expect_exit 1 "$RT" backup restore erepo:999999 x.raw  # no such backup
+expect_exit 1 "$RT" backup restore erepo disk.raw     # exists, no --force
+expect_exit 1 "$RT" backup verify erepo --source missing.qcow2
+expect_exit 2 "$RT" backup create missing.qcow2 erepo
+expect_exit 2 "$RT" backup create "nbd+unix:///?socket=$tmpdir/none.sock" erepo
+# 3: the repository fails - a backup file of the chain is gone, a
+# repository that is a file, a backup file that cannot be written.
+full="$(jq -r '.[0].file' <("$RT" backup list erepo --json))"
+mv "erepo/$full" full.keep
+expect_exit 3 "$RT" backup restore erepo r3.raw
+[ -e r3.raw ] && die "a failed restore left its target behind"
+mv full.keep "erepo/$full"
+expect_exit 3 env RAWTRACK_BACKUP_FAIL_AT=file-sync "$RT" backup create e.qcow2 erepo
+expect_exit 3 env RAWTRACK_BACKUP_FAIL_AT=prune-file "$RT" backup prune erepo --keep 1
+# 4: damage.
+last="$(jq -r '.[-1].file' <("$RT" backup list erepo --json))"
+printf 'X' | dd of="erepo/$last" bs=1 seek=$((1024 * 1024)) conv=notrunc status=none
+expect_exit 4 "$RT" backup verify erepo
+expect_exit 0 "$RT" backup verify erepo2
 
 # ---- 2. restore onto a block device -----------------------------------------
 [ "$(id -u)" = 0 ] && command -v losetup >/dev/null || skip "part 2 needs root and losetup"
