@@ -378,54 +378,6 @@ plan (struct pipe *pp, struct bk_range *v, size_t n, uint64_t size)
   return 0;
 }
 
-/* ---- extents of the manifest ------------------------------------------------ */
-
-struct ext_builder {
-  struct bk_manifest *m;
-  size_t cap;
-  XXH3_state_t *st;
-  bool open;
-};
-
-static void
-ext_close (struct ext_builder *b)
-{
-  XXH128_canonical_t c;
-
-  if (!b->open)
-    return;
-  XXH128_canonicalFromHash (&c, XXH3_128bits_digest (b->st));
-  memcpy (b->m->ext[b->m->n_ext - 1].hash, c.digest, BK_HASH_LEN);
-  b->open = false;
-}
-
-static void
-ext_add (struct ext_builder *b, uint64_t off, uint64_t len,
-         const uint8_t *hash)
-{
-  struct bk_manifest *m = b->m;
-  struct bk_extent *e = m->n_ext ? &m->ext[m->n_ext - 1] : NULL;
-
-  if (!b->open || e->off + e->len != off || e->len + len > BK_MAX_EXTENT) {
-    ext_close (b);
-    if (m->n_ext == b->cap) {
-      b->cap = b->cap ? b->cap * 2 : 64;
-      m->ext = realloc (m->ext, b->cap * sizeof *m->ext);
-      if (!m->ext) {
-        fprintf (stderr, "%s: out of memory\n", progname);
-        exit (1);
-      }
-    }
-    e = &m->ext[m->n_ext++];
-    e->off = off;
-    e->len = 0;
-    XXH3_128bits_reset (b->st);
-    b->open = true;
-  }
-  e->len += len;
-  XXH3_128bits_update (b->st, hash, BK_HASH_LEN);
-}
-
 /* ---- running the copy ------------------------------------------------------- */
 
 struct copy_result {
@@ -436,7 +388,7 @@ static int
 copy (struct pipe *pp, struct rawtrack_writer *w, struct bk_manifest *m,
       bool full, uint64_t total, struct copy_result *res)
 {
-  struct ext_builder eb = { .m = m, .st = XXH3_createState () };
+  struct bk_ext_builder eb = { .m = m, .st = XXH3_createState () };
   struct bk_progress *prog = bk_progress_new ("backup", total);
   pthread_t *th;
   uint64_t done = 0;
@@ -464,7 +416,7 @@ copy (struct pipe *pp, struct rawtrack_writer *w, struct bk_manifest *m,
       goto out;
 
     if (u->zero) {
-      ext_close (&eb);
+      bk_ext_close (&eb);
       res->zero += u->len;
       bk_ranges_add (&m->zero, &m->n_zero, u->off, u->len);
       if (!full && rawtrack_writer_zero (w, u->off, u->len) == -1) {
@@ -480,7 +432,7 @@ copy (struct pipe *pp, struct rawtrack_writer *w, struct bk_manifest *m,
         uint64_t n = MIN (BK_CLUSTER, u->len - c * BK_CLUSTER);
 
         if (u->kind[c] == C_ZERO) {
-          ext_close (&eb);
+          bk_ext_close (&eb);
           res->zero += n;
           bk_ranges_add (&m->zero, &m->n_zero, off, n);
           if (!full && rawtrack_writer_zero (w, off, n) == -1) {
@@ -490,7 +442,7 @@ copy (struct pipe *pp, struct rawtrack_writer *w, struct bk_manifest *m,
           c++;
         }
         else if (u->kind[c] == C_COMP) {
-          ext_add (&eb, off, n, u->hash[c]);
+          bk_ext_add (&eb, off, n, u->hash[c]);
           res->data += n;
           if (rawtrack_writer_compressed (w, off, u->cbuf + c * BK_CLUSTER,
                                           u->clen[c]) == -1) {
@@ -505,7 +457,7 @@ copy (struct pipe *pp, struct rawtrack_writer *w, struct bk_manifest *m,
           while (e < nc && u->kind[e] == C_DATA) {
             uint64_t nn = MIN (BK_CLUSTER, u->len - e * BK_CLUSTER);
 
-            ext_add (&eb, u->off + e * BK_CLUSTER, nn, u->hash[e]);
+            bk_ext_add (&eb, u->off + e * BK_CLUSTER, nn, u->hash[e]);
             bytes += nn;
             e++;
           }
@@ -535,7 +487,7 @@ copy (struct pipe *pp, struct rawtrack_writer *w, struct bk_manifest *m,
     pthread_cond_broadcast (&pp->cond);
     pthread_mutex_unlock (&pp->lock);
   }
-  ext_close (&eb);
+  bk_ext_close (&eb);
   r = 0;
 
  out:

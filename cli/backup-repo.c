@@ -884,3 +884,44 @@ bk_repo_chain (struct bk_repo *r, struct bk_manifest *b, size_t *n)
   *n = k;
   return v;
 }
+
+/* ---- the manifest's extents ------------------------------------------------ */
+
+void
+bk_ext_close (struct bk_ext_builder *b)
+{
+  XXH128_canonical_t c;
+
+  if (!b->open)
+    return;
+  XXH128_canonicalFromHash (&c, XXH3_128bits_digest (b->st));
+  memcpy (b->m->ext[b->m->n_ext - 1].hash, c.digest, BK_HASH_LEN);
+  b->open = false;
+}
+
+void
+bk_ext_add (struct bk_ext_builder *b, uint64_t off, uint64_t len,
+            const uint8_t *hash)
+{
+  struct bk_manifest *m = b->m;
+  struct bk_extent *e = m->n_ext ? &m->ext[m->n_ext - 1] : NULL;
+
+  if (!b->open || e->off + e->len != off || e->len + len > BK_MAX_EXTENT) {
+    bk_ext_close (b);
+    if (m->n_ext == b->cap) {
+      b->cap = b->cap ? b->cap * 2 : 64;
+      m->ext = realloc (m->ext, b->cap * sizeof *m->ext);
+      if (!m->ext) {
+        fprintf (stderr, "%s: out of memory\n", progname);
+        exit (1);
+      }
+    }
+    e = &m->ext[m->n_ext++];
+    e->off = off;
+    e->len = 0;
+    XXH3_128bits_reset (b->st);
+    b->open = true;
+  }
+  e->len += len;
+  XXH3_128bits_update (b->st, hash, BK_HASH_LEN);
+}

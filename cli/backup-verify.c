@@ -80,6 +80,26 @@ findings_free (struct findings *f)
   f->n = 0;
 }
 
+/* The findings as the JSON array "problems" (j), or as lines on stdout
+ * prefixed with "what: " (what may be NULL).  Returns how many. */
+static size_t
+report (const struct findings *f, struct json *j, const char *what)
+{
+  size_t k;
+
+  if (j)
+    json_array_begin (j, "problems");
+  for (k = 0; k < f->n; k++) {
+    if (j)
+      json_string (j, NULL, f->msg[k]);
+    else
+      printf ("%s%s%s\n", what ? what : "", what ? ": " : "", f->msg[k]);
+  }
+  if (j)
+    json_array_end (j);
+  return f->n;
+}
+
 /* ---- verify one backup ------------------------------------------------------- */
 
 static void
@@ -417,7 +437,6 @@ bk_verify (const char *dir, const char *source, const char *bitmap,
   prog = bk_progress_new ("verify", total);
   for (i = 0; i < r->n; i++) {
     struct findings f = { 0 };
-    size_t k;
 
     verify_one (r, r->b[i], &f, prog, &done);
     bk_progress_clear (prog);
@@ -427,19 +446,12 @@ bk_verify (const char *dir, const char *source, const char *bitmap,
       json_object_begin (j, NULL);
       json_string (j, "id", r->b[i]->id);
       json_bool (j, "ok", f.n == 0);
-      json_array_begin (j, "problems");
-      for (k = 0; k < f.n; k++)
-        json_string (j, NULL, f.msg[k]);
-      json_array_end (j);
+      report (&f, j, NULL);
       json_object_end (j);
     }
-    else {
-      for (k = 0; k < f.n; k++)
-        printf ("%s: %s\n", r->b[i]->id, f.msg[k]);
-      if (!f.n)
-        printf ("%s: ok (%zu extents, %" PRIu64 " bytes of data)\n",
-                r->b[i]->id, r->b[i]->n_ext, r->b[i]->data_bytes);
-    }
+    else if (!report (&f, NULL, r->b[i]->id))
+      printf ("%s: ok (%zu extents, %" PRIu64 " bytes of data)\n",
+              r->b[i]->id, r->b[i]->n_ext, r->b[i]->data_bytes);
     findings_free (&f);
   }
   bk_progress_end (prog);
@@ -447,7 +459,6 @@ bk_verify (const char *dir, const char *source, const char *bitmap,
     json_array_end (j);
   if (source) {
     struct findings f = { 0 };
-    size_t k;
 
     if (verify_source (r, source, bitmap, &f, &sampled) == -1)
       ret = BK_EXIT_ERROR;
@@ -457,19 +468,12 @@ bk_verify (const char *dir, const char *source, const char *bitmap,
       json_object_begin (j, "source");
       json_string (j, "source", source);
       json_uint (j, "sampled-clusters", sampled);
-      json_array_begin (j, "problems");
-      for (k = 0; k < f.n; k++)
-        json_string (j, NULL, f.msg[k]);
-      json_array_end (j);
+      report (&f, j, NULL);
       json_object_end (j);
     }
-    else {
-      for (k = 0; k < f.n; k++)
-        printf ("%s\n", f.msg[k]);
-      if (ret == BK_EXIT_OK && !f.n)
-        printf ("source: ok (%" PRIu64 " unchanged clusters compared)\n",
-                sampled);
-    }
+    else if (!report (&f, NULL, NULL) && ret == BK_EXIT_OK)
+      printf ("source: ok (%" PRIu64 " unchanged clusters compared)\n",
+              sampled);
     findings_free (&f);
   }
   if (json) {
@@ -612,24 +616,10 @@ struct fold {
   uint8_t *buf;
   uint8_t *cbuf;               /* compressed cluster (compress) */
   bool compress;               /* a folded backup was zstd-compressed */
-  size_t cap;
-  XXH3_state_t *st;
-  bool open;
+  struct bk_ext_builder eb;    /* the manifest's extents */
   int err;
   struct bk_progress *prog;
 };
-
-static void
-fold_close_ext (struct fold *fo)
-{
-  XXH128_canonical_t c;
-
-  if (!fo->open)
-    return;
-  XXH128_canonicalFromHash (&c, XXH3_128bits_digest (fo->st));
-  memcpy (fo->m->ext[fo->m->n_ext - 1].hash, c.digest, BK_HASH_LEN);
-  fo->open = false;
-}
 
 static int
 fold_run (void *opaque, uint64_t off, uint64_t len, int layer, bool zero)
@@ -639,7 +629,7 @@ fold_run (void *opaque, uint64_t off, uint64_t len, int layer, bool zero)
 
   bk_progress_update (fo->prog, off);
   if (layer < 0 || zero) {
-    fold_close_ext (fo);
+    bk_ext_close (&fo->eb);
     if (layer >= 0) {
       bk_ranges_add (&m->zero, &m->n_zero, off, len);
       m->zero_bytes += len;
@@ -649,12 +639,10 @@ fold_run (void *opaque, uint64_t off, uint64_t len, int layer, bool zero)
     return 0;
   }
   while (len) {
-    uint64_t n = MIN (len, (uint64_t) BK_CLUSTER), k;
+    uint64_t n = MIN (len, (uint64_t) BK_CLUSTER);
     int64_t clen;
     uint8_t h[BK_HASH_LEN];
-    struct bk_extent *e = m->n_ext ? &m->ext[m->n_ext - 1] : NULL;
 
-    (void) k;
     if (rawtrack_image_pread (fo->c->img[layer], fo->buf, n, off) == -1)
       return fail_lib ("reading '%s'", fo->c->m[layer]->file), -1;
     clen = fo->compress ? rawtrack_compress_cluster (RAWTRACK_COMPRESS_ZSTD,
@@ -666,20 +654,7 @@ fold_run (void *opaque, uint64_t off, uint64_t len, int layer, bool zero)
          : rawtrack_writer_data (fo->w, off, fo->buf, n)) == -1)
       return fail_lib ("writing the folded backup"), -1;
     bk_hash (fo->buf, n, h);
-    if (!fo->open || e->off + e->len != off || e->len + n > BK_MAX_EXTENT) {
-      fold_close_ext (fo);
-      if (m->n_ext == fo->cap) {
-        fo->cap = fo->cap ? fo->cap * 2 : 64;
-        m->ext = realloc (m->ext, fo->cap * sizeof *m->ext);
-      }
-      e = &m->ext[m->n_ext++];
-      e->off = off;
-      e->len = 0;
-      XXH3_128bits_reset (fo->st);
-      fo->open = true;
-    }
-    e->len += n;
-    XXH3_128bits_update (fo->st, h, BK_HASH_LEN);
+    bk_ext_add (&fo->eb, off, n, h);
     m->data_bytes += n;
     off += n;
     len -= n;
@@ -779,14 +754,15 @@ bk_prune (const char *dir, uint64_t keep, bool json)
   fo.m = m;
   fo.buf = malloc (BK_CLUSTER);
   fo.cbuf = malloc (BK_CLUSTER);
-  fo.st = XXH3_createState ();
+  fo.eb.m = m;
+  fo.eb.st = XXH3_createState ();
   fo.prog = bk_progress_new ("prune", T->vsize);
   if (bk_chain_map (&c, 0, T->vsize, fold_run, &fo) == -1)
     goto out;
   bk_progress_update (fo.prog, T->vsize);
   bk_progress_end (fo.prog);
   fo.prog = NULL;
-  fold_close_ext (&fo);
+  bk_ext_close (&fo.eb);
   if (bk_step_fail ("prune-file") == -1 || rawtrack_writer_finish (w) == -1) {
     if (rawtrack_get_error ())
       fail_lib ("writing '%s'", part);
@@ -865,8 +841,8 @@ bk_prune (const char *dir, uint64_t keep, bool json)
     }
   }
   rawtrack_writer_free (w);
-  if (fo.st)
-    XXH3_freeState (fo.st);
+  if (fo.eb.st)
+    XXH3_freeState (fo.eb.st);
   free (fo.buf);
   free (fo.cbuf);
   bk_progress_end (fo.prog);

@@ -101,6 +101,20 @@ char *bk_checkpoint_name (struct bk_repo *r, uint64_t seq);
 int bk_checkpoint_seq (struct bk_repo *r, const char *name, uint64_t *seq);
 /* Hash helpers (XXH3-128, canonical big-endian bytes). */
 void bk_hash (const void *p, size_t n, uint8_t *out);
+/* Building a manifest's extents cluster by cluster, in offset order: an
+ * extent's hash is XXH3-128 over its clusters' hashes; a gap or
+ * BK_MAX_EXTENT starts a new one.  st: an XXH3_state_t the caller makes
+ * and frees; bk_ext_close ends the open extent (before a gap, and at the
+ * end). */
+struct bk_ext_builder {
+  struct bk_manifest *m;
+  size_t cap;
+  void *st;                    /* XXH3_state_t * */
+  bool open;
+};
+void bk_ext_add (struct bk_ext_builder *b, uint64_t off, uint64_t len,
+                 const uint8_t *hash);
+void bk_ext_close (struct bk_ext_builder *b);
 /* Whole-backup checksum from the extents. */
 void bk_checksum (const struct bk_manifest *m, uint8_t *out);
 /* Test hook: RAWTRACK_BACKUP_FAIL_AT=NAME makes the step NAME fail (exit
