@@ -90,7 +90,7 @@ backing_open (struct rawtrack_image *img, const char *path, unsigned flags,
 {
   const char *name = img->h.backing_file, *fmt = img->h.backing_format;
   struct backing *b;
-  struct rawtrack_io *io;
+  CLEANUP_IO_CLOSE struct rawtrack_io *io = NULL;
   struct chain_id id = { 0 };
   unsigned ioflags = RAWTRACK_IO_RDONLY |
     ((flags & RAWTRACK_OPEN_ALLOW_DEVICE) ? 0 : RAWTRACK_IO_NO_DEVICE);
@@ -121,7 +121,6 @@ backing_open (struct rawtrack_image *img, const char *path, unsigned flags,
     goto fail;
   }
   if (io_identity (io, &id) == 0 && seen (chain, id.dev, id.ino)) {
-    rawtrack_io_close (io);
     set_error (ELOOP, "backing file '%s': the chain loops (the file is "
                "already in it)", b->path);
     goto fail;
@@ -129,13 +128,13 @@ backing_open (struct rawtrack_image *img, const char *path, unsigned flags,
   if (fmt)
     is_qcow2 = strcmp (fmt, "qcow2") == 0;
   else if (probe_qcow2 (io, &is_qcow2) == -1) {
-    rawtrack_io_close (io);
     rt_prefix_error ("backing file '%s': ", b->path);
     goto fail;
   }
   if (is_qcow2) {
     id.next = chain;
     rawtrack_io_close (io);        /* reopened by the image open below */
+    io = NULL;
     b->img = image_open_chain (b->path, flags & RAWTRACK_OPEN_ALLOW_DEVICE,
                                NULL, &id, depth + 1);
     if (!b->img) {
@@ -149,10 +148,10 @@ backing_open (struct rawtrack_image *img, const char *path, unsigned flags,
     if (size < 0) {
       set_error (errno, "backing file '%s': size: %s", b->path,
                  strerror (errno));
-      rawtrack_io_close (io);
       goto fail;
     }
     b->raw = io;
+    io = NULL;
     b->size = (uint64_t) size;
   }
   img->backing = b;

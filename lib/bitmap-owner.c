@@ -154,7 +154,7 @@ collect_owners (struct rawtrack_image *img, const struct bitmap_dir *dir,
     return -1;
   for (j = 0; j < dir->nr; j++) {
     const struct bitmap_entry *e = &dir->entries[j];
-    uint64_t *table;
+    CLEANUP_FREE uint64_t *table = NULL;
 
     if (owners_add_range (img, o, e->table_offset,
                           (uint64_t) e->table_size * 8, OWN_TABLE, j) == -1)
@@ -168,11 +168,8 @@ collect_owners (struct rawtrack_image *img, const struct bitmap_dir *dir,
       if ((table[i] & BME_TABLE_ENTRY_OFFSET_MASK) &&
           owners_add (o, cluster_of (img, table[i] &
                                      BME_TABLE_ENTRY_OFFSET_MASK),
-                      OWN_DATA, j) == -1) {
-        free (table);
+                      OWN_DATA, j) == -1)
         return -1;
-      }
-    free (table);
   }
   qsort (o->ptr, o->len, sizeof *o->ptr, cmp_owner);
   return 0;
@@ -230,49 +227,44 @@ check_one (struct rawtrack_image *img, const struct bitmap_dir *dir,
 {
   const struct bitmap_entry *e = &dir->entries[self];
   const struct owners o = *os;
-  uint64_t *table = NULL, *data = NULL, i, n = 0, c, tend;
-  int r = -1;
+  CLEANUP_FREE uint64_t *table = NULL;
+  CLEANUP_FREE uint64_t *data = NULL;
+  uint64_t i, n = 0, c, tend;
 
   if (bitmap_table_read (img, e, &table) == -1)
-    goto out;
+    return -1;
   /* The table itself. */
   tend = e->table_offset + (uint64_t) e->table_size * 8;
   for (c = cluster_of (img, e->table_offset);
        e->table_size && c <= cluster_of (img, tend - 1); c++)
     if (check_cluster (img, dir, &o, e, c, "table cluster") == -1)
-      goto out;
+      return -1;
   /* Its data clusters: not metadata, not its own table, not named twice. */
   data = rt_malloc ((e->table_size ? e->table_size : 1) * sizeof *data);
   if (!data)
-    goto out;
+    return -1;
   for (i = 0; i < e->table_size; i++)
     if (table[i] & BME_TABLE_ENTRY_OFFSET_MASK)
       data[n++] = cluster_of (img, table[i] & BME_TABLE_ENTRY_OFFSET_MASK);
   qsort (data, n, sizeof *data, cmp_u64);
   for (i = 0; i < n; i++) {
-    if (i > 0 && data[i] == data[i - 1]) {
-      set_corrupt ("bitmap '%s': its table names the data cluster at offset "
-                   "0x%" PRIx64 " twice: the image is corrupt (see 'rawtrack "
-                   "check'); refusing to write the bitmap there", e->name,
-                   data[i] << img->h.cluster_bits);
-      goto out;
-    }
+    if (i > 0 && data[i] == data[i - 1])
+      return set_corrupt ("bitmap '%s': its table names the data cluster "
+                          "at offset 0x%" PRIx64 " twice: the image is "
+                          "corrupt (see 'rawtrack check'); refusing to write "
+                          "the bitmap there", e->name,
+                          data[i] << img->h.cluster_bits);
     if (data[i] >= cluster_of (img, e->table_offset) && e->table_size &&
-        data[i] <= cluster_of (img, tend - 1)) {
-      set_corrupt ("bitmap '%s': its data cluster at offset 0x%" PRIx64
-                   " is its own bitmap table: the image is corrupt (see "
-                   "'rawtrack check'); refusing to write the bitmap there",
-                   e->name, data[i] << img->h.cluster_bits);
-      goto out;
-    }
+        data[i] <= cluster_of (img, tend - 1))
+      return set_corrupt ("bitmap '%s': its data cluster at offset 0x%"
+                          PRIx64 " is its own bitmap table: the image is "
+                          "corrupt (see 'rawtrack check'); refusing to write "
+                          "the bitmap there", e->name,
+                          data[i] << img->h.cluster_bits);
     if (check_cluster (img, dir, &o, e, data[i], "data cluster") == -1)
-      goto out;
+      return -1;
   }
-  r = 0;
- out:
-  free (table);
-  free (data);
-  return r;
+  return 0;
 }
 
 int
@@ -280,21 +272,17 @@ bitmap_check_owned_set (struct rawtrack_image *img,
                         const struct bitmap_dir *dir, const uint32_t *selves,
                         uint32_t n)
 {
-  struct owners o = { 0 };
+  CLEANUP_VECTOR (owners) struct owners o = { 0 };
   uint32_t i;
-  int r = -1;
 
   /* The owners once for all of them: every bitmap's table is read once
    * here and once in check_one, not once per other bitmap. */
   if (qcow2_refcount_load (img) == -1 || collect_owners (img, dir, &o) == -1)
-    goto out;
+    return -1;
   for (i = 0; i < n; i++)
     if (check_one (img, dir, &o, selves[i]) == -1)
-      goto out;
-  r = 0;
- out:
-  owners_reset (&o);
-  return r;
+      return -1;
+  return 0;
 }
 
 int

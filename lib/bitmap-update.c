@@ -187,7 +187,8 @@ one_sector_change (struct rawtrack_image *img, const struct ext_state *a,
                    const struct ext_state *b)
 {
   const size_t cs = img->cluster_size;
-  uint8_t *ba = rt_calloc (1, cs), *bb = rt_calloc (1, cs);
+  CLEANUP_FREE uint8_t *ba = rt_calloc (1, cs);
+  CLEANUP_FREE uint8_t *bb = rt_calloc (1, cs);
   struct ext_state saved;
   size_t i, first = cs, last = 0;
   int r = -1;
@@ -226,8 +227,6 @@ one_sector_change (struct rawtrack_image *img, const struct ext_state *a,
 
  out:
   ext_put (&img->h, &saved);
-  free (ba);
-  free (bb);
   return r;
 }
 

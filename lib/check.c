@@ -97,6 +97,7 @@
 #include "byteorder.h"
 #include "arith.h"
 #include "vector.h"
+#include "cleanup.h"
 
 #define FIX_LEAKS   RAWTRACK_CHECK_REPAIR_LEAKS
 #define FIX_ERRORS  (RAWTRACK_CHECK_REPAIR_ALL & ~RAWTRACK_CHECK_REPAIR_LEAKS)
@@ -779,7 +780,7 @@ check_l1 (struct pass *p, uint64_t l1_off, uint32_t l1_size, bool active)
 {
   struct rawtrack_image *img = p->img;
   const uint64_t span = (uint64_t) img->l2_entries << p->cb;
-  uint64_t *buf = NULL;
+  CLEANUP_FREE uint64_t *buf = NULL;
   const uint64_t *l1;
   uint32_t i;
 
@@ -797,7 +798,6 @@ check_l1 (struct pass *p, uint64_t l1_off, uint32_t l1_size, bool active)
            ": %s", l1_off, last_error ());
       p->r.check_errors++;
       p->lost = true;
-      free (buf);
       return;
     }
     for (i = 0; i < l1_size; i++)
@@ -832,7 +832,6 @@ check_l1 (struct pass *p, uint64_t l1_off, uint32_t l1_size, bool active)
     }
     check_l2 (p, l2_off, (uint64_t) i * span, active);
   }
-  free (buf);
 }
 
 /* ---- bitmaps -------------------------------------------------------- */
@@ -868,7 +867,7 @@ check_bitmaps (struct pass *p)
   for (b = 0; b < img->bitmaps.nr; b++) {
     const struct bitmap_entry *bm = &img->bitmaps.entries[b];
     uint64_t bytes = (uint64_t) bm->table_size * 8;
-    uint64_t *table;
+    CLEANUP_FREE uint64_t *table = NULL;
 
     if (bm->flags & BME_FLAG_IN_USE) {
       p->r.bitmaps_in_use++;
@@ -887,7 +886,6 @@ check_bitmaps (struct pass *p)
            PRIx64 ": %s", bm->name, bm->table_offset, last_error ());
       p->r.check_errors++;
       p->lost = true;
-      free (table);
       continue;
     }
     for (j = 0; j < bm->table_size; j++) {
@@ -907,7 +905,6 @@ check_bitmaps (struct pass *p)
       if (off)
         inc_refs (p, off, p->cs);
     }
-    free (table);
   }
 }
 
@@ -1154,10 +1151,9 @@ rebuild (struct pass *p)
   const uint64_t cs = p->cs, E = p->E;
   uint64_t start, end, k = 0, t = 0, nidx, idx, j, c, entries;
   uint64_t old_nblocks = DIV_ROUND_UP (p->nb, E);
-  uint8_t *used = NULL;
-  uint64_t *table = NULL;
+  CLEANUP_FREE uint8_t *used = NULL;
+  CLEANUP_FREE uint64_t *table = NULL;
   uint8_t field[12];
-  int ret = -1;
 
   start = MAX (p->nb, DIV_ROUND_UP (p->file_size, cs));
 
@@ -1189,20 +1185,18 @@ rebuild (struct pass *p)
     k = k2;
     t = t2;
   }
-  if (t * cs > QCOW2_MAX_REFTABLE_BYTES) {
-    set_error (ENOSPC, "the new refcount table would need %" PRIu64
-               " clusters, more than 8 MiB", t);
-    goto out;
-  }
+  if (t * cs > QCOW2_MAX_REFTABLE_BYTES)
+    return set_error (ENOSPC, "the new refcount table would need %" PRIu64
+                      " clusters, more than 8 MiB", t);
 
   if (imrt_reserve (p, nidx * E) == -1)
-    goto out;
+    return -1;
   for (c = start; c < end; c++)
     imrt_set (p, c, 1);
   entries = t * cs / 8;
   table = rt_calloc (entries, 8);
   if (!table)
-    goto out;
+    return -1;
 
   /* New blocks are slices of the IMRT. */
   for (idx = 0, j = 0; idx < nidx; idx++) {
@@ -1215,12 +1209,12 @@ rebuild (struct pass *p)
     be64_store (&table[idx], boff);
     if (io_write (img->file, p->imrt + idx * cs, cs, boff,
                   "new refcount block") == -1)
-      goto out;
+      return -1;
   }
   if (io_write (img->file, table, entries * 8, (start + k) * cs,
                 "new refcount table") == -1 ||
       io_flush (img->file, "image file") == -1)
-    goto out;
+    return -1;
 
   /* The switch: one sector, written and flushed. */
   be64_store (field, (start + k) * cs);
@@ -1228,7 +1222,7 @@ rebuild (struct pass *p)
   if (io_write (img->file, field, sizeof field, HEADER_REFTABLE_AT,
                 "image header") == -1 ||
       io_flush (img->file, "image file") == -1)
-    goto out;
+    return -1;
   img->h.refcount_table_offset = (start + k) * cs;
   img->h.refcount_table_clusters = (uint32_t) t;
 
@@ -1242,12 +1236,7 @@ rebuild (struct pass *p)
   img->free_hint = 0;
   p->rbc_valid = false;
   p->nb = end;
-  ret = 0;
-
- out:
-  free (used);
-  free (table);
-  return ret;
+  return 0;
 }
 
 /* ---- COPIED and the header bits ------------------------------------- */
@@ -1523,15 +1512,54 @@ run_pass (struct pass *p)
   return 0;
 }
 
+/* Both passes (the second only after repairs), img->lock held. */
+static int
+check_locked (struct pass *p, unsigned repair,
+              struct rawtrack_check_result *res)
+{
+  struct rawtrack_check_result out;
+  uint32_t want;
+
+  p->l2buf = rt_malloc (p->cs);
+  p->rb = rt_malloc (p->cs);
+  p->rbc = rt_malloc (p->cs);
+  if (!p->l2buf || !p->rb || !p->rbc)
+    return -1;
+
+  p->fix = repair;
+  p->first = true;
+  if (run_pass (p) == -1)
+    return -1;
+  out = p->r;
+
+  if (out.corruptions_fixed || out.leaks_fixed) {
+    /* "Double checking the fixed image now..." */
+    reset_counters (&p->r);
+    p->fix = 0;
+    p->first = false;
+    p->rbc_valid = false;
+    if (run_pass (p) == -1)
+      return -1;
+    /* Like qemu-img: the findings of this pass, the first one's fixes. */
+    p->r.corruptions_fixed = out.corruptions_fixed;
+    p->r.leaks_fixed = out.leaks_fixed;
+    p->r.bitmaps_in_use = out.bitmaps_in_use;
+    out = p->r;
+  }
+
+  want = res->struct_size;
+  out.struct_size = want;
+  memcpy (res, &out, MIN (want, (uint32_t) sizeof out));
+  return 0;
+}
+
 RAWTRACK_API int
 rawtrack_image_check (struct rawtrack_image *img, unsigned repair,
                       struct rawtrack_check_result *res,
                       rawtrack_check_report_fn report, void *opaque)
 {
   struct pass p;
-  struct rawtrack_check_result out;
-  uint32_t want;
-  int r = -1;
+  int r;
 
   rt_clear_error ();
   if (!img || !res || res->struct_size == 0)
@@ -1555,41 +1583,11 @@ rawtrack_image_check (struct rawtrack_image *img, unsigned repair,
   p.has_df = (img->h.incompat & QCOW2_INCOMPAT_DATA_FILE) != 0;
   p.r.struct_size = sizeof p.r;
 
-  pthread_mutex_lock (&img->lock);
-  p.l2buf = rt_malloc (p.cs);
-  p.rb = rt_malloc (p.cs);
-  p.rbc = rt_malloc (p.cs);
-  if (!p.l2buf || !p.rb || !p.rbc)
-    goto out;
-
-  p.fix = repair;
-  p.first = true;
-  if (run_pass (&p) == -1)
-    goto out;
-  out = p.r;
-
-  if (out.corruptions_fixed || out.leaks_fixed) {
-    /* "Double checking the fixed image now..." */
-    reset_counters (&p.r);
-    p.fix = 0;
-    p.first = false;
-    p.rbc_valid = false;
-    if (run_pass (&p) == -1)
-      goto out;
-    /* Like qemu-img: the findings of this pass, the first one's fixes. */
-    p.r.corruptions_fixed = out.corruptions_fixed;
-    p.r.leaks_fixed = out.leaks_fixed;
-    p.r.bitmaps_in_use = out.bitmaps_in_use;
-    out = p.r;
+  {
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->lock);
+    r = check_locked (&p, repair, res);
   }
-  r = 0;
 
-  want = res->struct_size;
-  out.struct_size = want;
-  memcpy (res, &out, MIN (want, (uint32_t) sizeof out));
-
- out:
-  pthread_mutex_unlock (&img->lock);
   free_snapshots (&p);
   zero_fixes_reset (&p.zf);
   free (p.l2r);

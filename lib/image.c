@@ -78,8 +78,7 @@ static int
 load_bitmap_directory (struct rawtrack_image *img, uint64_t file_size)
 {
   struct qcow2_header *h = &img->h;
-  uint8_t *buf;
-  int r;
+  CLEANUP_FREE uint8_t *buf = NULL;
 
   if (!h->has_bitmaps_ext || h->version < 3 ||
       !(h->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
@@ -106,16 +105,14 @@ load_bitmap_directory (struct rawtrack_image *img, uint64_t file_size)
   buf = rt_malloc (h->bitmap_dir_size);
   if (!buf)
     return -1;
-  r = io_read (img->file, buf, h->bitmap_dir_size, h->bitmap_dir_offset,
-               "bitmap directory");
-  if (r == 0)
-    r = bitmap_dir_parse (buf, h->bitmap_dir_size, h->nb_bitmaps,
-                          img->virtual_size, img->cluster_size,
-                          h->bitmap_dir_offset, &img->bitmaps);
-  free (buf);
-  if (r == 0)
-    img->bitmaps_trusted = true;
-  return r;
+  if (io_read (img->file, buf, h->bitmap_dir_size, h->bitmap_dir_offset,
+               "bitmap directory") == -1 ||
+      bitmap_dir_parse (buf, h->bitmap_dir_size, h->nb_bitmaps,
+                        img->virtual_size, img->cluster_size,
+                        h->bitmap_dir_offset, &img->bitmaps) == -1)
+    return -1;
+  img->bitmaps_trusted = true;
+  return 0;
 }
 
 #define HEAD_READ (64u * 1024)
@@ -146,7 +143,7 @@ image_setup (struct rawtrack_image *img)
 {
   struct qcow2_header *h = &img->h;
   uint8_t first[QCOW2_V3_HEADER_LEN];
-  uint8_t *c0 = NULL;
+  CLEANUP_FREE uint8_t *c0 = NULL;
   int64_t fsize;
   uint64_t cs, need_l1, l2_span_bits, i, c0len;
 
@@ -176,22 +173,15 @@ image_setup (struct rawtrack_image *img)
   c0 = rt_malloc (cs);
   if (!c0)
     return -1;
-  if (io_read (img->file, c0, c0len, 0, "cluster 0") == -1) {
-    free (c0);
+  if (io_read (img->file, c0, c0len, 0, "cluster 0") == -1)
     return -1;
-  }
   if (c0len < MIN (cs, (uint64_t) fsize) && !header_fits (c0, c0len)) {
     c0len = MIN (cs, (uint64_t) fsize);
-    if (io_read (img->file, c0, c0len, 0, "cluster 0") == -1) {
-      free (c0);
+    if (io_read (img->file, c0, c0len, 0, "cluster 0") == -1)
       return -1;
-    }
   }
-  if (qcow2_header_parse (c0, c0len, h) == -1) {
-    free (c0);
+  if (qcow2_header_parse (c0, c0len, h) == -1)
     return -1;
-  }
-  free (c0);
 
   img->cluster_size = (uint32_t) cs;
   img->virtual_size = ROUND_DOWN (h->size, 512);
@@ -405,7 +395,7 @@ image_open_chain (const char *path, unsigned flags, const char *data_file,
   struct chain_id self = { 0 };
   unsigned ioflags = (flags & RAWTRACK_OPEN_RDWR) ? RAWTRACK_IO_RDWR
                                                    : RAWTRACK_IO_RDONLY;
-  char *dpath = NULL;
+  CLEANUP_FREE char *dpath = NULL;
 
   rt_clear_error ();
   if (!path) {
@@ -498,8 +488,6 @@ image_open_chain (const char *path, unsigned flags, const char *data_file,
       }
       if (image_lock_file (img->data, flags, true, dpath) == -1)
         goto fail;
-      free (dpath);
-      dpath = NULL;
     }
   }
   else if (data_file) {
@@ -532,7 +520,6 @@ image_open_chain (const char *path, unsigned flags, const char *data_file,
   return img;
 
  fail:
-  free (dpath);
   image_free (img);
   return NULL;
 }

@@ -49,6 +49,7 @@
 #include <pthread.h>
 
 #include "internal.h"
+#include "cleanup.h"
 #include "arith.h"
 #include "io-shims.h"
 #include "vector.h"
@@ -524,20 +525,16 @@ crash_pread (struct rawtrack_io *io, void *buf, uint64_t count,
              uint64_t offset)
 {
   struct crash_io *c = (struct crash_io *) io;
-  int r = -1;
   size_t i;
 
-  lock (c);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
   if (enter (c, OP_READ) == -1 || check_range (offset, count) == -1)
-    goto out;
+    return -1;
   if (io_op_pread (c->inner, buf, count, offset) == -1)
-    goto out;
+    return -1;
   for (i = 0; i < c->ops.len; i++)
     overlay (&c->ops.ptr[i], buf, count, offset);
-  r = 0;
- out:
-  unlock (c);
-  return r;
+  return 0;
 }
 
 static int
@@ -545,18 +542,14 @@ crash_pwrite (struct rawtrack_io *io, const void *buf, uint64_t count,
               uint64_t offset, unsigned flags)
 {
   struct crash_io *c = (struct crash_io *) io;
-  int r = -1;
 
-  lock (c);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
   if (enter (c, OP_WRITE) == -1 || check_range (offset, count) == -1 ||
       check_modify (c, 0, offset + count) == -1)
-    goto out;
+    return -1;
   if (count > 0 && push (c, P_WRITE, offset, count, buf) == -1)
-    goto out;
-  r = (flags & RAWTRACK_IO_FUA) ? do_flush (c) : 0;
- out:
-  unlock (c);
-  return r;
+    return -1;
+  return (flags & RAWTRACK_IO_FUA) ? do_flush (c) : 0;
 }
 
 static int
@@ -578,18 +571,14 @@ crash_zero (struct rawtrack_io *io, uint64_t count, uint64_t offset,
 {
   struct crash_io *c = (struct crash_io *) io;
   unsigned need = (flags & RAWTRACK_IO_FAST_ZERO) ? RAWTRACK_IO_CAN_ZERO : 0;
-  int r = -1;
 
-  lock (c);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
   if (enter (c, OP_ZERO) == -1 || check_range (offset, count) == -1 ||
       check_modify (c, need, offset + count) == -1)
-    goto out;
+    return -1;
   if (count > 0 && push (c, P_ZERO, offset, count, NULL) == -1)
-    goto out;
-  r = (flags & RAWTRACK_IO_FUA) ? do_flush (c) : 0;
- out:
-  unlock (c);
-  return r;
+    return -1;
+  return (flags & RAWTRACK_IO_FUA) ? do_flush (c) : 0;
 }
 
 static int
@@ -597,25 +586,21 @@ crash_trim (struct rawtrack_io *io, uint64_t count, uint64_t offset)
 {
   struct crash_io *c = (struct crash_io *) io;
   int64_t size;
-  int r = -1;
 
-  lock (c);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
   if (enter (c, OP_TRIM) == -1 || check_range (offset, count) == -1 ||
       check_modify (c, RAWTRACK_IO_CAN_TRIM, 0) == -1)
-    goto out;
+    return -1;
   /* A trim never extends: keep only the part inside the current size. */
   size = visible_size (c);
   if (size == -1)
-    goto out;
-  r = 0;
+    return -1;
   if (offset < (uint64_t) size) {
     count = MIN (count, (uint64_t) size - offset);
     if (count > 0)
-      r = push (c, P_TRIM, offset, count, NULL);
+      return push (c, P_TRIM, offset, count, NULL);
   }
- out:
-  unlock (c);
-  return r;
+  return 0;
 }
 
 static int64_t
@@ -637,20 +622,16 @@ static int
 crash_truncate (struct rawtrack_io *io, uint64_t size)
 {
   struct crash_io *c = (struct crash_io *) io;
-  int r = -1;
 
-  lock (c);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
   if (enter (c, OP_TRUNCATE) == -1 ||
       check_modify (c, RAWTRACK_IO_CAN_TRUNCATE, 0) == -1)
-    goto out;
+    return -1;
   if (size > INT64_MAX) {
     errno = EINVAL;
-    goto out;
+    return -1;
   }
-  r = push (c, P_TRUNCATE, size, 0, NULL);
- out:
-  unlock (c);
-  return r;
+  return push (c, P_TRUNCATE, size, 0, NULL);
 }
 
 static void
@@ -709,19 +690,19 @@ crash_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
 {
   struct crash_io *c = (struct crash_io *) io;
   uint64_t covered = 0, len;
-  int64_t r = -1;
+  int64_t r;
   size_t i;
 
-  lock (c);
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&c->lock);
   if (c->crashed) {
     errno = EIO;
-    goto out;
+    return -1;
   }
   if (check_range (offset, count) == -1)
-    goto out;
+    return -1;
   if (count == 0) {
     errno = EINVAL;
-    goto out;
+    return -1;
   }
   for (i = 0; i < c->ops.len; i++) {
     const struct pending *p = &c->ops.ptr[i];
@@ -730,28 +711,23 @@ crash_extent (struct rawtrack_io *io, uint64_t offset, uint64_t count,
      * data until the next flush. */
     if (p->kind == P_TRUNCATE) {
       *is_data = 1;
-      r = (int64_t) count;
-      goto out;
+      return (int64_t) count;
     }
     if (p->offset <= offset && offset < p->offset + p->count)
       covered = MAX (covered, p->offset + p->count - offset);
   }
   if (covered > 0) {
     *is_data = 1;
-    r = (int64_t) MIN (covered, count);
-    goto out;
+    return (int64_t) MIN (covered, count);
   }
   r = io_op_extent (c->inner, offset, count, is_data);
   if (r <= 0)
-    goto out;
+    return r;
   len = (uint64_t) r;
   for (i = 0; i < c->ops.len; i++)
     if (c->ops.ptr[i].offset > offset && c->ops.ptr[i].offset < offset + len)
       len = c->ops.ptr[i].offset - offset;
-  r = (int64_t) len;
- out:
-  unlock (c);
-  return r;
+  return (int64_t) len;
 }
 
 static const struct rawtrack_io_ops crash_ops = {
