@@ -41,6 +41,8 @@
 #include "server.h"
 #include "nbd-protocol.h"
 #include "byteorder.h"
+#include "cleanup.h"
+#include "vector.h"
 
 #define MAX_OPTION_LEN (1u << 20)
 
@@ -258,11 +260,12 @@ opt_export_name (struct connection *c, const uint8_t *p, uint32_t len)
   return 1;
 }
 
+DEFINE_VECTOR_TYPE (byte_list, uint8_t, realloc)
+
 /* One NBD_REP_SERVER reply per export: built under the table lock,
  * sent after it. */
 struct list_buf {
-  uint8_t *b;
-  size_t len, cap;
+  struct byte_list *b;
   bool failed;
 };
 
@@ -273,31 +276,28 @@ list_one (void *opaque, struct nbd_export *exp)
   const char *desc = exp->description ? exp->description : "";
   size_t nl = strlen (exp->name), dl = strlen (desc), need = 8 + nl + dl;
 
+  uint8_t *p;
+
   if (l->failed)
     return;
-  if (l->len + need > l->cap) {
-    size_t cap = (l->len + need) * 2;
-    uint8_t *n = realloc (l->b, cap);
-
-    if (!n) {
-      l->failed = true;
-      return;
-    }
-    l->b = n;
-    l->cap = cap;
+  if (byte_list_reserve (l->b, need) == -1) {
+    l->failed = true;
+    return;
   }
   /* Record: total length, name length, name, description. */
-  be32_store (l->b + l->len, (uint32_t) (4 + nl + dl));
-  be32_store (l->b + l->len + 4, (uint32_t) nl);
-  memcpy (l->b + l->len + 8, exp->name, nl);
-  memcpy (l->b + l->len + 8 + nl, desc, dl);
-  l->len += need;
+  p = l->b->ptr + l->b->len;
+  be32_store (p, (uint32_t) (4 + nl + dl));
+  be32_store (p + 4, (uint32_t) nl);
+  memcpy (p + 8, exp->name, nl);
+  memcpy (p + 8 + nl, desc, dl);
+  l->b->len += need;
 }
 
 static int
 opt_list (struct connection *c, uint32_t option, uint32_t len)
 {
-  struct list_buf l = { NULL, 0, 0, false };
+  CLEANUP_VECTOR (byte_list) struct byte_list b = { 0 };
+  struct list_buf l = { &b, false };
   size_t pos;
   int r = 0;
 
@@ -308,17 +308,14 @@ opt_list (struct connection *c, uint32_t option, uint32_t len)
     list_one (&l, c->srv->exp);
   else
     export_each (c->srv, list_one, &l);
-  if (l.failed) {
-    free (l.b);
+  if (l.failed)
     return -1;
-  }
-  for (pos = 0; r == 0 && pos < l.len; ) {
-    uint32_t rl = be32_load (l.b + pos);
+  for (pos = 0; r == 0 && pos < b.len; ) {
+    uint32_t rl = be32_load (b.ptr + pos);
 
-    r = send_reply (c, option, NBD_REP_SERVER, l.b + pos + 4, rl);
+    r = send_reply (c, option, NBD_REP_SERVER, b.ptr + pos + 4, rl);
     pos += 4 + rl;
   }
-  free (l.b);
   if (r == -1)
     return -1;
   return send_reply (c, option, NBD_REP_ACK, NULL, 0);
@@ -495,7 +492,7 @@ int
 handshake_run (struct connection *c)
 {
   uint8_t greet[NBD_GREETING_SIZE], hdr[NBD_OPT_HEADER_SIZE], cf[4];
-  uint8_t *payload = NULL;
+  CLEANUP_FREE uint8_t *payload = NULL;
   uint32_t cflags;
   unsigned nopts;
   int r, result = -1;
@@ -674,7 +671,6 @@ handshake_run (struct connection *c)
   }
 
  out:
-  free (payload);
   if (result == 0)
     nbd_debug ("connection %u: negotiated: structured=%d extended=%d "
                "flags=0x%04x contexts=%zu", c->id, c->structured,
