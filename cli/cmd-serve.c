@@ -176,7 +176,8 @@ help (void)
           "\n"
           "Server:\n"
           "  -c, --connections N     at most N clients at once (default 16); more are\n"
-          "                          closed at once\n"
+          "                          closed at once; the soft descriptor limit is\n"
+          "                          raised to fit them, or serve refuses to start\n"
           "  -t, --threads N         requests in flight per connection (default: 4 per\n"
           "                          CPU, at least 4, at most 16)\n"
           "      --sendfile          send read data with sendfile(2): less CPU in the\n"
@@ -960,6 +961,20 @@ cmd_serve (int argc, char **argv)
   srv.max_conn = o.max_conn;
   srv.tls_mode = o.tls_mode;
   srv.tls = tls;
+  {
+    char err[512];
+    bool pipes;
+
+    /* After the images, data files and listeners are open: they count.
+     * The reserve: control clients and fleecing files, a connection
+     * closed as one too many, a remote data file's reconnection. */
+    if (nbd_fd_budget (o.max_conn, o.threads, o.control ? 48 : 16, &pipes,
+                       err, sizeof err) == -1) {
+      status = fail ("%s", err);
+      goto out_listen;
+    }
+    srv.no_pipes = !pipes;
+  }
 
   if (o.pidfile) {
     FILE *fp = fopen (o.pidfile, "w");

@@ -15,7 +15,8 @@
  * Locking: nconn_lock protects nconn (live connection threads) and
  * nconn_cond signals its decrements.  Signals are turned into bytes on a
  * self-pipe by an async-signal-safe handler; everything else happens in
- * the calling thread's poll loop.
+ * the calling thread's poll loop.  Out of descriptors, the listeners
+ * are left alone for a growing pause (fd-budget.c), never spun on.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,19 +94,16 @@ conn_thread (void *arg)
 
 static void
 accept_one (struct nbd_server *srv, const struct nbd_listener *l,
-            unsigned *next_id)
+            unsigned *next_id, struct accept_pause *pause)
 {
   struct conn_arg *a;
   pthread_attr_t attr;
   pthread_t th;
   int fd, one = 1;
 
-  fd = accept4 (l->fd, NULL, NULL, SOCK_CLOEXEC);
-  if (fd == -1) {
-    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-      nbd_error ("accept: %s", strerror (errno));
+  fd = nbd_accept (l->fd, pause);
+  if (fd == -1)
     return;
-  }
   if (l->tcp)
     setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   pthread_mutex_lock (&nconn_lock);
@@ -147,20 +145,30 @@ nbd_accept_loop (struct nbd_server *srv, const struct nbd_listeners *ls,
   unsigned next_id = 0;
   bool quit = false;
   size_t i, nls = ls->n;
+  struct accept_pause pause = { .what = "NBD" };
 
   while (!quit) {
     struct pollfd pfd[NBD_MAX_LISTENERS + 1];
     int r;
 
+    /* Out of descriptors (fd-budget.c): the listeners are left alone
+     * (negative fds are ignored by poll) for the pause, then tried. */
     for (i = 0; i < nls; i++) {
-      pfd[i].fd = ls->l[i].fd;
+      pfd[i].fd = pause.wait_ms ? -1 : ls->l[i].fd;
       pfd[i].events = POLLIN;
       pfd[i].revents = 0;
     }
     pfd[nls].fd = sig_pipe[0];
     pfd[nls].events = POLLIN;
     pfd[nls].revents = 0;
-    r = poll (pfd, nls + 1, -1);
+    r = poll (pfd, nls + 1, pause.wait_ms ? (int) pause.wait_ms : -1);
+    if (r == 0) {
+      /* The pause is over: try every listener once more. */
+      pause.wait_ms = 0;
+      for (i = 0; i < nls && !pause.wait_ms; i++)
+        accept_one (srv, &ls->l[i], &next_id, &pause);
+      continue;
+    }
     if (r == -1) {
       if (errno == EINTR)
         continue;
@@ -190,9 +198,9 @@ nbd_accept_loop (struct nbd_server *srv, const struct nbd_listeners *ls,
         }
       }
     }
-    for (i = 0; !quit && i < nls; i++)
+    for (i = 0; !quit && !pause.wait_ms && i < nls; i++)
       if (pfd[i].revents & POLLIN)
-        accept_one (srv, &ls->l[i], &next_id);
+        accept_one (srv, &ls->l[i], &next_id, &pause);
   }
 }
 

@@ -455,6 +455,7 @@ worker (void *arg)
   struct worker_buf wb = WORKER_BUF_INIT;
   struct request req;
 
+  wb.no_pipe = c->srv->no_pipes;
   for (;;) {
     int r;
 

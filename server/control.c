@@ -144,15 +144,19 @@ static void *
 accept_thread (void *arg)
 {
   struct control *ctl = arg;
+  struct accept_pause pause = { .what = "control socket" };
 
   for (;;) {
-    struct pollfd p[2] = { { ctl->ls.l[0].fd, POLLIN, 0 },
+    /* Out of descriptors: the listener is left alone for the pause. */
+    struct pollfd p[2] = { { pause.wait_ms ? -1 : ctl->ls.l[0].fd, POLLIN,
+                             0 },
                            { ctl->stop_pipe[0], POLLIN, 0 } };
     struct client *cl;
     pthread_t th;
-    int fd;
+    int fd, r;
 
-    if (poll (p, 2, -1) == -1) {
+    r = poll (p, 2, pause.wait_ms ? (int) pause.wait_ms : -1);
+    if (r == -1) {
       if (errno == EINTR)
         continue;
       nbd_error ("control socket: poll: %s", strerror (errno));
@@ -160,7 +164,7 @@ accept_thread (void *arg)
     }
     if (p[1].revents)
       return NULL;
-    fd = accept4 (ctl->ls.l[0].fd, NULL, NULL, SOCK_CLOEXEC);
+    fd = nbd_accept (ctl->ls.l[0].fd, &pause);
     if (fd == -1)
       continue;
     pthread_mutex_lock (&ctl->lock);

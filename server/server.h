@@ -119,6 +119,8 @@ struct nbd_server {
   enum tls_mode tls_mode;
   struct tls_config *tls;          /* credentials; NULL with TLS_OFF */
   unsigned max_conn;               /* connections at once (accept loop) */
+  bool no_pipes;                   /* too few descriptors for a splice
+                                    * pipe per worker (fd-budget.c) */
 };
 
 /* ---- exports.c ---------------------------------------------------------- */
@@ -283,6 +285,30 @@ void nbd_accept_loop (struct nbd_server *srv, const struct nbd_listeners *ls,
 /* Wake every connection (write to quit_wfd, the other end of
  * srv->quit_fd) and wait until every connection thread has finished. */
 void nbd_drain (int quit_wfd);
+
+/* ---- fd-budget.c: descriptors budgeted at start, and run out of ---------- */
+/* Check (and raise, up to the hard limit) RLIMIT_NOFILE for max_conn
+ * connections of threads workers each, with reserve more for what comes
+ * and goes.  0: fine (*pipes false: too few for a splice pipe per
+ * worker, do without); -1 with a message naming the numbers in err. */
+int nbd_fd_budget (unsigned max_conn, unsigned threads, unsigned reserve,
+                   bool *pipes, char *err, size_t errlen);
+/* An accepting thread's state while descriptors are exhausted. */
+struct accept_pause {
+  const char *what;                /* for the log: "NBD", "control socket" */
+  unsigned long failed;            /* accepts failed since the last
+                                    * "accepting again" */
+  bool logged;                     /* "out of descriptors" said, not yet
+                                    * "accepting again" */
+  long logged_at;                  /* CLOCK_MONOTONIC seconds of that
+                                    * message; 0: never */
+  unsigned next_ms;                /* the pause after the next failure */
+  unsigned wait_ms;                /* set by nbd_accept: leave the listener
+                                    * alone this long (0: poll it) */
+};
+/* accept4 (lfd, SOCK_CLOEXEC): a descriptor, or -1 (nothing to accept, or
+ * out of descriptors: then p->wait_ms > 0, logged once per episode). */
+int nbd_accept (int lfd, struct accept_pause *p);
 
 /* Logging (connection.c).  nbd_verbose enables debug messages; nbd_quiet
  * silences errors too (the fuzzer). */
