@@ -260,6 +260,42 @@ now_ms (void)
   return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* One step of driving h in this thread (no dispatcher running): poll
+ * its socket for up to timeout ms (-1: no limit) in the direction libnbd
+ * wants, then tell libnbd what happened.  -1 with errno ENOTCONN when the
+ * handle has no socket, or with poll's errno; 0 when nothing happened
+ * (timeout, EINTR); 1 after a notification, whose result (0, or -1 when
+ * libnbd failed: see nbd_get_errno) goes to *notified if not NULL. */
+static int
+poll_notify (struct nbd_handle *h, int timeout, int *notified)
+{
+  struct pollfd p = { .fd = nbd_aio_get_fd (h) };
+  unsigned dir;
+  int r;
+
+  if (p.fd < 0) {
+    errno = ENOTCONN;
+    return -1;
+  }
+  dir = nbd_aio_get_direction (h);
+  p.events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+             ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+  r = poll (&p, 1, timeout);
+  if (r == -1)
+    return errno == EINTR ? 0 : -1;
+  if (r == 0)
+    return 0;
+  if (p.revents & (POLLIN | POLLHUP | POLLERR))
+    r = nbd_aio_notify_read (h);
+  else if (p.revents & POLLOUT)
+    r = nbd_aio_notify_write (h);
+  else
+    r = 0;
+  if (notified)
+    *notified = r;
+  return 1;
+}
+
 /* Drive the handle (no dispatcher running) until it is ready, dead or
  * the deadline passes.  0 or -1 with errno. */
 static int
@@ -268,9 +304,7 @@ drive_until_ready (struct nbd_handle *h, unsigned timeout_ms)
   int64_t deadline = timeout_ms ? now_ms () + timeout_ms : 0;
 
   while (!nbd_aio_is_ready (h)) {
-    struct pollfd p;
-    unsigned dir;
-    int r, t = -1;
+    int notified = 0, t = -1;
 
     if (nbd_aio_is_dead (h) || nbd_aio_is_closed (h)) {
       errno = nbd_get_errno () ? nbd_get_errno () : ECONNREFUSED;
@@ -285,28 +319,8 @@ drive_until_ready (struct nbd_handle *h, unsigned timeout_ms)
       }
       t = (int) left;
     }
-    p.fd = nbd_aio_get_fd (h);
-    dir = nbd_aio_get_direction (h);
-    p.events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
-               ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
-    p.revents = 0;
-    if (p.fd < 0) {
-      errno = ENOTCONN;
+    if (poll_notify (h, t, &notified) == -1 || notified == -1)
       return -1;
-    }
-    r = poll (&p, 1, t);
-    if (r == -1 && errno != EINTR)
-      return -1;
-    if (r <= 0)
-      continue;
-    if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
-      if (nbd_aio_notify_read (h) == -1)
-        return -1;
-    }
-    else if (p.revents & POLLOUT) {
-      if (nbd_aio_notify_write (h) == -1)
-        return -1;
-    }
   }
   return 0;
 }
@@ -399,21 +413,9 @@ conn_stop (struct nbd_conn *c, bool polite)
       int64_t deadline = now_ms () + 2000;
 
       while (!nbd_aio_is_closed (c->h) && !nbd_aio_is_dead (c->h) &&
-             now_ms () < deadline) {
-        struct pollfd p = { .fd = nbd_aio_get_fd (c->h), .events = 0 };
-        unsigned dir = nbd_aio_get_direction (c->h);
-
-        if (p.fd < 0)
-          break;
-        p.events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
-                   ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
-        if (poll (&p, 1, 100) > 0) {
-          if (p.revents & (POLLIN | POLLHUP | POLLERR))
-            nbd_aio_notify_read (c->h);
-          else if (p.revents & POLLOUT)
-            nbd_aio_notify_write (c->h);
-        }
-      }
+             now_ms () < deadline)
+        if (poll_notify (c->h, 100, NULL) == -1 && errno == ENOTCONN)
+          break;                        /* no socket; poll errors retry */
     }
     nbd_close (c->h);
     c->h = NULL;
@@ -639,19 +641,13 @@ drive (struct io_nbd *nb, struct waiter *w, struct nbd_conn *c)
   struct nbd_handle *h = c->h;
 
   while (w->pending > 0 && h) {
-    struct pollfd p;
-    unsigned dir;
-    int r, t = -1;
+    int fd, t = -1;
 
     if (nbd_aio_is_dead (h) || nbd_aio_is_closed (h))
       break;                            /* libnbd retired everything */
-    p.fd = nbd_aio_get_fd (h);
-    if (p.fd < 0)
+    fd = nbd_aio_get_fd (h);
+    if (fd < 0)
       break;
-    dir = nbd_aio_get_direction (h);
-    p.events = ((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
-               ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
-    p.revents = 0;
     if (deadline) {
       int64_t left = deadline - now_ms ();
 
@@ -659,21 +655,15 @@ drive (struct io_nbd *nb, struct waiter *w, struct nbd_conn *c)
         pthread_mutex_lock (&w->m);
         w->err = ETIMEDOUT;
         pthread_mutex_unlock (&w->m);
-        shutdown (p.fd, SHUT_RDWR);
+        shutdown (fd, SHUT_RDWR);
         deadline = 0;                   /* now just wait for the failure */
         continue;
       }
       t = (int) left;
     }
-    r = poll (&p, 1, t);
-    if (r == -1 && errno != EINTR)
+    /* A failed notification: the dead check above decides. */
+    if (poll_notify (h, t, NULL) == -1)
       break;
-    if (r <= 0)
-      continue;
-    if (p.revents & (POLLIN | POLLHUP | POLLERR))
-      nbd_aio_notify_read (h);
-    else if (p.revents & POLLOUT)
-      nbd_aio_notify_write (h);
   }
   if (w->pending > 0) {
     /* The handle is gone with commands unretired: cannot happen with
