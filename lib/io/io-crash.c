@@ -50,6 +50,7 @@
 
 #include "internal.h"
 #include "cleanup.h"
+#include "random.h"
 #include "arith.h"
 #include "io-shims.h"
 #include "vector.h"
@@ -124,15 +125,11 @@ unlock (struct crash_io *c)
     abort ();
 }
 
-/* splitmix64: tiny, and every seed (0 too) gives a good stream. */
+/* common/random.h's generator: every seed (0 too) gives a good stream. */
 static uint64_t
 next_random (struct crash_io *c)
 {
-  uint64_t z = (c->rng += UINT64_C (0x9e3779b97f4a7c15));
-
-  z = (z ^ (z >> 30)) * UINT64_C (0xbf58476d1ce4e5b9);
-  z = (z ^ (z >> 27)) * UINT64_C (0x94d049bb133111eb);
-  return z ^ (z >> 31);
+  return rt_random (&c->rng);
 }
 
 static uint64_t

@@ -24,16 +24,14 @@
 #include "internal.h"
 #include "io/io-shims.h"
 #include "arith.h"
+#include "random.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 static uint64_t
 rng (void)
 {
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return rng_state * 0x2545f4914f6cdd1dull;
+  return rt_random (&rng_state);
 }
 
 static char dir[] = "/tmp/rawtrack-test-writer.XXXXXX";
