@@ -300,6 +300,16 @@ begin_args (struct json *j, void *opaque)
   json_string (j, "checkpoint", opaque);
 }
 
+/* From now on this backup is the view's one reader and reads every chunk
+ * of it once: guest writes to what it has read need not save the old
+ * data (docs/control.md, "read_once"). */
+static void
+begin_once_args (struct json *j, void *opaque)
+{
+  json_string (j, "checkpoint", opaque);
+  json_bool (j, "read_once", true);
+}
+
 int
 bk_live_checkpoint (struct bk_live *l, const char *name,
                     const char *export_name, const char *const *freeze,
@@ -341,6 +351,16 @@ bk_live_checkpoint (struct bk_live *l, const char *name,
     }
   jv_free (v);
   bk_step ("published");
+  /* (After the step: a test's peers read the export while stopped.) */
+  v = ctl_request (l->c, "backup-begin", begin_once_args, (void *) name,
+                   true);
+  if (!v) {
+    fprintf (stderr, "%s: the server at '%s' could not make the "
+             "point-in-time export of '%s' read-once: %s\n", progname,
+             l->control, name, ctl_error (l->c));
+    return -1;
+  }
+  jv_free (v);
   if (!*uri) {
     fprintf (stderr, "%s: the server at '%s' gave no NBD URI for the "
              "point-in-time export of '%s' (it listens only on sockets it "
@@ -365,7 +385,9 @@ bk_live_cbw_bytes (struct bk_live *l, const char *checkpoint)
   for (i = 0; views && i < views->n; i++)
     if (jv_str (views->items[i], "checkpoint") &&
         strcmp (jv_str (views->items[i], "checkpoint"), checkpoint) == 0)
-      r = (int64_t) jv_uint (views->items[i], "cbw_bytes");
+      r = (int64_t) jv_uint (views->items[i],
+                             jv_get (views->items[i], "cbw_saved")
+                             ? "cbw_saved" : "cbw_bytes");
   jv_free (q);
   return r;
 }

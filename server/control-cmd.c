@@ -519,6 +519,14 @@ cmd_query (struct control_state *st, const struct jv *req, struct json *j,
     json_ckpt_disks (j, c);
     json_bool (j, "full", c->full);
     json_uint (j, "cbw_bytes", held);
+    {
+      uint64_t total = 0;
+
+      for (i = 0; i < c->n && c->view; i++)
+        if (c->d[i].vd)
+          total += view_disk_saved_total (c->d[i].vd);
+      json_uint (j, "cbw_saved", total);
+    }
     json_uint (j, "created", (uint64_t) c->created);
     json_array_begin (j, "published");
     for (i = 0; i < c->n; i++)
@@ -771,13 +779,15 @@ static int
 cmd_backup_begin (struct control_state *st, const struct jv *req,
                   struct json *j, struct cerr *e)
 {
-  static const char *const allowed[] = { "checkpoint", NULL };
+  static const char *const allowed[] = { "checkpoint", "read_once", NULL };
   const char *name;
   struct ckpt *c;
+  bool read_once;
   size_t i, k;
 
   if (check_args (req, "backup-begin", allowed, e) == -1 ||
-      get_string (req, "checkpoint", true, &name, e) == -1)
+      get_string (req, "checkpoint", true, &name, e) == -1 ||
+      get_bool (req, "read_once", false, &read_once, e) == -1)
     return -1;
   c = find_ckpt (st, name);
   if (!c)
@@ -796,6 +806,8 @@ cmd_backup_begin (struct control_state *st, const struct jv *req,
                    c->d[i].exp->name, name, reason);
   }
   for (i = 0; i < c->n; i++) {
+    if (read_once)
+      view_disk_set_read_once (c->d[i].vd);
     if (c->d[i].published)
       continue;
     if (export_add (st->srv, view_disk_export (c->d[i].vd)) == -1)

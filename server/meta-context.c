@@ -241,12 +241,28 @@ meta_extents (struct nbd_export *exp, uint32_t index, uint64_t offset,
 {
   out->ext.len = 0;
   out->end = offset;
-  if (exp->view && index < META_FIRST_BITMAP)
-    /* A point-in-time export: data everywhere, all of it local (the
-     * image's current map says nothing about the disk at the
-     * checkpoint). */
-    return append (out, max, count,
-                   index == META_ALLOCATION_DEPTH ? 1 : 0) == -1 ? -1 : 0;
+  if (exp->view && index == META_ALLOCATION_DEPTH)
+    /* A point-in-time export: all of it local. */
+    return append (out, max, count, 1) == -1 ? -1 : 0;
+  if (exp->view && index == META_BASE_ALLOCATION) {
+    /* The view's map as of its checkpoint (the image's current map says
+     * nothing about it): holes where a full view had no data. */
+    uint64_t pos = offset, end = offset + count;
+
+    while (pos < end) {
+      bool zero;
+      int64_t n = view_disk_status (exp->view, pos, end - pos, &zero);
+      int r = append (out, max, (uint64_t) n,
+                      zero ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0);
+
+      if (r == -1)
+        return -1;
+      if (r == 1)
+        break;
+      pos += (uint64_t) n;
+    }
+    return 0;
+  }
   switch (index) {
   case META_BASE_ALLOCATION:
     return status_extents (exp, offset, count, max, out, map_allocation);

@@ -496,9 +496,11 @@ read_segments (struct connection *c, uint64_t offset, uint64_t count,
       hole = false;
     }
     else if (c->exp->view) {
-      /* A point-in-time export: data everywhere. */
-      len = (int64_t) (end - pos);
-      hole = false;
+      /* A point-in-time export: its map as of the checkpoint. */
+      bool zero;
+
+      len = view_disk_status (c->exp->view, pos, end - pos, &zero);
+      hole = zero && (uint64_t) len >= READ_HOLE_MIN;
     }
     else {
       len = rawtrack_image_block_status (c->exp->img, pos, end - pos, &st);

@@ -141,8 +141,11 @@ void export_each (struct nbd_server *srv,
                   void *opaque);
 
 /* ---- view.c: point-in-time views, copy-before-write, the fleecing store -- */
-/* The unit of copy-before-write: old data is saved per chunk. */
-#define VIEW_CHUNK (64u * 1024)
+/* The unit of copy-before-write: old data is saved per chunk of 4 KiB,
+ * or larger on disks so big that 4 KiB chunks would be more than
+ * VIEW_MAX_CHUNKS (the per-chunk bits cost 4 x 16 MiB there). */
+#define VIEW_CHUNK_MIN_SHIFT 12
+#define VIEW_MAX_CHUNKS (1ull << 27)
 
 enum view_state { VIEW_ACTIVE, VIEW_FAILED, VIEW_ENDED };
 
@@ -180,9 +183,21 @@ void disk_before_write (struct nbd_disk *disk, uint64_t offset,
  * a failed or ended view). */
 int view_disk_read (struct view_disk *vd, void *buf, uint64_t count,
                     uint64_t offset);
+/* backup-begin's "read_once": the view has one reader, which reads each
+ * chunk once; guest writes to the chunks it has read are not saved any
+ * more, their saved data is dropped, and reading them again fails. */
+void view_disk_set_read_once (struct view_disk *vd);
+/* base:allocation of the view: the length of the run at offset (at most
+ * count) and whether it reads as zeros (a full view: no data there at the
+ * checkpoint; an incremental view reports data everywhere). */
+int64_t view_disk_status (struct view_disk *vd, uint64_t offset,
+                          uint64_t count, bool *zero);
 /* For query: state, bytes of old data held, the reason of a failure. */
 enum view_state view_disk_state (struct view_disk *vd, uint64_t *held,
                                  char *reason, size_t len);
+/* Bytes of old data saved since the view started (what it holds now plus
+ * what a read-once reader has already taken). */
+uint64_t view_disk_saved_total (struct view_disk *vd);
 /* The point-in-time export of the view (name EXPORT@CHECKPOINT). */
 struct nbd_export *view_disk_export (struct view_disk *vd);
 
