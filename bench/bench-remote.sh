@@ -139,20 +139,38 @@ uri_of ()
   esac
 }
 
-# run_job CONFIG NAME RW BS QD: one fio job; prints "iops MiB/s".
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks ()
+{
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+# run_job CONFIG NAME RW BS QD: one fio job; prints "iops MiB/s S D":
+# S is the CPU the server fio talks to used per request (microseconds),
+# D that of the storage server behind rawtrack (0 for the direct ones).
+# The CPU counters cover the ramp too: requests = IOPS x (ramp + run).
 run_job ()
 {
-  local out="fio-$1-$2.json"
+  local out="fio-$1-$2.json" s0 d0 s1 d1
+  s0="$(cpu_ticks "$spid")"
+  d0="$(cpu_ticks "$dpid")"
   HOME="$work/home" fio --name="$2" --ioengine=nbd --uri="$(uri_of "$1")" \
     --rw="$3" --bs="$4" --iodepth="$5" --size="$SIZE" \
     --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
     --randrepeat=0 --norandommap --output-format=json --output="$out" \
     >/dev/null 2>&1 || { echo "bench-remote: fio $1 $2 failed" >&2; cat "$out" >&2; exit 1; }
-  python3 - "$out" <<'EOF'
+  s1="$(cpu_ticks "$spid")"
+  d1="$(cpu_ticks "$dpid")"
+  case "$1" in direct*) d1="$d0" ;; esac
+  python3 - "$out" "$((s1 - s0))" "$((d1 - d0))" "$(getconf CLK_TCK)" \
+    "$((RUNTIME + RAMP))" <<'EOF'
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 io = j["write"] if j["write"]["io_bytes"] else j["read"]
-print("%.0f %.1f" % (io["iops"], io["bw_bytes"] / 1048576.0))
+s, d, hz, secs = map(int, sys.argv[2:6])
+n = max(io["iops"] * secs, 1.0)
+print("%.0f %.1f %.1f %.1f" % (io["iops"], io["bw_bytes"] / 1048576.0,
+                               s * 1e6 / hz / n, d * 1e6 / hz / n))
 EOF
 }
 
@@ -184,32 +202,27 @@ for ((round = 1; round <= REPEAT; round++)); do
     stop_server
   done
 done
-median ()
-{
-  python3 -c '
-import sys
-v = sorted((tuple(map(float, x.split())) for x in sys.argv[1].split(";")))
-print("%.0f %.1f" % v[len(v) // 2])' "$1"
-}
-for k in "${!res[@]}"; do
-  res["$k"]="$(median "${res[$k]}")"
-done
-
-# pair A B: a table of A against B.
+# pair A B: A against B by the median IOPS of the rounds, the spread of
+# the per-round ratios (round i of A against round i of B), and the CPU
+# per request: the server fio talks to + the storage server behind it.
 pair ()
 {
   local a="$1" b="$2"
-  printf '\n%-20s %22s %22s %8s\n' "job (IOPS, MiB/s)" "$a" "$b" ratio
+  printf '\n%s against %s (IOPS, MiB/s; CPU us per request: server+storage)\n' "$a" "$b"
   for j in "${jobs[@]}"; do
     set -- $j
-    read -r ai ab <<<"${res[$b,$1]}"
-    read -r bi bb <<<"${res[$a,$1]}"
-    python3 - "$1" "$bi" "$bb" "$ai" "$ab" <<'EOF'
+    python3 - "$1" "${res[$a,$1]}" "${res[$b,$1]}" <<'EOF'
 import sys
-n = sys.argv[1]
-bi, bb, ai, ab = map(float, sys.argv[2:])
-cell = lambda i, b: "%9.0f %8.1f MiB/s" % (i, b)
-print("%-20s %22s %22s %7.2fx" % (n, cell(bi, bb), cell(ai, ab), bi / ai if ai else 0))
+name = sys.argv[1]
+A = [tuple(map(float, x.split())) for x in sys.argv[2].split(";")]
+B = [tuple(map(float, x.split())) for x in sys.argv[3].split(";")]
+med = lambda v: sorted(v)[len(v) // 2]
+a, b = med(A), med(B)
+r = [x[0] / y[0] for x, y in zip(A, B) if y[0]]
+cell = lambda v: "%7.0f %7.1f MiB/s %5.1f+%-5.1f" % (v[0], v[1], v[2], v[3])
+print("%-18s %s | %s | %5.2fx (rounds %.2f-%.2f)"
+      % (name, cell(a), cell(b), a[0] / b[0] if b[0] else 0,
+         min(r) if r else 0, max(r) if r else 0))
 EOF
   done
 }
