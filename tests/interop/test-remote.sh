@@ -98,6 +98,30 @@ for kind in memory file qemu; do
   [ "$("$RAWTRACK" cat --allow-remote img.qcow2 --length 4 | od -An -tx1 | tr -d ' ')" = 11111111 ] ||
     die "cat over NBD"
 
+  # Block status passes through: serve's base:allocation shows the holes
+  # the data file's server reports (the disk is sparse but for the
+  # writes above), merged the same way.
+  nbdinfo --map --json "$ruri" >remote-map.json
+  # shellcheck disable=SC2016
+  expect_ok "$RAWTRACK" serve img.qcow2 --allow-remote --run '
+    nbdinfo --map --json "$uri" >served-map.json'
+  python3 - remote-map.json served-map.json <<'EOF' || die "$kind: block status not passed through"
+import json, sys
+def holes(path):
+    out = []
+    for e in json.load(open(path)):
+        hole = bool(e["type"] & 1)
+        end = e["offset"] + e["length"]
+        if out and out[-1][2] == hole and out[-1][1] == e["offset"]:
+            out[-1][1] = end
+        else:
+            out.append([e["offset"], end, hole])
+    return out
+r, s = holes(sys.argv[1]), holes(sys.argv[2])
+if r != s or not any(h for _, _, h in s):
+    sys.exit("remote %s\nserved %s" % (r, s))
+EOF
+
   # Through serve: nbdcopy, qemu-io, fio with verify.
   expect_ok "$RAWTRACK" bitmap clear img.qcow2 b1
   # shellcheck disable=SC2016
