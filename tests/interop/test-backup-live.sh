@@ -85,6 +85,12 @@ restore_is ()
   cmp restored.raw "$2" || die "$3: the restore differs from the disk"
 }
 
+# ---- 0. a live full backup of a sparse disk reads only its data ----------------
+qemu-io -f raw "$uri" -c "write -P 0x5e 3M 1M" >/dev/null
+"$RAWTRACK" backup create disk.qcow2 repo-sparse --json > sparse.json
+json_expect sparse.json 'j["mode"]' live 'j["read-bytes"]' $((1 << 20))
+rm -rf repo-sparse
+
 # ---- 1. the registry -----------------------------------------------------------
 fill 0xaa
 snapshot A.raw
