@@ -23,7 +23,9 @@
 #                (qemu-route-incremental.py)
 #   restore      of the top of a chain of 10 incrementals (a full + 10):
 #                rawtrack backup restore vs qemu-img convert -O raw
-# Page cache is warm for everyone (the disk is read once before).
+# Page cache is warm for everyone (the disk is read once before), and
+# every timed command starts after a sync, so that none pays for the
+# write-back of the one before it.
 # Ratios are QEMU-route time / rawtrack time (higher is better for
 # rawtrack).
 set -euo pipefail
@@ -92,15 +94,15 @@ for r in $(seq "$REPEAT"); do
   # --flush: a backup is only one once it is durable; rawtrack syncs its
   # file, the manifest and the directory, so nbdcopy syncs too.
   qnbd "$S" -r -e 4 -f qcow2 disk.qcow2
-  t0=$(now); nbdcopy --flush --destination-is-zero "nbd+unix:///?socket=$S" full.raw; t1=$(now)
+  sync; t0=$(now); nbdcopy --flush --destination-is-zero "nbd+unix:///?socket=$S" full.raw; t1=$(now)
   f_nc+=("$(echo "$t1 - $t0" | bc)")
-  t0=$(now); "$RAWTRACK" backup create "nbd+unix:///?socket=$S" repo-fn >/dev/null; t1=$(now)
+  sync; t0=$(now); "$RAWTRACK" backup create "nbd+unix:///?socket=$S" repo-fn >/dev/null; t1=$(now)
   f_rtn+=("$(echo "$t1 - $t0" | bc)")
   qstop
   # A clean container each round, so that only the last round's
   # checkpoint is left for the incremental.
   cp saved.qcow2 disk.qcow2
-  t0=$(now); "$RAWTRACK" backup create disk.qcow2 repo-f >/dev/null 2>&1; t1=$(now)
+  sync; t0=$(now); "$RAWTRACK" backup create disk.qcow2 repo-f >/dev/null 2>&1; t1=$(now)
   f_rt+=("$(echo "$t1 - $t0" | bc)")
 done
 rm -f full.raw
@@ -136,17 +138,17 @@ for r in $(seq "$REPEAT"); do
   qemu-nbd -t -k "$T" -f qcow2 inc.qcow2 &
   tpid=$!
   for _ in $(seq 200); do [ -S "$T" ] && break; sleep 0.05; done
-  t0=$(now); $PY "$here/qemu-route-incremental.py" "$S" "$ckpt" "$T" >/dev/null; t1=$(now)
+  sync; t0=$(now); $PY "$here/qemu-route-incremental.py" "$S" "$ckpt" "$T" >/dev/null; t1=$(now)
   i_q+=("$(echo "$t1 - $t0" | bc)")
   kill "$tpid"; wait "$tpid" 2>/dev/null || true; tpid=""
   # rawtrack over NBD, the same export.
   rm -rf repo-n; cp -r repo-saved repo-n
-  t0=$(now); "$RAWTRACK" backup create "nbd+unix:///?socket=$S" repo-n --bitmap "$ckpt" >/dev/null 2>&1; t1=$(now)
+  sync; t0=$(now); "$RAWTRACK" backup create "nbd+unix:///?socket=$S" repo-n --bitmap "$ckpt" >/dev/null 2>&1; t1=$(now)
   i_rtn+=("$(echo "$t1 - $t0" | bc)")
   qpid=$spid_src; qstop
   # rawtrack, image source (consumes the checkpoint: restored after).
   rm -rf repo-i; cp -r repo-saved repo-i
-  t0=$(now); "$RAWTRACK" backup create disk.qcow2 repo-i >/dev/null; t1=$(now)
+  sync; t0=$(now); "$RAWTRACK" backup create disk.qcow2 repo-i >/dev/null; t1=$(now)
   i_rt+=("$(echo "$t1 - $t0" | bc)")
 done
 dirty_mib=$(( writes / 16 ))
@@ -170,9 +172,9 @@ cat repo-i/*.qcow2 >/dev/null
 declare -a r_rt r_q
 for r in $(seq "$REPEAT"); do
   rm -f out-rt.raw out-q.raw
-  t0=$(now); "$RAWTRACK" backup restore repo-i out-rt.raw 2>/dev/null; t1=$(now)
+  sync; t0=$(now); "$RAWTRACK" backup restore repo-i out-rt.raw 2>/dev/null; t1=$(now)
   r_rt+=("$(echo "$t1 - $t0" | bc)")
-  t0=$(now); qemu-img convert -O raw "$top" out-q.raw; t1=$(now)
+  sync; t0=$(now); qemu-img convert -O raw "$top" out-q.raw; t1=$(now)
   r_q+=("$(echo "$t1 - $t0" | bc)")
 done
 cmp out-rt.raw out-q.raw || { echo "bench-backup: the restores differ" >&2; exit 1; }
@@ -182,9 +184,20 @@ F_RT=$(median "${f_rt[@]}"); F_RTN=$(median "${f_rtn[@]}"); F_NC=$(median "${f_n
 I_RT=$(median "${i_rt[@]}"); I_RTN=$(median "${i_rtn[@]}"); I_Q=$(median "${i_q[@]}")
 R_RT=$(median "${r_rt[@]}"); R_Q=$(median "${r_q[@]}")
 ratio () { echo "scale=2; $1 / $2" | bc; }
+# spread OTHER[@] RT[@]: the lowest and highest per-round ratio (rounds
+# are interleaved, so each round's pair ran under the same load).
+spread ()
+{
+  local -n o="$1" t="$2"
+  local i v=()
+  for i in "${!o[@]}"; do v+=("$(ratio "${o[$i]}" "${t[$i]}")"); done
+  printf '%s\n' "${v[@]}" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%sx", lo, hi }'
+}
 printf '\n%s MiB disk, median of %s rounds (seconds; ratio = other / rawtrack)\n\n' "$SIZE_MIB" "$REPEAT"
 printf '| job | rawtrack (image) | rawtrack (NBD) | QEMU route | ratio image | ratio NBD |\n'
 printf '|---|--:|--:|--:|--:|--:|\n'
 printf '| full backup vs nbdcopy | %.2f | %.2f | %.2f | %sx | %sx |\n' "$F_RT" "$F_RTN" "$F_NC" "$(ratio "$F_NC" "$F_RT")" "$(ratio "$F_NC" "$F_RTN")"
 printf '| incremental (%s%%, %s MiB dirty) vs map+copy | %.2f | %.2f | %.2f | %sx | %sx |\n' "$CHANGE_PCT" "$dirty_mib" "$I_RT" "$I_RTN" "$I_Q" "$(ratio "$I_Q" "$I_RT")" "$(ratio "$I_Q" "$I_RTN")"
 printf '| restore, chain of %s, vs qemu-img convert | %.2f | - | %.2f | %sx | - |\n' "$nchain" "$R_RT" "$R_Q" "$(ratio "$R_Q" "$R_RT")"
+printf '\nPer-round ratio spread (lowest-highest): full %s image, %s NBD; incremental %s image, %s NBD; restore %s\n' \
+  "$(spread f_nc f_rt)" "$(spread f_nc f_rtn)" "$(spread i_q i_rt)" "$(spread i_q i_rtn)" "$(spread r_q r_rt)"
