@@ -623,12 +623,21 @@ rawtrack_bitmap_dirty_bytes (struct rawtrack_image *img, const char *name,
                              uint64_t *bytes)
 {
   struct bitmap_mem *bm;
+  int i, r = -1;
 
   rt_clear_error ();
-  bm = load_copy (img, name, 0, img->virtual_size);
-  if (!bm)
-    return -1;
-  *bytes = bitmap_mem_dirty_bytes (bm);
-  bitmap_mem_free (bm);
-  return 0;
+  /* A tracked bitmap: its live bits.  Otherwise counted from the table,
+   * without loading it (bitmap-count.c: work bounded by the file). */
+  bm = track_bitmap (img, name, 0, img->virtual_size);
+  if (bm) {
+    *bytes = bitmap_mem_dirty_bytes (bm);
+    bitmap_mem_free (bm);
+    return 0;
+  }
+  lock (img);
+  if ((i = lookup (img, name)) >= 0 &&
+      check_consistent (&img->bitmaps.entries[i]) == 0)
+    r = bitmap_count_dirty (img, &img->bitmaps.entries[i], bytes);
+  unlock (img);
+  return r;
 }

@@ -69,6 +69,14 @@ int bitmap_check_owned_set (struct rawtrack_image *img,
                             const struct bitmap_dir *dir,
                             const uint32_t *selves, uint32_t n);
 
+/* bitmap-count.c: *bytes := the dirty bytes of consistent bitmap e, read
+ * from its table and data clusters without loading it; each distinct
+ * cluster and table is counted once per read-only handle.  Caller holds
+ * img->lock. */
+int bitmap_count_dirty (struct rawtrack_image *img,
+                        const struct bitmap_entry *e, uint64_t *bytes);
+void bitmap_count_cache_free (struct rawtrack_image *img);
+
 /* Load the bits of a consistent bitmap (the in_use check is the caller's):
  * its table size must be the one the virtual size needs, every entry
  * valid; all-zero and all-ones entries are honoured.  *out: caller frees

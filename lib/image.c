@@ -35,6 +35,7 @@
 #include <sys/stat.h>
 
 #include "internal.h"
+#include "bitmap.h"
 #include "byteorder.h"
 #include "arith.h"
 #include "config.h"
@@ -56,6 +57,7 @@ image_free (struct rawtrack_image *img)
   for (i = 0; i < L2_CACHE_SLOTS; i++)
     free (img->l2_cache[i].entries);
   qcow2_refcount_free (img);
+  bitmap_count_cache_free (img);
   bitmap_dir_free (&img->bitmaps);
   for (i = 0; i < (int) img->retired_names.len; i++)
     free (img->retired_names.ptr[i]);

@@ -292,6 +292,8 @@ struct l2_slot {
 
 DEFINE_VECTOR_TYPE (name_list, char *, rt_realloc)
 
+struct count_cache;
+
 struct rawtrack_image {
   pthread_mutex_t lock;            /* see the top of this file */
   struct rawtrack_io *file;        /* the qcow2 file */
@@ -299,6 +301,8 @@ struct rawtrack_image {
   char *path;                      /* as opened (NULL for _open_io) */
   unsigned flags;                  /* RAWTRACK_OPEN_* */
   bool writable;
+  struct count_cache *count_cache; /* read-only handles: dirty counts
+                                    * (bitmap-count.c); NULL: none yet */
 
   struct qcow2_header h;
   uint32_t cluster_size;
