@@ -20,6 +20,7 @@
  *       datafile-id.c                the data file's identity (bypasses)
  *    5  track-log.c                  the tracking log in cluster 0
  *       bitmap-owner.c               bitmap clusters owned by one bitmap
+ *       bitmap-count.c               dirty counts from the table, cached
  *       backing.c                    backing chains (open, read)
  *       bitmap-update.c              the bitmap directory's transaction
  *    6  bitmap-store.c               bitmap tables and data clusters
