@@ -67,8 +67,8 @@ find_ext (const struct qcow2_header *h)
 {
   size_t i;
 
-  for (i = 0; i < h->nr_unknown; i++)
-    if (h->unknown[i].type == DATAID_EXT_TYPE)
+  for (i = 0; i < h->unknown.len; i++)
+    if (h->unknown.ptr[i].type == DATAID_EXT_TYPE)
       return (int) i;
   return -1;
 }
@@ -80,9 +80,9 @@ load (const struct qcow2_header *h, struct dataid *d)
   int i = find_ext (h);
   const uint8_t *p;
 
-  if (i < 0 || h->unknown[i].len != DATAID_LEN)
+  if (i < 0 || h->unknown.ptr[i].len != DATAID_LEN)
     return 0;
-  p = h->unknown[i].data;
+  p = h->unknown.ptr[i].data;
   if (be32_load (p) != DATAID_MAGIC)
     return 0;
   d->state = be32_load (p + 4);
@@ -118,21 +118,17 @@ store (struct qcow2_header *h, const struct dataid *d)
   be64_store (p + 56, d->changed_at);
   be32_store (p + 64, d->reason);
   if (i < 0) {
-    struct qcow2_ext *u = rt_realloc (h->unknown,
-                                      (h->nr_unknown + 1) * sizeof *u);
+    struct qcow2_ext u = { .type = DATAID_EXT_TYPE };
 
-    if (!u) {
+    if (ext_list_append (&h->unknown, u) == -1) {
       free (p);
       return -1;
     }
-    h->unknown = u;
-    i = (int) h->nr_unknown++;
-    u[i].type = DATAID_EXT_TYPE;
-    u[i].data = NULL;
+    i = (int) h->unknown.len - 1;
   }
-  free (h->unknown[i].data);
-  h->unknown[i].data = p;
-  h->unknown[i].len = DATAID_LEN;
+  free (h->unknown.ptr[i].data);
+  h->unknown.ptr[i].data = p;
+  h->unknown.ptr[i].len = DATAID_LEN;
   h->autoclear |= QCOW2_AUTOCLEAR_DATAID;
   return 0;
 }
@@ -220,8 +216,8 @@ write_record (struct rawtrack_image *img, struct dataid *d)
     if (rawtrack_get_errno () == ENOSPC) {   /* no room in cluster 0 */
       int i = find_ext (&img->h);
 
-      free (img->h.unknown[i].data);
-      img->h.unknown[i] = img->h.unknown[--img->h.nr_unknown];
+      free (img->h.unknown.ptr[i].data);
+      img->h.unknown.ptr[i] = img->h.unknown.ptr[--img->h.unknown.len];
       img->h.autoclear &= ~QCOW2_AUTOCLEAR_DATAID;
       rt_clear_error ();
       return 0;

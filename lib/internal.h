@@ -172,6 +172,7 @@ struct qcow2_ext {
   uint32_t len;
   uint8_t *data;
 };
+DEFINE_VECTOR_TYPE (ext_list, struct qcow2_ext, rt_realloc)
 
 /* Host form of the header and every extension (see docs/format.md). */
 struct qcow2_header {
@@ -209,8 +210,7 @@ struct qcow2_header {
   bool has_fde_ext;
   uint64_t fde_offset, fde_length;
 
-  struct qcow2_ext *unknown;       /* unknown extensions, in file order */
-  size_t nr_unknown;
+  struct ext_list unknown;         /* unknown extensions, in file order */
 };
 
 /* Parse cluster 0.  buf holds len bytes (at least min(cluster size, file

@@ -109,9 +109,9 @@ qcow2_header_free (struct qcow2_header *h)
   free (h->backing_format);
   free (h->data_file);
   free (h->features);
-  for (i = 0; i < h->nr_unknown; i++)
-    free (h->unknown[i].data);
-  free (h->unknown);
+  for (i = 0; i < h->unknown.len; i++)
+    free (h->unknown.ptr[i].data);
+  ext_list_reset (&h->unknown);
   memset (h, 0, sizeof *h);
 }
 
@@ -204,21 +204,19 @@ parse_extensions (const uint8_t *buf, uint64_t start, uint64_t end,
     default: {
       struct qcow2_ext *u;
 
-      if (h->nr_unknown >= 4096)
+      if (h->unknown.len >= 4096)
         return set_corrupt ("too many header extensions (at offset %" PRIu64
                             ")", at);
-      u = rt_realloc (h->unknown, (h->nr_unknown + 1) * sizeof *u);
-      if (!u)
+      if (ext_list_reserve (&h->unknown, 1) == -1)
         return -1;
-      h->unknown = u;
-      u = &h->unknown[h->nr_unknown];
+      u = &h->unknown.ptr[h->unknown.len];
       u->type = type;
       u->len = len;
       u->data = rt_malloc (len);
       if (!u->data)
         return -1;
       memcpy (u->data, data, len);
-      h->nr_unknown++;
+      h->unknown.len++;
     }
     }
     off += 8 + ROUND_UP ((uint64_t) len, 8);
@@ -483,9 +481,9 @@ qcow2_header_serialize_used (const struct qcow2_header *h, uint8_t *buf,
     if (put_ext (buf, cs, &off, QCOW2_EXT_BITMAPS, bm, 24) == -1)
       return -1;
   }
-  for (i = 0; i < h->nr_unknown; i++)
-    if (put_ext (buf, cs, &off, h->unknown[i].type, h->unknown[i].data,
-                 h->unknown[i].len) == -1)
+  for (i = 0; i < h->unknown.len; i++)
+    if (put_ext (buf, cs, &off, h->unknown.ptr[i].type, h->unknown.ptr[i].data,
+                 h->unknown.ptr[i].len) == -1)
       return -1;
   if (put_ext (buf, cs, &off, QCOW2_EXT_END, NULL, 0) == -1)
     return -1;

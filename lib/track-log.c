@@ -74,33 +74,29 @@ track_log_install (struct rawtrack_image *img, uint32_t max,
   if (max > TRACK_LOG_MAX)
     return set_error (EINVAL, "tracking log: %" PRIu32 " entries (at most %d)",
                       max, TRACK_LOG_MAX);
-  for (i = 0; i < h->nr_unknown; i++)
-    if (h->unknown[i].type == TRACK_EXT_TYPE)
+  for (i = 0; i < h->unknown.len; i++)
+    if (h->unknown.ptr[i].type == TRACK_EXT_TYPE)
       break;
   /* Already in place from an earlier session (and nobody else wrote the
    * image since): only find it; the first commit rewrites its contents. */
-  if (i < h->nr_unknown && (h->autoclear & TRACK_AUTOCLEAR) &&
-      h->unknown[i].len == len &&
-      be32_load (h->unknown[i].data) == TRACK_EXT_MAGIC &&
-      be32_load (h->unknown[i].data + 16) == ext_bits)
+  if (i < h->unknown.len && (h->autoclear & TRACK_AUTOCLEAR) &&
+      h->unknown.ptr[i].len == len &&
+      be32_load (h->unknown.ptr[i].data) == TRACK_EXT_MAGIC &&
+      be32_load (h->unknown.ptr[i].data + 16) == ext_bits)
     goto locate;
-  if (i == h->nr_unknown) {
-    struct qcow2_ext *u = rt_realloc (h->unknown, (i + 1) * sizeof *u);
+  if (i == h->unknown.len) {
+    struct qcow2_ext u = { .type = TRACK_EXT_TYPE };
 
-    if (!u)
+    if (ext_list_append (&h->unknown, u) == -1)
       return -1;
-    h->unknown = u;
-    h->nr_unknown++;
-    memset (&u[i], 0, sizeof u[i]);
-    u[i].type = TRACK_EXT_TYPE;
   }
   data = rt_calloc (1, len);
   if (!data)
     return -1;
   log_header_put (data, max, 0, ext_bits);
-  free (h->unknown[i].data);
-  h->unknown[i].data = data;
-  h->unknown[i].len = len;
+  free (h->unknown.ptr[i].data);
+  h->unknown.ptr[i].data = data;
+  h->unknown.ptr[i].len = len;
   h->autoclear |= TRACK_AUTOCLEAR;
   if (qcow2_write_header (img, true) == -1)
     return -1;
@@ -167,8 +163,8 @@ track_log_state (const struct rawtrack_image *img, uint32_t *count,
 
   *count = 0;
   *extent_bytes = 0;
-  for (i = 0; i < h->nr_unknown; i++) {
-    const struct qcow2_ext *u = &h->unknown[i];
+  for (i = 0; i < h->unknown.len; i++) {
+    const struct qcow2_ext *u = &h->unknown.ptr[i];
     uint32_t max, bits;
 
     if (u->type != TRACK_EXT_TYPE)
@@ -213,23 +209,23 @@ track_log_room (const struct qcow2_header *h, size_t cs, bool plan,
 
   if (other)
     *other = cs;
-  ext = rt_calloc (h->nr_unknown + 1, sizeof *ext);
+  ext = rt_calloc (h->unknown.len + 1, sizeof *ext);
   buf = rt_malloc (cs);
   if (!ext || !buf)
     return -1;
-  c.nr_unknown = 0;
-  for (i = 0; i < h->nr_unknown; i++) {
-    if (h->unknown[i].type == TRACK_EXT_TYPE)
+  c.unknown.len = 0;
+  for (i = 0; i < h->unknown.len; i++) {
+    if (h->unknown.ptr[i].type == TRACK_EXT_TYPE)
       continue;
-    if (h->unknown[i].type == DATAID_EXT_TYPE)
+    if (h->unknown.ptr[i].type == DATAID_EXT_TYPE)
       has_id = true;
-    ext[c.nr_unknown++] = h->unknown[i];
+    ext[c.unknown.len++] = h->unknown.ptr[i];
   }
   if (plan && !has_id && (h->incompat & QCOW2_INCOMPAT_DATA_FILE))
-    ext[c.nr_unknown++] = (struct qcow2_ext) {
+    ext[c.unknown.len++] = (struct qcow2_ext) {
       .type = DATAID_EXT_TYPE, .len = DATAID_LEN, .data = (uint8_t *) zero_id
     };
-  c.unknown = ext;
+  c.unknown.ptr = ext;
   if (plan && !(c.has_bitmaps_ext && c.nb_bitmaps > 0)) {
     c.has_bitmaps_ext = true;
     c.nb_bitmaps = 1;

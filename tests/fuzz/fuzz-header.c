@@ -88,13 +88,13 @@ compare (const struct qcow2_header *a, const struct qcow2_header *b)
     FUZZ_CHECK (a->fde_length == b->fde_length);
   }
 
-  FUZZ_CHECK (a->nr_unknown == b->nr_unknown);
-  for (i = 0; i < a->nr_unknown; i++) {
-    FUZZ_CHECK (a->unknown[i].type == b->unknown[i].type);
-    FUZZ_CHECK (a->unknown[i].len == b->unknown[i].len);
-    FUZZ_CHECK (a->unknown[i].len == 0 ||
-                memcmp (a->unknown[i].data, b->unknown[i].data,
-                        a->unknown[i].len) == 0);
+  FUZZ_CHECK (a->unknown.len == b->unknown.len);
+  for (i = 0; i < a->unknown.len; i++) {
+    FUZZ_CHECK (a->unknown.ptr[i].type == b->unknown.ptr[i].type);
+    FUZZ_CHECK (a->unknown.ptr[i].len == b->unknown.ptr[i].len);
+    FUZZ_CHECK (a->unknown.ptr[i].len == 0 ||
+                memcmp (a->unknown.ptr[i].data, b->unknown.ptr[i].data,
+                        a->unknown.ptr[i].len) == 0);
   }
 }
 
@@ -122,7 +122,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   if (qcow2_header_parse (data, size, &h) == -1) {
     FUZZ_CHECK (rawtrack_get_error () != NULL);
     /* A failed parse leaves nothing allocated: the header is zeroed. */
-    FUZZ_CHECK (h.unknown == NULL && h.extra_fields == NULL &&
+    FUZZ_CHECK (h.unknown.ptr == NULL && h.extra_fields == NULL &&
                 h.backing_file == NULL && h.features == NULL);
     return 0;
   }

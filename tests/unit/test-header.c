@@ -77,8 +77,8 @@ test_round_trip (void)
   h.data_file = (char *) "disk.raw";
   h.extra_fields = extra;
   h.extra_len = sizeof extra;
-  h.unknown = unk;
-  h.nr_unknown = 2;
+  h.unknown.ptr = unk;
+  h.unknown.len = h.unknown.cap = 2;
   h.has_bitmaps_ext = true;
   h.nb_bitmaps = 1;
   h.bitmap_dir_size = 32;
@@ -103,9 +103,9 @@ test_round_trip (void)
   CHECK (p.data_file && strcmp (p.data_file, "disk.raw") == 0);
   CHECK (p.has_bitmaps_ext && p.nb_bitmaps == 1 &&
          p.bitmap_dir_offset == 4 * CS && p.bitmap_dir_size == 32);
-  CHECK (p.nr_unknown == 2 && p.unknown[0].type == 0x11111111 &&
-         p.unknown[1].type == 0x22222222 && p.unknown[1].len == 9 &&
-         memcmp (p.unknown[1].data, u2, 9) == 0);
+  CHECK (p.unknown.len == 2 && p.unknown.ptr[0].type == 0x11111111 &&
+         p.unknown.ptr[1].type == 0x22222222 && p.unknown.ptr[1].len == 9 &&
+         memcmp (p.unknown.ptr[1].data, u2, 9) == 0);
   CHECK (strcmp (qcow2_feature_name (&p, 2, 1), "raw external data") == 0);
 
   /* Serialising what was parsed gives the same bytes. */
